@@ -1,0 +1,66 @@
+"""aioray-runner: run async Python on Ray.
+
+The public surface is small:
+
+* :class:`Runtime` starts supervisor actors and submits coroutines to them;
+* :class:`AioRayFuture` is what ``submit`` returns: awaitable from asyncio and trio;
+* :class:`AioRayTaskRunner` and :func:`remote_options` are the Prefect 3 task
+  runner (imported lazily, so the core runtime does not need Prefect);
+* :mod:`aioray_runner.errors` holds the exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._futures import AioRayFuture
+from ._runtime import Runtime, RuntimeOptions
+from .errors import (
+    AioRayError,
+    CancelledError,
+    RemoteError,
+    RuntimeNotRunningError,
+    SerializationError,
+    SupervisorDiedError,
+    UpstreamError,
+)
+
+if TYPE_CHECKING:
+    from .context import remote_options
+    from .task_runners import AioRayTaskRunner, PrefectAioRayFuture
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AioRayError",
+    "AioRayFuture",
+    "AioRayTaskRunner",
+    "CancelledError",
+    "PrefectAioRayFuture",
+    "RemoteError",
+    "Runtime",
+    "RuntimeNotRunningError",
+    "RuntimeOptions",
+    "SerializationError",
+    "SupervisorDiedError",
+    "UpstreamError",
+    "remote_options",
+]
+
+_PREFECT_NAMES = {
+    "AioRayTaskRunner": "task_runners",
+    "PrefectAioRayFuture": "task_runners",
+    "remote_options": "context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The Prefect integration imports Prefect (slow, optional): load it on first use.
+    module = _PREFECT_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aioray_runner' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,284 @@
+"""``AioRayFuture``: the handle to one call running on a supervisor.
+
+A future is filled in by the runtime's I/O thread. Awaiting it parks only the
+awaiting task: the I/O thread wakes it through the caller's own loop (asyncio's
+``call_soon_threadsafe`` or trio's token), so there is no polling and no blocked
+loop. Sync code can block on ``result()``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from . import _wire
+from ._bridge import loop_scheduler
+from .errors import CancelledError, SerializationError
+
+if TYPE_CHECKING:
+    from ._pool import Slot
+
+T = TypeVar("T")
+
+_PENDING = -1
+_UNSET: Any = object()
+
+
+class AioRayFuture(Generic[T]):
+    """The eventual outcome of one call submitted with :meth:`Runtime.submit`.
+
+    ``await future`` gives the call's return value or raises its exception, under
+    asyncio and trio alike. Cancelling the *awaiting* task (a timeout, a trio
+    cancel scope) only stops the wait; :meth:`cancel` stops the remote call.
+
+    A future can be passed, nested anywhere, in the arguments of another
+    submission: the supervisor waits for it and passes its value, without a
+    round trip through the caller.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_call_id",
+        "_callbacks",
+        "_error",
+        "_event",
+        "_label",
+        "_lock",
+        "_payload",
+        "_release",
+        "_slot",
+        "_state",
+        "_upstream",
+        "_value",
+    )
+
+    def __init__(
+        self,
+        slot: Slot,
+        call_id: int,
+        label: str,
+        upstream: list[AioRayFuture[Any]] | None = None,
+    ) -> None:
+        self._slot = slot
+        self._call_id = call_id
+        self._label = label
+        # Upstream futures stay alive until this call is done: their results must
+        # stay on their supervisors until this call has read them.
+        self._upstream = upstream or None
+        self._lock = threading.Lock()
+        self._state = _PENDING
+        self._payload: bytes | None = None
+        self._value: Any = _UNSET
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[AioRayFuture[T]], object]] = []
+        self._event: threading.Event | None = None
+        # Set once the call has reached a supervisor: dropping the future then
+        # tells the supervisor it may forget the result.
+        self._release: Callable[[Slot, int], None] | None = None
+
+    # -- read-only facts ---------------------------------------------------------
+
+    @property
+    def call_id(self) -> int:
+        """This call's id, unique within its runtime."""
+        return self._call_id
+
+    @property
+    def label(self) -> str:
+        """``"<function name>#<call id>"``, as used in logs and error messages."""
+        return self._label
+
+    @property
+    def supervisor(self) -> int:
+        """The index of the supervisor this call was sent to."""
+        return self._slot.index
+
+    def done(self) -> bool:
+        """Whether the call has finished (returned, raised or was cancelled)."""
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        """Whether the call finished by being cancelled."""
+        return self._state == _wire.CANCELLED
+
+    def __repr__(self) -> str:
+        state = {
+            _PENDING: "pending",
+            _wire.OK: "finished",
+            _wire.ERROR: "failed",
+            _wire.CANCELLED: "cancelled",
+        }[self._state]
+        return f"<AioRayFuture {self._label} {state} on supervisor {self._slot.index}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{self!r} cannot be pickled on its own: pass it as an argument to"
+            " Runtime.submit (it is resolved inside the supervisor), or await it first."
+        )
+
+    # -- outcome -----------------------------------------------------------------
+
+    def _set_outcome(self, kind: int, payload: bytes | None) -> bool:
+        """Record the outcome (I/O thread). Returns False if already done."""
+        with self._lock:
+            if self._state != _PENDING:
+                return False
+            self._state = kind
+            self._payload = payload
+            self._upstream = None
+            callbacks, self._callbacks = self._callbacks, []
+            if self._event is not None:
+                self._event.set()
+        for callback in callbacks:
+            _run_callback(callback, self)
+        return True
+
+    def _set_error(self, error: BaseException) -> bool:
+        """Fail the call with an error raised on the caller's side."""
+        with self._lock:
+            if self._state != _PENDING:
+                return False
+            self._error = error
+        return self._set_outcome(_wire.ERROR, None)
+
+    def _outcome(self) -> T:
+        state = self._state
+        if state == _wire.OK:
+            if self._value is _UNSET:
+                try:
+                    self._value = pickle.loads(self._payload) if self._payload else None
+                except Exception as exc:
+                    raise SerializationError(
+                        f"the result of {self._label} arrived but cannot be unpickled here:"
+                        f" {type(exc).__name__}: {exc}. Is the module that defines it"
+                        " importable in this process?"
+                    ) from exc
+                self._payload = None
+            return self._value  # type: ignore[no-any-return]
+        if state == _wire.ERROR:
+            if self._error is None:
+                assert self._payload is not None
+                self._error = _wire.loads_exception(self._payload, self._label)
+                self._payload = None
+            raise self._error
+        if state == _wire.CANCELLED:
+            raise CancelledError(f"{self._label} was cancelled")
+        raise RuntimeError(f"{self._label} has not finished")
+
+    def result(self, timeout: float | None = None) -> T:
+        """Block the calling thread until the call finishes; return or raise its outcome.
+
+        For sync code. In async code ``await future`` instead: it does not block
+        the loop. Raises :class:`TimeoutError` if ``timeout`` seconds pass first
+        (the call keeps running).
+        """
+        if not self.wait_sync(timeout):
+            raise TimeoutError(f"{self._label} did not finish within {timeout} seconds")
+        return self._outcome()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the call raised, or ``None`` if it returned (blocks like ``result``)."""
+        try:
+            self.result(timeout)
+        except TimeoutError:
+            if not self.done():
+                raise
+            return self._error
+        except BaseException as exc:
+            return exc
+        return None
+
+    def wait_sync(self, timeout: float | None = None) -> bool:
+        """Block until the call finishes; return whether it did within ``timeout``."""
+        if self._state != _PENDING:
+            return True
+        with self._lock:
+            if self._state != _PENDING:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+    async def wait(self) -> None:
+        """Wait for the call to finish without raising its error (asyncio or trio)."""
+        if self._state != _PENDING:
+            return
+        schedule = loop_scheduler()
+        if schedule is None:
+            raise RuntimeError("AioRayFuture.wait() must be awaited inside an event loop")
+        event = anyio.Event()
+
+        def wake(_: AioRayFuture[T]) -> None:
+            schedule(event.set)
+
+        self.add_done_callback(wake)
+        try:
+            await event.wait()
+        finally:
+            self.remove_done_callback(wake)
+
+    async def _result_async(self) -> T:
+        await self.wait()
+        return self._outcome()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._result_async().__await__()
+
+    # -- callbacks and cancellation --------------------------------------------------
+
+    def add_done_callback(self, fn: Callable[[AioRayFuture[T]], object]) -> None:
+        """Call ``fn(future)`` when the call finishes (at once if it already has).
+
+        Callbacks run on the runtime's I/O thread: keep them short and
+        thread-safe, and hand work to your own loop from there.
+        """
+        with self._lock:
+            if self._state == _PENDING:
+                self._callbacks.append(fn)
+                return
+        _run_callback(fn, self)
+
+    def remove_done_callback(self, fn: Callable[[AioRayFuture[T]], object]) -> None:
+        """Forget a callback added with :meth:`add_done_callback`."""
+        with self._lock:
+            try:
+                self._callbacks.remove(fn)
+            except ValueError:
+                pass
+
+    def cancel(self) -> bool:
+        """Cancel the remote call. Returns ``False`` if it had already finished.
+
+        The coroutine sees :class:`asyncio.CancelledError` (or ``trio.Cancelled``)
+        inside the supervisor, so its ``finally`` blocks run; the future is marked
+        cancelled once that is done. A plain function already running in the
+        supervisor's thread pool cannot be interrupted and runs to the end.
+        """
+        if self._state != _PENDING:
+            return False
+        self._slot.runtime_cancel(self)
+        return True
+
+    def __del__(self) -> None:
+        release = self._release
+        if release is not None:
+            try:
+                release(self._slot, self._call_id)
+            except Exception:
+                pass  # interpreter shutdown: nothing to release to
+
+
+def _run_callback(fn: Callable[[AioRayFuture[Any]], object], future: AioRayFuture[Any]) -> None:
+    try:
+        fn(future)
+    except Exception:
+        import logging
+
+        logging.getLogger("aioray_runner").exception(
+            "done callback %r of %s raised", fn, future.label
+        )

@@ -1,0 +1,431 @@
+"""The caller's side of the supervisors: routing, batching and the I/O thread.
+
+``submit`` runs on the caller's thread: it pickles the arguments (so a bad
+argument fails there, by name), picks the least loaded supervisor and queues the
+call. At the end of the caller's loop turn (asyncio ``call_soon``, trio
+``run_sync_soon``; at once for sync callers) the queue is handed to the I/O
+thread, which sends it to each supervisor as one actor call. 10,000 submissions
+in one turn therefore cost a handful of Ray calls, and a lone submission is sent
+as soon as its turn ends.
+
+The I/O thread runs an asyncio loop of its own. For each supervisor it keeps one
+``poll`` call outstanding; each answer carries every outcome finished since the
+last, and sets the matching futures. A failed ``poll`` means the supervisor died:
+its calls in flight fail with :class:`SupervisorDiedError` and a replacement is
+started in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import pickle
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+
+from . import _wire
+from ._bridge import end_of_turn_scheduler
+from ._futures import AioRayFuture
+from ._supervisor import Supervisor
+from .errors import RuntimeNotRunningError, SupervisorDiedError
+
+logger = logging.getLogger("aioray_runner")
+
+GroupKey = tuple[tuple[str, str], ...]
+DEFAULT_GROUP: GroupKey = ()
+
+# One supervisor-side poll returns at most this many outcomes, and one submit
+# message carries at most this many calls: large enough to amortise a Ray call,
+# small enough that the first results of a big batch come back early.
+POLL_MAX = 5000
+BATCH_MAX = 2000
+RELEASE_EVERY_S = 0.2
+
+
+class Slot:
+    """One supervisor actor, as the caller sees it."""
+
+    def __init__(self, pool: Pool, index: int, group: GroupKey, handle: Any, generation: int):
+        self.pool = pool
+        self.index = index
+        self.group = group
+        self.handle = handle
+        self.generation = generation
+        self.alive = True
+        self.info: dict[str, Any] = {}
+        self.in_flight: dict[int, AioRayFuture[Any]] = {}
+        self.load = 0  # calls assigned and not finished; the balancer reads it
+        self.known_digests: set[bytes] = set()
+        self.replacement: Slot | None = None
+
+    def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
+        self.pool.cancel(future)
+
+    def describe(self) -> str:
+        where = self.info.get("node_ip", "?")
+        pid = self.info.get("pid", "?")
+        return f"supervisor {self.index} (pid {pid} on {where})"
+
+
+class Pool:
+    """Supervisors of one runtime, grouped by their Ray actor options."""
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        max_concurrency: int,
+        backend: str,
+        threads: int,
+        actor_options: dict[str, Any],
+        start_timeout: float,
+    ) -> None:
+        self.count = count
+        self.max_concurrency = max_concurrency
+        self.backend = backend
+        self.threads = threads
+        self.actor_options = actor_options
+        self.start_timeout = start_timeout
+        self.name = uuid.uuid4().hex[:8]
+        self.groups: dict[GroupKey, list[Slot]] = {}
+        self._group_options: dict[GroupKey, dict[str, Any]] = {}
+        self._functions = _wire.FunctionCache()
+        self._ids = itertools.count(1)
+        self._pending: list[tuple[AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep]]] = []
+        self._pending_lock = threading.Lock()
+        self._handoff_scheduled = False
+        self._releases: collections.deque[tuple[Slot, int]] = collections.deque()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"aioray-io-{self.name}", daemon=True
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._started = False
+
+    # -- lifecycle (caller's thread) -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the I/O thread and the default supervisors; wait until they answer."""
+        self._thread.start()
+        slots = self._create_group(DEFAULT_GROUP, self.count, {})
+        self._started = True
+        self._wait_ready(slots)
+        self._call_in_loop(self._start_release_timer)
+
+    def _create_group(self, key: GroupKey, count: int, options: dict[str, Any]) -> list[Slot]:
+        self._group_options[key] = options
+        slots = [self._new_slot(i, key, 0) for i in range(count)]
+        self.groups[key] = slots
+        for slot in slots:
+            self._call_in_loop(self._start_poll, slot)
+        return slots
+
+    def _new_slot(self, index: int, group: GroupKey, generation: int) -> Slot:
+        options = {
+            "num_cpus": 0,
+            "max_concurrency": 1000,  # control calls only: submit, poll, result_of, ...
+            **self.actor_options,
+            **self._group_options.get(group, {}),
+        }
+        options.setdefault("scheduling_strategy", "SPREAD")
+        group_tag = f"-g{abs(hash(group)) % 10_000}" if group else ""
+        options.setdefault("name", f"aioray-supervisor-{self.name}{group_tag}-{index}-{generation}")
+        handle = (
+            ray.remote(Supervisor)
+            .options(**options)
+            .remote(index, self.max_concurrency, self.backend, self.threads)
+        )
+        return Slot(self, index, group, handle, generation)
+
+    def _wait_ready(self, slots: Sequence[Slot]) -> None:
+        refs = [slot.handle.info.remote() for slot in slots]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        if len(ready) < len(refs):
+            options = self._group_options.get(slots[0].group) or self.actor_options
+            raise RuntimeError(
+                f"{len(refs) - len(ready)} of {len(refs)} supervisors did not start within"
+                f" {self.start_timeout:.0f} s. Ray may be unable to place them with the"
+                f" options {options or '(defaults)'}; resources available now:"
+                f" {ray.available_resources()}. Lower `supervisors`, change the actor"
+                " options, or raise `start_timeout`."
+            )
+        for slot, info in zip(slots, ray.get(refs)):
+            slot.info = info
+
+    def group(self, options: dict[str, Any]) -> GroupKey:
+        """The group of supervisors started with these extra actor options (made on first use)."""
+        key: GroupKey = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        if key not in self.groups:
+            with self._pending_lock:
+                if key in self.groups:
+                    return key
+                slots = self._create_group(key, 1, options)
+            logger.info("Starting a supervisor with Ray actor options %s", options)
+            self._wait_ready(slots)
+        return key
+
+    def slots(self, group: GroupKey = DEFAULT_GROUP) -> list[Slot]:
+        """The live supervisors of a group."""
+        return [s for s in self.groups.get(group, []) if s.alive]
+
+    def close(self) -> None:
+        """Stop polling, kill the supervisors and stop the I/O thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            self._call_in_loop(self._send_pending)
+            self._call_in_loop(self._flush_releases)
+            done = threading.Event()
+
+            def stop() -> None:
+                for task in self._tasks:
+                    task.cancel()
+                done.set()
+
+            self._loop.call_soon_threadsafe(stop)
+            done.wait(5)
+        for slots in self.groups.values():
+            for slot in slots:
+                slot.alive = False
+                try:
+                    ray.kill(slot.handle, no_restart=True)
+                except Exception:
+                    pass
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- submitting (caller's thread) ----------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        group: GroupKey = DEFAULT_GROUP,
+        slot: Slot | None = None,
+    ) -> AioRayFuture[Any]:
+        """Queue one call; see the module docstring."""
+        if self._closed or not self._started:
+            raise RuntimeNotRunningError(
+                "this runtime is not running: submit inside `async with Runtime() as rt:`"
+                " (or `with Runtime() as rt:`), or call rt.start() first"
+            )
+        digest, fn_blob = self._functions.get(fn)
+        call_id = next(self._ids)
+        label = f"{_wire.callable_name(fn)}#{call_id}"
+        blob, deps, upstream = _wire.dumps_arguments(label, args, kwargs, self._lift)
+        if slot is None:
+            slot = self._pick(group)
+        slot.load += 1
+        future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
+        with self._pending_lock:
+            self._pending.append((future, digest, fn_blob, blob, deps))
+            if self._handoff_scheduled:
+                return future
+            self._handoff_scheduled = True
+        schedule = end_of_turn_scheduler()
+        if schedule is None:
+            self._handoff()
+        else:
+            schedule(self._handoff)
+        return future
+
+    def _pick(self, group: GroupKey) -> Slot:
+        slots = self.slots(group)
+        if not slots:
+            raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
+        return min(slots, key=lambda s: s.load)
+
+    def _lift(self, obj: Any) -> _wire.Dep | None:
+        if isinstance(obj, ray.ObjectRef):
+            return (_wire.REF_DEP, obj, 0, f"ObjectRef {obj.hex()[:12]}")
+        future = _wire._as_future(obj)
+        if future is None:
+            return None
+        slot = future._slot
+        if future.done() and not slot.alive:
+            # The outcome is here and its supervisor cannot answer for it any more.
+            if future._state != _wire.OK:
+                error = future.exception(0)
+                message = f"{future.label} failed with {type(error).__name__}: {error}"
+                return (_wire.FAILED_DEP, message, 0, future.label)
+            value = future._outcome()
+            return (_wire.VALUE_DEP, pickle.dumps(value, protocol=5), 0, future.label)
+        return (_wire.CALL_DEP, slot.handle, future.call_id, future.label)
+
+    def _handoff(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._send_pending)
+        except RuntimeError:
+            pass  # the I/O loop is closed: close() already failed what was pending
+
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def cancel(self, future: AioRayFuture[Any]) -> None:
+        """Ask the supervisor to cancel a call (it may still be on its way there)."""
+        self._call_in_loop(self._send_cancel, future)
+
+    def outstanding(self) -> list[AioRayFuture[Any]]:
+        """Every call not finished yet: sends what is queued, then lists what is in flight."""
+        result: list[AioRayFuture[Any]] = []
+        collected = threading.Event()
+
+        def collect() -> None:
+            self._send_pending()
+            for slots in self.groups.values():
+                for slot in slots:
+                    result.extend(slot.in_flight.values())
+            collected.set()
+
+        self._call_in_loop(collect)
+        collected.wait()
+        return result
+
+    def flush_releases_soon(self) -> None:
+        """Send the queued releases now instead of at the next timer tick."""
+        self._call_in_loop(self._flush_releases)
+
+    def release(self, slot: Slot, call_id: int) -> None:
+        """A finished future was dropped (``__del__``, any thread): forget it remotely."""
+        self._releases.append((slot, call_id))
+
+    # -- the I/O thread ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_pending(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            self._handoff_scheduled = False
+        by_slot: dict[Slot, list[tuple[Any, ...]]] = {}
+        functions: dict[Slot, dict[bytes, bytes]] = {}
+        for future, digest, fn_blob, blob, deps in pending:
+            slot = future._slot
+            while not slot.alive and slot.replacement is not None:
+                slot = slot.replacement
+            if not slot.alive:
+                future._set_error(
+                    RuntimeNotRunningError("the runtime closed before the call was sent")
+                )
+                continue
+            future._slot = slot
+            slot.in_flight[future.call_id] = future
+            if digest not in slot.known_digests:
+                slot.known_digests.add(digest)
+                functions.setdefault(slot, {})[digest] = fn_blob
+            by_slot.setdefault(slot, []).append((future.call_id, digest, blob, deps, future.label))
+        for slot, calls in by_slot.items():
+            for start in range(0, len(calls), BATCH_MAX):
+                chunk = calls[start : start + BATCH_MAX]
+                fns = functions.pop(slot, {}) if start == 0 else {}
+                ref = slot.handle.submit.remote(fns, chunk)
+                self._spawn(self._watch(slot, ref))
+
+    async def _watch(self, slot: Slot, ref: Any) -> None:
+        try:
+            await asyncio.wrap_future(ref.future())
+        except Exception as exc:
+            self._on_failure(slot, exc)
+
+    def _start_poll(self, slot: Slot) -> None:
+        self._spawn(self._poll(slot))
+
+    async def _poll(self, slot: Slot) -> None:
+        while slot.alive:
+            try:
+                outcomes = await asyncio.wrap_future(slot.handle.poll.remote(POLL_MAX).future())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._on_failure(slot, exc)
+                return
+            release = self.release
+            for call_id, kind, payload in outcomes:
+                future = slot.in_flight.pop(call_id, None)
+                slot.load -= 1
+                if future is None:
+                    self._releases.append((slot, call_id))
+                    continue
+                future._release = release
+                future._set_outcome(kind, payload)
+
+    def _on_failure(self, slot: Slot, exc: BaseException) -> None:
+        if not slot.alive or self._closed:
+            return
+        slot.alive = False
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:
+            pass
+        # Put the replacement in place before failing any future: a caller woken
+        # by the failure may submit again at once.
+        replacement = self._new_slot(slot.index, slot.group, slot.generation + 1)
+        slot.replacement = replacement
+        group = self.groups[slot.group]
+        group[group.index(slot)] = replacement
+        self._start_poll(replacement)
+        self._spawn(self._describe(replacement))
+
+        lost = list(slot.in_flight.values())
+        slot.in_flight.clear()
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        logger.warning(
+            "%s died (%s); %d call(s) in flight on it failed. Starting a replacement.",
+            slot.describe(),
+            cause,
+            len(lost),
+        )
+        for future in lost:
+            future._set_error(
+                SupervisorDiedError(
+                    f"{future.label} was lost: {slot.describe()} died while running it"
+                    f" ({cause}). Later calls run on a replacement supervisor; resubmit"
+                    " this one if it is safe to run again."
+                )
+            )
+
+    async def _describe(self, slot: Slot) -> None:
+        try:
+            slot.info = await asyncio.wrap_future(slot.handle.info.remote().future())
+            logger.info("Replacement %s is ready", slot.describe())
+        except Exception as exc:
+            self._on_failure(slot, exc)
+
+    def _send_cancel(self, future: AioRayFuture[Any]) -> None:
+        if future.done():
+            return
+        slot = future._slot
+        if slot.alive:
+            self._spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
+
+    def _start_release_timer(self) -> None:
+        self._flush_releases()
+        if not self._closed:
+            self._loop.call_later(RELEASE_EVERY_S, self._start_release_timer)
+
+    def _flush_releases(self) -> None:
+        if not self._releases:
+            return
+        by_slot: dict[Slot, list[int]] = {}
+        while self._releases:
+            slot, call_id = self._releases.popleft()
+            if slot.alive:
+                by_slot.setdefault(slot, []).append(call_id)
+        for slot, call_ids in by_slot.items():
+            self._spawn(self._watch(slot, slot.handle.release.remote(call_ids)))

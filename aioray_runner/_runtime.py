@@ -1,0 +1,373 @@
+"""``Runtime``: the public face of the supervisors.
+
+It connects to Ray (or starts a temporary local instance), starts the
+supervisors, and turns ``submit(fn, *args)`` into an :class:`AioRayFuture`.
+The machinery lives in ``_pool`` (caller side) and ``_supervisor`` (actor side).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
+
+import anyio
+import ray
+
+from ._bridge import loop_scheduler
+from ._futures import AioRayFuture
+from ._pool import DEFAULT_GROUP, GroupKey, Pool
+from .errors import RuntimeNotRunningError
+
+logger = logging.getLogger("aioray_runner")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Default cap on calls running at once in one supervisor (see docs/choosing-settings.md).
+DEFAULT_MAX_CONCURRENCY = 10_000
+
+
+class Runtime:
+    """Run coroutines on supervisor actors in a Ray cluster.
+
+    Args:
+        address: ``None`` starts a temporary local Ray instance unless Ray is
+            already initialized in this process (then that one is used);
+            ``"auto"`` joins the cluster on this machine (``ray start``);
+            ``"ray://host:10001"`` connects as a Ray client.
+        supervisors: How many supervisor actors to start. ``None`` starts one per
+            live Ray node: on one machine a single supervisor is fastest (see
+            ``docs/choosing-settings.md``); on a cluster they spread across nodes.
+        max_concurrency: Calls running at once in each supervisor; more wait
+            their turn inside the supervisor (they are never refused).
+        backend: ``"asyncio"`` (default) or ``"trio"``: the library your
+            coroutines are written for. With ``"trio"`` they run in a trio guest
+            run on the supervisor's loop.
+        threads: Size of each supervisor's thread pool, where plain (non-async)
+            functions run.
+        init_kwargs: Extra keyword arguments for ``ray.init``.
+        actor_options: Extra Ray actor options for the supervisors
+            (``num_cpus``, ``resources``, ``runtime_env``, ...). By default a
+            supervisor reserves no CPU: it spends its time waiting.
+        start_timeout: Seconds to wait for the supervisors to start.
+
+    Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
+    ``with Runtime() as rt:`` in sync code.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        supervisors: int | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        backend: Literal["asyncio", "trio"] = "asyncio",
+        threads: int = 32,
+        init_kwargs: dict[str, Any] | None = None,
+        actor_options: dict[str, Any] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        if backend not in ("asyncio", "trio"):
+            raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
+        if supervisors is not None and supervisors < 1:
+            raise ValueError(f"supervisors must be at least 1, not {supervisors}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        if backend == "trio":
+            try:
+                import trio  # noqa: F401
+            except ImportError as exc:
+                raise ImportError(
+                    "backend='trio' needs trio: pip install 'aioray-runner[trio]'"
+                ) from exc
+        self.address = address
+        self.supervisors = supervisors
+        self.max_concurrency = max_concurrency
+        self.backend = backend
+        self.threads = threads
+        self.init_kwargs = dict(init_kwargs or {})
+        self.actor_options = dict(actor_options or {})
+        self.start_timeout = start_timeout
+        self._pool: Pool | None = None
+        self._owns_ray = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the runtime has started and not closed."""
+        return self._pool is not None
+
+    @property
+    def owns_ray(self) -> bool:
+        """Whether this runtime called ``ray.init`` (and so disconnects on close)."""
+        return self._owns_ray
+
+    def start(self) -> Self:
+        """Connect to Ray and start the supervisors (blocking). Returns ``self``."""
+        with self._lock:
+            if self._pool is not None:
+                raise RuntimeError("this runtime is already running")
+            self._connect()
+            try:
+                count = self.supervisors or _live_node_count()
+                pool = Pool(
+                    count=count,
+                    max_concurrency=self.max_concurrency,
+                    backend=self.backend,
+                    threads=self.threads,
+                    actor_options=self.actor_options,
+                    start_timeout=self.start_timeout,
+                )
+                started = time.monotonic()
+                pool.start()
+            except BaseException:
+                self._disconnect()
+                raise
+            self._pool = pool
+        nodes = collections.Counter(s.info.get("node_ip", "?") for s in pool.slots())
+        logger.info(
+            "Started %d supervisor(s) in %.1f s (backend=%s, max_concurrency=%d each) on %s",
+            count,
+            time.monotonic() - started,
+            self.backend,
+            self.max_concurrency,
+            ", ".join(f"{ip} x{n}" for ip, n in sorted(nodes.items())),
+        )
+        return self
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            self._owns_ray = False
+            logger.info("Using the Ray instance already initialized in this process")
+            return
+        kwargs = {"namespace": "aioray", **self.init_kwargs}
+        if self.address:
+            kwargs["address"] = self.address
+        where = self.address or os.environ.get("RAY_ADDRESS")
+        if where:
+            logger.info("Connecting to Ray at %s", where)
+        else:
+            logger.info("Starting a temporary local Ray instance")
+        context = ray.init(**kwargs)
+        self._owns_ray = True
+        nodes = _live_node_count()
+        dashboard = getattr(context, "dashboard_url", None)
+        logger.info(
+            "Ray is up: %d node(s), %s CPU(s)%s",
+            nodes,
+            ray.cluster_resources().get("CPU", 0),
+            f", dashboard at http://{dashboard}" if dashboard else "",
+        )
+
+    def _disconnect(self) -> None:
+        if self._owns_ray:
+            self._owns_ray = False
+            ray.shutdown()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the supervisors and disconnect from Ray if this runtime connected.
+
+        With ``wait`` (the default) calls still running finish first; otherwise
+        they are cancelled. Ray itself is shut down only if this runtime started it.
+        """
+        pool = self._pool
+        if pool is None:
+            return
+        outstanding = self._outstanding()
+        if not wait:
+            for future in outstanding:
+                future.cancel()
+            deadline = time.monotonic() + 5
+            for future in outstanding:
+                future.wait_sync(max(0.0, deadline - time.monotonic()))
+        else:
+            for future in outstanding:
+                future.wait_sync()
+        self._shutdown()
+
+    async def aclose(self, *, wait: bool = True) -> None:
+        """Like :meth:`close`, but waits without blocking the event loop."""
+        pool = self._pool
+        if pool is None:
+            return
+        outstanding = self._outstanding()
+        if not wait:
+            for future in outstanding:
+                future.cancel()
+            with anyio.move_on_after(5):
+                for future in outstanding:
+                    await future.wait()
+        else:
+            for future in outstanding:
+                await future.wait()
+        await anyio.to_thread.run_sync(self._shutdown)
+
+    def _outstanding(self) -> list[AioRayFuture[Any]]:
+        return self._require().outstanding()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+            self._disconnect()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(wait=exc_type is None)
+
+    async def __aenter__(self) -> Self:
+        # ray.init and actor start-up block for seconds: keep the caller's loop free.
+        await anyio.to_thread.run_sync(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(wait=exc_type is None)
+
+    # -- submitting --------------------------------------------------------------------
+
+    @overload
+    def submit(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> AioRayFuture[T]: ...
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
+        """Run ``fn(*args, **kwargs)`` on the least loaded supervisor.
+
+        ``fn`` is a coroutine function (run on the supervisor's loop) or a plain
+        function (run in the supervisor's thread pool). Futures of this runtime
+        and Ray ``ObjectRef``\\ s anywhere in the arguments are awaited inside the
+        supervisor before the call starts, and replaced by their values.
+
+        Returns at once, from sync or async code; the call is sent at the end of
+        the current event-loop turn together with the other calls made in it.
+
+        Raises:
+            SerializationError: ``fn`` or an argument cannot be pickled (the
+                message names which); nothing is sent.
+            RuntimeNotRunningError: the runtime is not running.
+        """
+        return self._require().submit(fn, args, kwargs)
+
+    def map(self, fn: Callable[..., Any], /, *iterables: Iterable[Any]) -> list[AioRayFuture[Any]]:
+        """Submit ``fn`` once per item (``zip`` of the iterables); return the futures in order."""
+        pool = self._require()
+        return [pool.submit(fn, args, {}) for args in zip(*iterables)]
+
+    def broadcast(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> list[AioRayFuture[Any]]:
+        """Run ``fn`` once on every live supervisor of the default group (set-up, flushing)."""
+        pool = self._require()
+        return [pool.submit(fn, args, kwargs, slot=slot) for slot in pool.slots(DEFAULT_GROUP)]
+
+    def options(self, **actor_options: Any) -> RuntimeOptions:
+        """A view of this runtime whose submissions run on a supervisor started with
+        these extra Ray actor options (``num_gpus=1``, ``resources={...}``,
+        ``runtime_env={...}``). That supervisor starts on first use and is shared
+        by every submission with the same options."""
+        pool = self._require()
+        return RuntimeOptions(pool, pool.group(actor_options) if actor_options else DEFAULT_GROUP)
+
+    async def as_completed(
+        self, futures: Iterable[AioRayFuture[T]]
+    ) -> AsyncIterator[AioRayFuture[T]]:
+        """Yield the futures as they finish (asyncio or trio); each one once."""
+        unique = list(dict.fromkeys(futures))
+        if not unique:
+            return
+        schedule = loop_scheduler()
+        if schedule is None:
+            raise RuntimeError("as_completed must be iterated inside an event loop")
+        finished: collections.deque[AioRayFuture[T]] = collections.deque()
+        wakeup = anyio.Event()
+        lock = threading.Lock()
+
+        def on_done(future: AioRayFuture[T]) -> None:
+            nonlocal wakeup
+            with lock:
+                finished.append(future)
+                event = wakeup
+            schedule(event.set)
+
+        for future in unique:
+            future.add_done_callback(on_done)
+        try:
+            remaining = len(unique)
+            while remaining:
+                await wakeup.wait()
+                with lock:
+                    batch = list(finished)
+                    finished.clear()
+                    wakeup = anyio.Event()
+                for future in batch:
+                    remaining -= 1
+                    yield future
+        finally:
+            for future in unique:
+                future.remove_done_callback(on_done)
+
+    # -- introspection -----------------------------------------------------------------
+
+    def supervisor_info(self) -> list[dict[str, Any]]:
+        """Where each live supervisor runs (index, pid, node) and its settings."""
+        pool = self._require()
+        return [dict(slot.info) for slots in pool.groups.values() for slot in slots if slot.alive]
+
+    async def stats(self, *, collect: bool = False) -> list[dict[str, Any]]:
+        """Counters and memory of each live supervisor; ``collect`` runs their GC first."""
+        pool = self._require()
+        pool.flush_releases_soon()
+        refs = [slot.handle.stats.remote(collect) for slot in pool.slots()]
+        return await anyio.to_thread.run_sync(ray.get, refs)
+
+    def _require(self) -> Pool:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeNotRunningError(
+                "this runtime is not running: use `async with Runtime() as rt:`"
+                " (or `with Runtime() as rt:`), or call rt.start() first"
+            )
+        return pool
+
+
+class RuntimeOptions:
+    """Submissions to a group of supervisors started with particular actor options."""
+
+    def __init__(self, pool: Pool, group: GroupKey) -> None:
+        self._pool = pool
+        self._group = group
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
+        """Like :meth:`Runtime.submit`, on this group's supervisors."""
+        return self._pool.submit(fn, args, kwargs, group=self._group)
+
+
+def _live_node_count() -> int:
+    nodes: list[dict[str, Any]] = ray.nodes()
+    return max(1, sum(1 for node in nodes if node.get("Alive") or node.get("alive")))

@@ -1,0 +1,239 @@
+"""How calls cross the wire between the caller and the supervisors.
+
+* A function is pickled with cloudpickle once per caller and sent to each
+  supervisor once, named by a digest of its bytes.
+* Arguments are pickled at ``submit`` time, with every future of this runtime
+  and every Ray ``ObjectRef`` lifted out of them (pickle's ``persistent_id``),
+  wherever they are nested. The supervisor awaits those dependencies first and
+  puts their values back while unpickling, so no structure walk is needed and
+  any picklable container works.
+* Results and exceptions are pickled one by one on the supervisor, so one bad
+  result fails one call, not the message carrying many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import threading
+import traceback
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .errors import RemoteError, SerializationError
+
+if TYPE_CHECKING:
+    from ._futures import AioRayFuture
+
+# Outcome kinds, as they travel from supervisor to caller.
+OK = 0
+ERROR = 1
+CANCELLED = 2
+
+# A dependency as it travels: (CALL_DEP, owner actor handle, call id, label)
+# or (REF_DEP, ObjectRef, 0, label) or (VALUE_DEP, pickled value, 0, label)
+# or (FAILED_DEP, message, 0, label). The last two carry outcomes the caller
+# already holds whose supervisor has died.
+CALL_DEP = 0
+REF_DEP = 1
+VALUE_DEP = 2
+FAILED_DEP = 3
+
+Dep = tuple[int, Any, int, str]
+
+
+def callable_name(fn: Any) -> str:
+    """A short human name for a callable, used in labels and errors."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None and hasattr(fn, "func"):  # functools.partial
+        return callable_name(fn.func)
+    return str(name or type(fn).__name__)
+
+
+class FunctionCache:
+    """Pickles each callable once; keyed weakly so a dropped callable is forgotten."""
+
+    def __init__(self) -> None:
+        self._by_fn: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        """Return ``(digest, pickled bytes)`` for ``fn``."""
+        try:
+            cached = self._by_fn.get(fn)
+        except TypeError:  # not weak-referenceable or not hashable: pickle every time
+            return _pickle_function(fn)
+        if cached is None:
+            cached = _pickle_function(fn)
+            with self._lock:
+                try:
+                    self._by_fn[fn] = cached
+                except TypeError:
+                    pass
+        return cached
+
+
+def _pickle_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+    try:
+        blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"function {callable_name(fn)!r} cannot be pickled, so it cannot be sent to a"
+            f" supervisor: {type(exc).__name__}: {exc}. Define it at module level or"
+            " make sure everything it closes over can be pickled."
+        ) from exc
+    return hashlib.blake2b(blob, digest_size=16).digest(), blob
+
+
+class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with futures and ObjectRefs lifted out as dependencies."""
+
+    def __init__(
+        self,
+        file: io.BytesIO,
+        lift: Callable[[Any], Dep | None],
+        deps: list[Dep],
+        upstream: list[AioRayFuture[Any]],
+    ) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._lift = lift
+        self._deps = deps
+        self._upstream = upstream
+        self._seen: dict[int, int] = {}
+
+    def persistent_id(self, obj: Any) -> int | None:
+        dep = self._lift(obj)
+        if dep is None:
+            return None
+        key = id(obj)
+        index = self._seen.get(key)
+        if index is None:
+            index = len(self._deps)
+            self._seen[key] = index
+            self._deps.append(dep)
+            future = _as_future(obj)
+            if future is not None:
+                self._upstream.append(future)
+        return index
+
+
+def _as_future(obj: Any) -> AioRayFuture[Any] | None:
+    from ._futures import AioRayFuture
+
+    if isinstance(obj, AioRayFuture):
+        return obj
+    unwrap = getattr(type(obj), "__aioray_future__", None)
+    if unwrap is not None:
+        future = unwrap(obj)
+        return future if isinstance(future, AioRayFuture) else None
+    return None
+
+
+def dumps_arguments(
+    fn_label: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    lift: Callable[[Any], Dep | None],
+) -> tuple[bytes, list[Dep], list[AioRayFuture[Any]]]:
+    """Pickle ``(args, kwargs)`` with dependencies lifted out.
+
+    Raises :class:`SerializationError` naming the first argument that fails.
+    """
+    deps: list[Dep] = []
+    upstream: list[AioRayFuture[Any]] = []
+    if not args and not kwargs:
+        return b"", deps, upstream
+    buffer = io.BytesIO()
+    try:
+        _ArgPickler(buffer, lift, deps, upstream).dump((tuple(args), kwargs))
+    except Exception as exc:
+        raise _name_bad_argument(fn_label, args, kwargs, lift, exc) from exc
+    return buffer.getvalue(), deps, upstream
+
+
+def _name_bad_argument(
+    fn_label: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    lift: Callable[[Any], Dep | None],
+    exc: Exception,
+) -> SerializationError:
+    """Find which argument failed, so the error can name it (slow path only)."""
+    named: list[tuple[str, Any]] = [(f"positional argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    for where, value in named:
+        try:
+            _ArgPickler(io.BytesIO(), lift, [], []).dump(value)
+        except Exception as inner:
+            return SerializationError(
+                f"{where} of {fn_label} cannot be pickled ({type(value).__name__}):"
+                f" {type(inner).__name__}: {inner}. Arguments travel to a Ray actor, so"
+                " they must be picklable; pass what the coroutine needs to rebuild the"
+                " object instead (a path, a URL, settings)."
+            )
+    return SerializationError(
+        f"the arguments of {fn_label} cannot be pickled: {type(exc).__name__}: {exc}"
+    )
+
+
+class _DepUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, values: Sequence[Any]) -> None:
+        super().__init__(file)
+        self._values = values
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._values[pid]
+
+
+def loads_arguments(blob: bytes, values: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Inverse of :func:`dumps_arguments`, with dependency values filled in."""
+    if not blob:
+        return (), {}
+    args, kwargs = _DepUnpickler(io.BytesIO(blob), values).load()
+    return args, kwargs
+
+
+def dumps_value(value: Any, label: str) -> tuple[int, bytes]:
+    """Pickle a result; an unpicklable result becomes an error outcome."""
+    try:
+        return OK, cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        error = SerializationError(
+            f"the result of {label} ({type(value).__name__}) cannot be pickled, so it"
+            f" cannot be sent back: {type(exc).__name__}: {exc}"
+        )
+        return ERROR, dumps_exception(error)
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with its traceback text attached.
+
+    The exception is checked to survive a round trip: many exception classes
+    cannot be rebuilt from their ``args``; those travel as :class:`RemoteError`.
+    """
+    tb_text = "".join(traceback.format_exception(exc))
+    try:
+        blob = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)
+    except Exception:
+        exc = RemoteError(type(exc).__qualname__, str(exc), tb_text)
+        blob = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((blob, tb_text), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads_exception(payload: bytes, label: str) -> BaseException:
+    """Rebuild a remote exception, with the remote traceback as a note."""
+    blob, tb_text = pickle.loads(payload)
+    try:
+        exc: BaseException = pickle.loads(blob)
+    except Exception as load_error:
+        return RemoteError("unknown", f"could not unpickle the error: {load_error}", tb_text)
+    if tb_text and not isinstance(exc, RemoteError):
+        exc.add_note(f"\nRemote traceback of {label} (raised in a supervisor):\n{tb_text}")
+    return exc

@@ -1,0 +1,86 @@
+"""The exceptions aioray-runner raises itself.
+
+An exception raised *by your coroutine* is not wrapped: awaiting its future raises
+the same exception type, with the remote traceback attached as a note (see
+:pep:`678`). The classes here cover what goes wrong around your code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+__all__ = [
+    "AioRayError",
+    "CancelledError",
+    "RemoteError",
+    "RuntimeNotRunningError",
+    "SerializationError",
+    "SupervisorDiedError",
+    "UpstreamError",
+]
+
+
+class AioRayError(Exception):
+    """Base class of every error raised by aioray-runner itself."""
+
+
+class SerializationError(AioRayError, TypeError):
+    """A function, argument or result cannot be pickled.
+
+    Raised by :meth:`Runtime.submit` before anything is sent, so the call never
+    starts; the message names the argument that failed. A result that cannot be
+    pickled fails only its own call.
+    """
+
+
+class UpstreamError(AioRayError):
+    """A call could not start because a future in its arguments failed.
+
+    ``upstream`` names the failed call (``"fetch#17"``) and the message repeats
+    the upstream error, so the root cause is visible without chasing futures.
+    """
+
+    def __init__(self, message: str, upstream: str = "") -> None:
+        super().__init__(message, upstream)
+        self.upstream = upstream
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SupervisorDiedError(AioRayError):
+    """The supervisor actor running a call died (its process exited or was killed).
+
+    Every call in flight on that supervisor fails with this error; later
+    submissions run on a replacement supervisor. Resubmit the call if it is safe
+    to run again.
+    """
+
+
+class RemoteError(AioRayError):
+    """Stands in for a remote exception that could not be sent back as itself.
+
+    Some exceptions cannot be pickled, or cannot be rebuilt from their ``args``.
+    The original type name, message and traceback text are kept.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+class CancelledError(AioRayError, concurrent.futures.CancelledError):
+    """The call was cancelled with :meth:`AioRayFuture.cancel`.
+
+    This is deliberately *not* :class:`asyncio.CancelledError`: awaiting a
+    cancelled call must not look like a cancellation of the awaiting task.
+    """
+
+
+class RuntimeNotRunningError(AioRayError, RuntimeError):
+    """The runtime was used before ``start()``/``async with`` or after it closed."""
