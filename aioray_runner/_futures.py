@@ -196,6 +196,9 @@ class AioRayFuture(Generic[T]):
         """Block until the call finishes; return whether it did within ``timeout``."""
         if self._state != _PENDING:
             return True
+        # If this thread runs an event loop, the call may still wait for the end
+        # of its loop turn to be sent, and blocking here stops that turn: send now.
+        self._slot.send_now()
         with self._lock:
             if self._state != _PENDING:
                 return True

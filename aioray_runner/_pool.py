@@ -67,6 +67,9 @@ class Slot:
     def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
         self.pool.cancel(future)
 
+    def send_now(self) -> None:
+        self.pool.send_now()
+
     def describe(self) -> str:
         where = self.info.get("node_ip", "?")
         pid = self.info.get("pid", "?")
@@ -215,6 +218,7 @@ class Pool:
         *,
         group: GroupKey = DEFAULT_GROUP,
         slot: Slot | None = None,
+        label: str | None = None,
     ) -> AioRayFuture[Any]:
         """Queue one call; see the module docstring."""
         if self._closed or not self._started:
@@ -224,7 +228,7 @@ class Pool:
             )
         digest, fn_blob = self._functions.get(fn)
         call_id = next(self._ids)
-        label = f"{_wire.callable_name(fn)}#{call_id}"
+        label = f"{label or _wire.callable_name(fn)}#{call_id}"
         blob, deps, upstream = _wire.dumps_arguments(label, args, kwargs, self._lift)
         if slot is None:
             slot = self._pick(group)
@@ -264,6 +268,15 @@ class Pool:
             value = future._outcome()
             return (_wire.VALUE_DEP, pickle.dumps(value, protocol=5), 0, future.label)
         return (_wire.CALL_DEP, slot.handle, future.call_id, future.label)
+
+    def send_now(self) -> None:
+        """Hand queued calls to the I/O thread now, not at the end of the loop turn.
+
+        For a caller about to block its own thread (``result()``): the end of
+        its loop turn would not come until the wait is over.
+        """
+        if self._handoff_scheduled:
+            self._handoff()
 
     def _handoff(self) -> None:
         try:

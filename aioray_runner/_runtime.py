@@ -274,6 +274,29 @@ class Runtime:
         """
         return self._require().submit(fn, args, kwargs)
 
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        label: str | None = None,
+        actor_options: dict[str, Any] | None = None,
+    ) -> AioRayFuture[Any]:
+        """``submit`` for integrations: a custom label, a group by actor options."""
+        pool = self._require()
+        group = pool.group(actor_options) if actor_options else DEFAULT_GROUP
+        return pool.submit(fn, args, kwargs, group=group, label=label)
+
+    def _broadcast_all(self, fn: Callable[..., Any], /, *args: Any) -> list[AioRayFuture[Any]]:
+        """Run ``fn`` once on every live supervisor of every group."""
+        pool = self._require()
+        return [
+            pool.submit(fn, args, {}, slot=slot)
+            for group in list(pool.groups)
+            for slot in pool.slots(group)
+        ]
+
     def map(self, fn: Callable[..., Any], /, *iterables: Iterable[Any]) -> list[AioRayFuture[Any]]:
         """Submit ``fn`` once per item (``zip`` of the iterables); return the futures in order."""
         pool = self._require()

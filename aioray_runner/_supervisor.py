@@ -104,14 +104,22 @@ class Supervisor:
         for call_id, digest, blob, deps, label in calls:
             record = _Call(call_id, label, loop.create_future())
             self._calls[call_id] = record
-            record.task = loop.create_task(self._run(record, digest, blob, deps))
             arrival = self._arrivals.pop(call_id, None)
             if arrival is not None:
                 arrival.set_result(record)
             if call_id in self._cancel_early:
                 self._cancel_early.discard(call_id)
-                record.task.cancel()
+                self._finish(record, _wire.CANCELLED, None)
+                continue
+            record.task = task = loop.create_task(self._run(record, digest, blob, deps))
+            task.add_done_callback(functools.partial(self._on_task_done, record))
         return len(calls)
+
+    def _on_task_done(self, record: _Call, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs ``_run``'s body,
+        # so nothing else would report its outcome.
+        if not record.outcome.done():
+            self._finish(record, _wire.CANCELLED, None)
 
     async def poll(self, max_items: int = 5000) -> list[tuple[int, int, bytes | None]]:
         """Wait until some calls have finished; return up to ``max_items`` outcomes."""

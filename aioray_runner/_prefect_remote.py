@@ -1,0 +1,209 @@
+"""The supervisor's side of the Prefect integration.
+
+Entering Prefect's serialized context costs about a quarter of a second of CPU
+(settings rebuilt by pydantic, a new API client with a new TLS context): doing it
+per task run stalls the supervisor's loop for every task. So a supervisor enters
+a flow run's context once, opens one API client for it, and starts every task run
+of that flow run as an asyncio task in a copy of that context. The flow run's
+scope is closed (and Prefect's log and event queues drained) when the task runner
+exits.
+
+Per task run only what differs travels, in ``serialize_context``'s format: the
+tags, the parent task run (for tasks submitted from inside tasks) and the asset
+context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from contextlib import ExitStack
+from typing import Any
+from uuid import UUID
+
+_scopes: dict[str, _FlowRunScope] = {}
+
+
+class _FlowRunScope:
+    """One flow run's context on this supervisor, entered once and held open."""
+
+    def __init__(self, key: str, flow_context: dict[str, Any]) -> None:
+        self.key = key
+        self.flow_context = flow_context
+        self.ready: asyncio.Future[contextvars.Context] = asyncio.get_running_loop().create_future()
+        self.closing = asyncio.Event()
+        self.holder = asyncio.get_running_loop().create_task(self._hold())
+
+    async def _hold(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.context import AsyncClientContext, hydrated_context
+
+        try:
+            # One sync client for the flow run context, one async client for the engine.
+            with hydrated_context(self.flow_context, client=get_client(sync_client=True)):
+                async with AsyncClientContext.get_or_create():
+                    self.ready.set_result(contextvars.copy_context())
+                    await self.closing.wait()
+        except BaseException as exc:
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def close(self) -> None:
+        self.closing.set()
+        # Closing the API client sometimes waits on its connection pool for a
+        # long time; the supervisor is about to stop, so do not wait for it.
+        done, _ = await asyncio.wait([self.holder], timeout=2)
+        if not done:
+            self.holder.cancel()
+
+
+async def _scope_for(key: str, flow_context: dict[str, Any]) -> contextvars.Context:
+    scope = _scopes.get(key)
+    if scope is None:
+        scope = _scopes[key] = _FlowRunScope(key, flow_context)
+    return await asyncio.shield(scope.ready)
+
+
+def _enter_call_context(stack: ExitStack, call_context: dict[str, Any]) -> None:
+    from prefect.context import AssetContext, FlowRunContext, TaskRunContext, tags
+
+    if current_tags := (call_context.get("tags_context") or {}).get("current_tags"):
+        stack.enter_context(tags(*current_tags))
+    if parent := call_context.get("task_run_context"):
+        flow_run = FlowRunContext.get()
+        if flow_run is not None:
+            stack.enter_context(TaskRunContext(**parent, client=flow_run.client))
+    if asset_context := call_context.get("asset_context"):
+        stack.enter_context(AssetContext(**asset_context))
+
+
+async def run_async_task(
+    key: str,
+    flow_context: dict[str, Any],
+    task: Any,
+    meta: tuple[UUID, Any, dict[str, Any] | None, dict[str, Any]],
+    /,
+    **parameters: Any,
+) -> Any:
+    """Run one async task run on this supervisor's loop; return its final State.
+
+    The task's parameters arrive as keyword arguments, so an unpicklable one is
+    named by its own name in the error ``submit`` raises.
+    """
+    from prefect.task_engine import run_task_async
+
+    task_run_id, wait_for, dependencies, call_context = meta
+
+    context = await _scope_for(key, flow_context)
+
+    async def run() -> Any:
+        with ExitStack() as stack:
+            _enter_call_context(stack, call_context)
+            try:
+                return await run_task_async(
+                    task=task,
+                    task_run_id=task_run_id,
+                    parameters=parameters,
+                    wait_for=wait_for,
+                    dependencies=dependencies,
+                    return_type="state",
+                    context=None,  # already entered, once per flow run
+                )
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                # KeyboardInterrupt/SystemExit: the engine has recorded the crash;
+                # they must not escape an asyncio task (that stops the loop).
+                return crashed_state(exc)
+
+    return await asyncio.get_running_loop().create_task(run(), context=context.copy())
+
+
+def crashed_state(exc: BaseException) -> Any:
+    """Prefect's Crashed state for an exception raised outside the task's own code."""
+    from prefect.states import exception_to_crashed_state
+
+    # Without a result store the coroutine never awaits: run it to its end here,
+    # so sync callers (and callbacks on the I/O thread) need no event loop.
+    coro = exception_to_crashed_state(exc)
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("exception_to_crashed_state awaited unexpectedly")
+
+
+_sync_runner: Any = None
+
+
+def _run_sync_task(task: Any, task_run_id: UUID, context: dict[str, Any], **kwargs: Any) -> Any:
+    """Runs in a Ray worker, as prefect-ray runs every task."""
+    from prefect.task_engine import run_task_sync
+
+    return run_task_sync(
+        task=task, task_run_id=task_run_id, context=context, return_type="state", **kwargs
+    )
+
+
+async def run_sync_task(
+    key: str,
+    flow_context: dict[str, Any],
+    task: Any,
+    meta: tuple[UUID, Any, dict[str, Any] | None, dict[str, Any], dict[str, Any]],
+    /,
+    **parameters: Any,
+) -> Any:
+    """Start a sync task run as a Ray task and await its State on this loop.
+
+    Its upstream results were already resolved here, in the supervisor; the
+    Ray task holds a worker slot only while the task's own code runs.
+    """
+    import ray
+
+    task_run_id, wait_for, dependencies, call_context, ray_options = meta
+
+    global _sync_runner
+    if _sync_runner is None:
+        _sync_runner = ray.remote(_run_sync_task)
+    remote = _sync_runner.options(name=getattr(task, "name", "task"), **ray_options)
+    context = {**flow_context, **call_context}
+    ref = remote.remote(
+        task,
+        task_run_id,
+        context,
+        parameters=parameters,
+        wait_for=wait_for,
+        dependencies=dependencies,
+    )
+    try:
+        return await ref
+    except asyncio.CancelledError:
+        ray.cancel(ref)
+        raise
+    except Exception as exc:
+        return crashed_state(_unwrap_ray_error(exc))
+
+
+def _unwrap_ray_error(exc: BaseException) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+async def close_flow_run(key: str) -> int:
+    """Close a flow run's scope here and flush Prefect's log and event queues."""
+    scope = _scopes.pop(key, None)
+    if scope is not None:
+        await scope.close()
+    await asyncio.to_thread(_drain_prefect_queues)
+    return len(_scopes)
+
+
+def _drain_prefect_queues() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)

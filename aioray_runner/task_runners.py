@@ -1,0 +1,551 @@
+"""``AioRayTaskRunner``: a Prefect 3 task runner that runs async tasks on supervisors.
+
+A drop-in for ``prefect_ray.RayTaskRunner``::
+
+    from prefect import flow, task
+    from aioray_runner import AioRayTaskRunner
+
+    @task
+    async def fetch(i: int) -> int:
+        await asyncio.sleep(0.1)
+        return i
+
+    @flow(task_runner=AioRayTaskRunner())
+    async def pipeline(n: int) -> int:
+        first = await fetch.submit(0)        # awaiting a submitted task gives its result
+        futures = fetch.map(range(n))        # thousands in flight on a few supervisors
+        return sum([await f for f in futures])
+
+* **async tasks** run through Prefect's async task engine on a supervisor's
+  event loop, many at once, with the flow run's context and API client set up
+  once per supervisor (see ``_prefect_remote``);
+* **sync tasks** run as Ray tasks, as under ``RayTaskRunner``, honouring
+  :func:`aioray_runner.remote_options`;
+* upstream futures in parameters (nested anywhere) and ``wait_for`` are
+  resolved inside the supervisor, into the upstream's final State: Prefect's
+  engine then does what it always does (results, ``allow_failure``,
+  ``NotReady`` for a failed upstream).
+
+This module only translates Prefect's calls into the runtime's; the runtime
+never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+
+import anyio
+import ray
+from prefect.client.schemas.objects import RunInput
+from prefect.context import (
+    AssetContext,
+    FlowRunContext,
+    TagsContext,
+    TaskRunContext,
+    serialize_context,
+)
+from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFuture
+from prefect.client.schemas.objects import State
+from prefect.states import Pending
+from prefect.task_runners import TaskRunner
+from prefect.utilities.engine import collect_task_run_inputs_sync
+from typing_extensions import ParamSpec
+
+from . import _prefect_remote
+from ._futures import AioRayFuture
+from ._runtime import DEFAULT_MAX_CONCURRENCY, Runtime
+from .context import ACTOR_PLACEMENT_OPTIONS, current_remote_options
+from .errors import SerializationError, SupervisorDiedError, UpstreamError
+
+if TYPE_CHECKING:
+    from prefect.tasks import Task
+
+__all__ = ["AioRayTaskRunner", "PrefectAioRayFuture"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("aioray_runner")
+
+# The parts of Prefect's serialized context that differ from task run to task run.
+_PER_CALL_CONTEXT = ("task_run_context", "tags_context", "asset_context")
+
+
+class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
+    """A Prefect future for a task run on a supervisor (or a Ray task it started).
+
+    Everything ``PrefectFuture`` offers (``wait``, ``result``, ``state``,
+    ``add_done_callback``, Prefect's ``wait`` and ``as_completed``), plus the
+    async side: ``await future`` gives the result (raising if the run failed),
+    and ``wait_async`` / ``result_async`` do not block the flow's event loop.
+    """
+
+    def __aioray_future__(self) -> AioRayFuture[Any]:
+        # Lets the runtime resolve this future inside a supervisor when it is
+        # passed to another task: it becomes the upstream's final State there.
+        return self._wrapped_future
+
+    def _settle(self) -> None:
+        if self._final_state is None and self._wrapped_future.done():
+            self._final_state = _state_of(self._wrapped_future)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the task run finishes, or ``timeout`` seconds pass."""
+        if self._final_state is None:
+            self._wrapped_future.wait_sync(timeout)
+            self._settle()
+
+    async def wait_async(self, timeout: float | None = None) -> None:
+        """Wait for the task run without blocking the event loop (asyncio or trio)."""
+        if self._final_state is None:
+            with anyio.move_on_after(timeout):
+                await self._wrapped_future.wait()
+            self._settle()
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The task run's result, blocking; raises its exception if it failed."""
+        self.wait(timeout)
+        if self._final_state is None:
+            raise TimeoutError(
+                f"Task run {self.task_run_id} did not complete within {timeout} seconds"
+            )
+        return self._final_state.result(  # type: ignore[no-any-return, call-overload]
+            raise_on_failure=raise_on_failure, _sync=True
+        )
+
+    async def result_async(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The task run's result, awaited; raises its exception if it failed."""
+        await self.wait_async(timeout)
+        if self._final_state is None:
+            raise TimeoutError(
+                f"Task run {self.task_run_id} did not complete within {timeout} seconds"
+            )
+        return await self._final_state.aresult(raise_on_failure=raise_on_failure)  # type: ignore[return-value]
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.result_async().__await__()
+
+    def add_done_callback(self, fn: Callable[[PrefectFuture[R]], None]) -> None:
+        """Call ``fn(self)`` when the run finishes (on the runtime's I/O thread)."""
+        if self._final_state is not None:
+            fn(self)
+            return
+        self._wrapped_future.add_done_callback(lambda _: fn(self))
+
+    def __repr__(self) -> str:
+        state = self._final_state.type.value if self._final_state else "PENDING"
+        return f"<PrefectAioRayFuture task_run_id={self.task_run_id} {state}>"
+
+
+def _state_of(future: AioRayFuture[Any]) -> State[Any]:
+    """The final State a finished runtime future stands for."""
+    try:
+        state = future.result(0)
+    except UpstreamError as exc:
+        # An upstream was lost before it could report a State of its own: the
+        # usual Prefect outcome for a task whose upstream did not complete.
+        return Pending(name="NotReady", message=str(exc))
+    except BaseException as exc:
+        return _prefect_remote.crashed_state(exc)  # type: ignore[no-any-return]
+    if not isinstance(state, State):
+        raise TypeError(f"expected a Prefect State from the supervisor, got {state!r}")
+    return state
+
+
+class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
+    """Runs Prefect task runs on aioray-runner's supervisor actors.
+
+    Args:
+        address: Address of a running Ray instance (``"ray://host:10001"``,
+            ``"auto"``); ``None`` starts a temporary local instance unless Ray is
+            already initialized in this process. As in ``RayTaskRunner``.
+        init_kwargs: Extra keyword arguments for ``ray.init``. As in
+            ``RayTaskRunner`` (the namespace defaults to ``"prefect"``).
+        supervisors: Supervisor actors to start; ``None`` = one per Ray node.
+        max_concurrency: Async task runs running at once per supervisor.
+        threads: Thread pool size of each supervisor (for plain functions).
+        actor_options: Extra Ray actor options for the supervisors.
+
+    Ray is shut down on exit only if this runner started it.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+        *,
+        supervisors: int | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        threads: int = 32,
+        actor_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.address = address
+        self.init_kwargs = dict(init_kwargs or {})
+        self.init_kwargs.setdefault("namespace", "prefect")
+        self.supervisors = supervisors
+        self.max_concurrency = max_concurrency
+        self.threads = threads
+        self.actor_options = dict(actor_options or {})
+        self._runtime: Runtime | None = None
+        self._key = uuid.uuid4().hex
+        self._flow_context: dict[str, Any] | None = None
+        self._callables: dict[tuple[int, bool], tuple[Task[Any, Any], Callable[..., Any]]] = {}
+        self._submit_context: contextvars.Context | None = None
+        self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        super().__init__()
+
+    def duplicate(self) -> Self:
+        """A new, unstarted runner with the same settings (one per flow run)."""
+        return type(self)(
+            address=self.address,
+            init_kwargs=self.init_kwargs,
+            supervisors=self.supervisors,
+            max_concurrency=self.max_concurrency,
+            threads=self.threads,
+            actor_options=self.actor_options,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AioRayTaskRunner):
+            return False
+        return (
+            self.address == other.address
+            and self.init_kwargs == other.init_kwargs
+            and self.supervisors == other.supervisors
+            and self.max_concurrency == other.max_concurrency
+            and self.threads == other.threads
+            and self.actor_options == other.actor_options
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable settings, compared by value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Flows (and so their runner) are pickled into the context that
+        # supervisors receive: send the settings, not the live machinery.
+        state = {k: v for k, v in self.__dict__.items() if k != "logger"}
+        state.update(
+            _runtime=None,
+            _flow_context=None,
+            _callables={},
+            _submit_context=None,
+            _reporter=None,
+            _lock=None,
+            _started=False,
+        )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        from prefect.logging.loggers import get_logger
+
+        self.logger = get_logger(f"task_runner.{self.name}")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        if not _inside_ray_worker():
+            # In the flow's process: start now, so Ray's address and the
+            # supervisors are logged when the flow starts. Inside a supervisor
+            # (Prefect enters a copy of the runner there) start only if a task
+            # actually submits more tasks.
+            self._start_runtime()
+        return self
+
+    def _start_runtime(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = Runtime(
+                    self.address,
+                    supervisors=self.supervisors,
+                    max_concurrency=self.max_concurrency,
+                    threads=self.threads,
+                    init_kwargs=self.init_kwargs,
+                    actor_options=self.actor_options,
+                ).start()
+            return self._runtime
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        runtime, self._runtime = self._runtime, None
+        try:
+            if runtime is not None:
+                self._close_runtime(runtime, cancel=exc_type is not None)
+            if self._reporter is not None:
+                self._reporter.shutdown(wait=True)
+                self._reporter = None
+        finally:
+            super().__exit__(exc_type, exc_value, traceback)
+
+    def _close_runtime(self, runtime: Runtime, *, cancel: bool) -> None:
+        outstanding = runtime._outstanding()
+        if cancel:
+            for future in outstanding:
+                future.cancel()
+        for future in outstanding:
+            future.wait_sync(10 if cancel else None)
+        # Close each supervisor's flow run scope and flush Prefect's log and
+        # event queues there, before the supervisors are stopped.
+        closers = runtime._broadcast_all(_prefect_remote.close_flow_run, self._key)
+        for closer in closers:
+            if not closer.wait_sync(30):
+                logger.warning("A supervisor did not flush its Prefect logs within 30 s")
+        runtime.close(wait=False)
+
+    def cancel_all(self) -> None:
+        """Cancel every task run still in flight (Prefect calls this on cancellation)."""
+        runtime = self._runtime
+        if runtime is not None and runtime.running:
+            for future in runtime._outstanding():
+                future.cancel()
+
+    # -- submitting ---------------------------------------------------------------------
+
+    @overload
+    def submit(
+        self,
+        task: Task[P, Coroutine[Any, Any, R]],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, set[RunInput]] | None = None,
+    ) -> PrefectAioRayFuture[R]: ...
+
+    @overload
+    def submit(
+        self,
+        task: Task[Any, R],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, set[RunInput]] | None = None,
+    ) -> PrefectAioRayFuture[R]: ...
+
+    def submit(  # type: ignore[override]  # same overloads as prefect-ray
+        self,
+        task: Task[P, Any],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, set[RunInput]] | None = None,
+    ) -> PrefectAioRayFuture[Any]:
+        """Submit one task run; returns at once with its future."""
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        runtime = self._runtime or self._start_runtime()
+        task_run_id = uuid.uuid4()
+        call_context = self._call_context(task, task_run_id, parameters)
+        options = current_remote_options()
+        meta: tuple[Any, ...] = (task_run_id, wait_for, dependencies, call_context)
+        try:
+            if task.isasync:
+                placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
+                wrapped = runtime._submit(
+                    self._remote_callable(task, is_async=True),
+                    (meta,),
+                    parameters,
+                    label=task.name,
+                    actor_options=placement,
+                )
+            else:
+                wrapped = runtime._submit(
+                    self._remote_callable(task, is_async=False),
+                    ((*meta, options),),
+                    parameters,
+                    label=task.name,
+                )
+        except SerializationError as exc:
+            return self._failed_at_submit(task, task_run_id, exc)
+        future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
+            task_run_id=task_run_id, wrapped_future=wrapped
+        )
+        wrapped.add_done_callback(functools.partial(self._report_if_lost, task_run_id))
+        return future
+
+    @overload
+    def map(
+        self,
+        task: Task[P, Coroutine[Any, Any, R]],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    ) -> PrefectFutureList[PrefectAioRayFuture[R]]: ...
+
+    @overload
+    def map(
+        self,
+        task: Task[Any, R],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    ) -> PrefectFutureList[PrefectAioRayFuture[R]]: ...
+
+    def map(
+        self,
+        task: Task[P, Any],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    ) -> PrefectFutureList[PrefectAioRayFuture[Any]]:
+        """Submit one task run per item of the iterable parameters (Prefect's rules)."""
+        return super().map(task, parameters, wait_for)
+
+    def _flow_context_once(self) -> dict[str, Any]:
+        # The flow run's context (settings, flow run) is the same for every
+        # task run of this runner: serialize it once, send it once per supervisor.
+        if self._flow_context is None:
+            with _share_ephemeral_api():
+                context = serialize_context()
+            for key in _PER_CALL_CONTEXT:
+                context.pop(key, None)
+            self._flow_context = context
+            self._submit_context = contextvars.copy_context()
+        return self._flow_context
+
+    def _remote_callable(self, task: Task[Any, Any], *, is_async: bool) -> Callable[..., Any]:
+        # One callable per task object, so the runtime pickles the task once.
+        key = (id(task), is_async)
+        cached = self._callables.get(key)
+        if cached is None or cached[0] is not task:
+            remote = _prefect_remote.run_async_task if is_async else _prefect_remote.run_sync_task
+            fn = functools.partial(remote, self._key, self._flow_context_once(), task)
+            cached = self._callables[key] = (task, fn)
+        return cached[1]
+
+    def _call_context(
+        self, task: Task[Any, Any], task_run_id: uuid.UUID, parameters: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What differs per task run, in ``serialize_context``'s format (as prefect-ray)."""
+        task_inputs = {
+            k: collect_task_run_inputs_sync(v, future_cls=PrefectAioRayFuture)
+            for k, v in parameters.items()
+        }
+        context: dict[str, Any] = {
+            "asset_context": AssetContext.from_task_and_inputs(
+                task=task, task_run_id=task_run_id, task_inputs=task_inputs, copy_to_child_ctx=True
+            ).serialize()
+        }
+        if (tags := TagsContext.get()) and tags.current_tags:
+            context["tags_context"] = tags.serialize()
+        if parent := TaskRunContext.get():
+            context["task_run_context"] = parent.serialize()
+        return context
+
+    # -- failures the runtime reports on the flow's side ---------------------------------------
+
+    def _failed_at_submit(
+        self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: SerializationError
+    ) -> PrefectAioRayFuture[Any]:
+        """A parameter cannot be pickled: this task run fails, the flow goes on."""
+        from prefect._internal.engine import dynamic_key_for_task_run
+        from prefect.client.orchestration import get_client
+        from prefect.states import Failed
+
+        message = f"Task run {task.name!r} could not be sent to a supervisor: {exc}"
+        state: State[Any] = Failed(message=message, data=exc)
+        flow_run = FlowRunContext.get()
+        try:
+            with get_client(sync_client=True) as client:
+                client.create_task_run(
+                    task=task,
+                    flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
+                    dynamic_key=str(dynamic_key_for_task_run(flow_run, task)) if flow_run else "0",
+                    id=task_run_id,
+                    state=state,
+                )
+        except Exception:
+            logger.exception("Could not record the failed task run %s in the API", task_run_id)
+        if flow_run is not None:
+            from prefect.logging.loggers import get_run_logger
+
+            get_run_logger(flow_run).error(message)
+        else:
+            logger.error(message)
+        future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
+            task_run_id=task_run_id, wrapped_future=_failed_future(exc)
+        )
+        future._final_state = state
+        return future
+
+    def _report_if_lost(self, task_run_id: uuid.UUID, future: AioRayFuture[Any]) -> None:
+        """A supervisor died under this run: record the crash in the API too (I/O thread)."""
+        if not isinstance(future._error, SupervisorDiedError) or self._submit_context is None:
+            return
+        with self._lock:
+            if self._reporter is None:
+                self._reporter = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="aioray-crash-reporter"
+                )
+            reporter = self._reporter
+        state = _prefect_remote.crashed_state(future._error)
+        reporter.submit(self._submit_context.copy().run, _set_state, task_run_id, state)
+
+
+@contextmanager
+def _share_ephemeral_api() -> Iterator[None]:
+    """Point the supervisors at this process's temporary Prefect server.
+
+    With no ``PREFECT_API_URL``, every process that talks to Prefect starts a
+    temporary server of its own (seconds each, several writers on one
+    database). The flow's process already runs one: name it in the context the
+    supervisors receive. On a remote cluster set ``PREFECT_API_URL`` instead.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        temporary_settings,
+    )
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()  # a no-op when the flow's client already started it
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def _set_state(task_run_id: uuid.UUID, state: State[Any]) -> None:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(task_run_id, state, force=True)
+    except Exception:
+        logger.exception("Could not record the crash of task run %s in the API", task_run_id)
+
+
+def _failed_future(error: BaseException) -> AioRayFuture[Any]:
+    """A runtime future that was never sent: already failed with ``error``."""
+    future: AioRayFuture[Any] = AioRayFuture(_NO_SLOT, 0, "unsent", None)
+    future._set_error(error)
+    return future
+
+
+class _NoSlot:
+    """Stands in for a supervisor for futures that were never sent."""
+
+    index = -1
+
+    def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
+        pass
+
+    def send_now(self) -> None:
+        pass
+
+
+_NO_SLOT: Any = _NoSlot()
+
+
+def _inside_ray_worker() -> bool:
+    if not ray.is_initialized():
+        return False
+    try:
+        return bool(ray.get_runtime_context().worker.mode != ray.SCRIPT_MODE)
+    except Exception:
+        return False

@@ -1,0 +1,121 @@
+"""Test matrix and checks: ``nox`` runs what CI runs; ``nox -l`` lists the sessions.
+
+Examples::
+
+    nox                     # lint, typecheck, docs, tests (every Ray version), tests_trio
+    nox -s tests            # the Ray matrix only
+    nox -s lint typecheck   # the quick checks
+    nox -s "tests(ray='2.60.0')" -- -x -k cancel   # one Ray version; pytest args after --
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+# uv creates the venvs and installs in seconds (Ray and Prefect are big); fall
+# back to virtualenv + pip where uv is not installed.
+nox.options.default_venv_backend = "uv|virtualenv"
+# A machine without Python 3.11 skips the sessions instead of failing the run.
+nox.options.error_on_missing_interpreters = False
+# Never fetch a standalone Python build: only package registries are reachable
+# here, so a missing interpreter must be skipped, not downloaded.
+nox.options.download_python = "never"
+
+PYTHON = "3.11"
+
+# Oldest to newest. 2.10.0 is the floor in pyproject.toml (`ray[client]>=2.10`):
+# 2.9.x fails at the first actor call in a uv-made venv (no setuptools there):
+# ray/_private/pydantic_compat.py does `from pkg_resources import packaging`.
+# 2.40.0 is a middle point; 2.60.0 is the newest (token auth on by default: kept on).
+RAY_VERSIONS = ["2.10.0", "2.40.0", "2.60.0"]
+RAY_NEWEST = RAY_VERSIONS[-1]
+
+# The sessions CI runs, and plain `nox` too ("tests" means every Ray version).
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "tests_trio"]
+
+ENV = {
+    # Keep Ray on 127.0.0.1 (and off the host's other interfaces) in every session.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # Prefect's temporary test server must not phone home.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+LINT_PATHS = [
+    "aioray_runner",
+    "tests",
+    "tests_trio",
+    "benchmarks",
+    "examples",
+    "docs",
+    "noxfile.py",
+]
+
+
+def _setup(session: nox.Session) -> None:
+    session.env.update(ENV)
+
+
+def _install_for_tests(session: nox.Session, ray: str) -> None:
+    # One resolver call, so the Ray pin and the prefect extra's `fastapi<0.155`
+    # (prefect 3.8.8's server breaks on fastapi 0.155+) are solved together.
+    # Not editable: the tests run against the wheel as users install it (a file
+    # missing from the wheel fails here). uv rebuilds it on every install.
+    session.install(".[test]", f"ray[client]=={ray}")
+    # Show what was actually resolved, so a failing matrix entry is easy to read.
+    session.run("python", "-c", _SHOW_VERSIONS, silent=False)
+
+
+_SHOW_VERSIONS = """
+from importlib.metadata import version
+names = "ray prefect fastapi pydantic anyio trio cloudpickle".split()
+print("resolved:", *(f"{name}=={version(name)}" for name in names))
+"""
+
+
+@nox.session(python=PYTHON, allow_parallel=False)  # Ray needs both cores: one at a time
+@nox.parametrize("ray", RAY_VERSIONS)
+def tests(session: nox.Session, ray: str) -> None:
+    """The main test suite against one Ray version (every one from the oldest supported)."""
+    _setup(session)
+    _install_for_tests(session, ray)
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session(python=PYTHON, allow_parallel=False)
+def tests_trio(session: nox.Session) -> None:
+    """The trio tests (callers and coroutines under trio), against the newest Ray."""
+    _setup(session)
+    _install_for_tests(session, RAY_NEWEST)
+    session.run("pytest", "tests_trio", *session.posargs)
+
+
+@nox.session(python=PYTHON, allow_parallel=True)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    _setup(session)
+    session.install("ruff>=0.6")
+    # git keeps no empty folders: a fresh clone may lack some of these until
+    # they hold a file, and ruff fails on a path that does not exist.
+    paths = [p for p in LINT_PATHS if Path(p).exists()]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session(python=PYTHON, allow_parallel=True)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on aioray_runner (settings in pyproject.toml)."""
+    _setup(session)
+    # With the extras installed mypy sees the real trio and Prefect types.
+    session.install("-e", ".[prefect,trio]", "mypy>=1.10")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON, allow_parallel=True)
+def docs(session: nox.Session) -> None:
+    """Docstrings on the public API; every Python block in README.md and docs/*.md compiles."""
+    _setup(session)
+    # prefect: the Prefect names in __all__ are imported to read their docstrings.
+    session.install("-e", ".[prefect,trio]")
+    session.run("python", "docs/check_docs.py")

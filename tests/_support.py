@@ -1,0 +1,139 @@
+"""Shared by tests/ and tests_trio/: the session's Ray, shared runtimes, helpers.
+
+The fixtures are imported into ``tests/conftest.py`` and ``tests_trio/conftest.py``.
+Everything else here also runs *inside* supervisors: ``tests`` is a package and
+Ray puts the driver's working directory on its workers' ``sys.path``, so
+functions defined in test modules (and this module's shared state) are imported
+by reference there.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must be set before Ray is imported (keeps a local Ray on 127.0.0.1).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+import ray
+
+from aioray_runner import Runtime
+
+# -- fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole pytest session (reused if already initialized)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def runtime(ray_session: None) -> Iterator[Runtime]:
+    """A default Runtime shared by the tests that do not need their own."""
+    rt = Runtime()
+    rt.start()
+    yield rt
+    rt.close(wait=False)
+
+
+# -- helpers that run in supervisors ---------------------------------------------------
+
+# State shared by calls running in the same supervisor process, keyed by a token
+# that each test makes up, so tests sharing a supervisor do not see each other.
+_lock = threading.Lock()
+_gauges: dict[str, list[int]] = {}  # token -> [running now, most at once]
+_events: dict[str, threading.Event] = {}
+_started: dict[str, bool] = {}
+
+
+def _event(token: str) -> threading.Event:
+    with _lock:
+        return _events.setdefault(token, threading.Event())
+
+
+async def gauged_sleep(token: str, delay: float, value: int) -> int:
+    """Count how many calls with this token run at once in this process."""
+    with _lock:
+        gauge = _gauges.setdefault(token, [0, 0])
+        gauge[0] += 1
+        gauge[1] = max(gauge[1], gauge[0])
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        with _lock:
+            gauge[0] -= 1
+    return value
+
+
+def gauge_peak(token: str) -> int:
+    """The most calls with this token that ran at once in this process."""
+    with _lock:
+        return _gauges.get(token, [0, 0])[1]
+
+
+def block_until_set(token: str, limit_s: float) -> tuple[str, bool]:
+    """A plain function that blocks its thread until ``set_when_started`` runs."""
+    _started[token] = True
+    was_set = _event(token).wait(limit_s)
+    return threading.current_thread().name, was_set
+
+
+async def set_when_started(token: str, limit_s: float) -> bool:
+    """Set the event once ``block_until_set`` is blocking (needs a free event loop)."""
+    deadline = time.monotonic() + limit_s
+    while not _started.get(token):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    _event(token).set()
+    return True
+
+
+# -- caller-side helpers -----------------------------------------------------------------
+
+
+class Heartbeat:
+    """Ticks on the caller's loop (asyncio or trio); shows the loop stayed free."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.ticks: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            self.ticks.append(time.monotonic())
+
+    def ticks_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.ticks if start <= t <= end)
+
+    def assert_kept_ticking(self, start: float, end: float) -> None:
+        """At least a fifth of the ticks the window had room for (a ratio, not a speed)."""
+        room = (end - start) / self.interval
+        ticks = self.ticks_between(start, end)
+        assert ticks >= 3, f"heartbeat ticked {ticks} times in {end - start:.2f} s"
+        assert ticks >= 0.2 * room, f"heartbeat ticked {ticks} times, room for {room:.0f}"
+
+
+async def wait_until(predicate, within: float = 20.0, interval: float = 0.02) -> None:
+    """Poll ``predicate()`` (sync or async) until true; fail after ``within`` seconds."""
+    with anyio.fail_after(within):
+        while True:
+            result = predicate()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(interval)

@@ -1,0 +1,16 @@
+"""Fixtures for tests_trio/: the same session Ray and shared runtime, on trio."""
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
+
+import pytest
+
+from tests._support import ray_session, runtime
+
+__all__ = ["anyio_backend", "ray_session", "runtime"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"

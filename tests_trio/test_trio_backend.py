@@ -1,0 +1,130 @@
+"""``Runtime(backend="trio")``: trio-native coroutines run in the supervisors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from aioray_runner import CancelledError, Runtime
+from tests._support import Heartbeat, wait_until
+
+pytestmark = pytest.mark.anyio
+
+N = 10_000
+
+
+@pytest.fixture(scope="module")
+def trio_runtime(ray_session: None) -> Iterator[Runtime]:
+    rt = Runtime(backend="trio")
+    rt.start()
+    yield rt
+    rt.close(wait=False)
+
+
+async def nursery_job(i: int) -> int:
+    """trio-only code: a nursery of two children, each with a trio.sleep."""
+    parts: list[int] = []
+
+    async def child(k: int) -> None:
+        await trio.sleep(0.1)
+        parts.append(k)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child, i)
+        nursery.start_soon(child, 1)
+    return sum(parts)
+
+
+async def in_trio() -> str:
+    trio.lowlevel.current_task()  # raises RuntimeError outside trio
+    await trio.lowlevel.checkpoint()
+    return type(trio.lowlevel.current_trio_token()).__name__
+
+
+async def trio_fail(message: str) -> None:
+    await trio.lowlevel.checkpoint()
+    raise ArithmeticError(message)
+
+
+def plain_thread_name() -> str:
+    return threading.current_thread().name
+
+
+async def trio_guarded_sleep(marker_dir: str, seconds: float) -> str:
+    directory = Path(marker_dir)
+    (directory / "started").write_text("yes")
+    outcome = "returned"
+    try:
+        await trio.sleep(seconds)
+    except trio.Cancelled:
+        outcome = "cancelled"
+        raise
+    finally:
+        (directory / "finally").write_text(outcome)
+    return "done"
+
+
+async def test_coroutines_run_under_trio_remotely(trio_runtime: Runtime) -> None:
+    assert trio_runtime.supervisor_info()[0]["backend"] == "trio"
+    assert await trio_runtime.submit(in_trio) == "TrioToken"
+    assert await trio_runtime.submit(nursery_job, 41) == 42
+
+
+async def test_plain_functions_still_use_the_thread_pool(trio_runtime: Runtime) -> None:
+    assert (await trio_runtime.submit(plain_thread_name)).startswith("aioray-supervisor")
+
+
+async def test_ten_thousand_trio_coroutines_with_heartbeat(trio_runtime: Runtime) -> None:
+    heartbeat = Heartbeat()
+    results: list[int] = [0] * N
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat.run)
+        await trio.sleep(0.05)
+        futures = [trio_runtime.submit(nursery_job, i) for i in range(N)]
+        start = time.monotonic()
+
+        async def collect(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                results[i] = await futures[i]
+
+        async with trio.open_nursery() as waiters:
+            for lo in range(0, N, 500):
+                waiters.start_soon(collect, lo, lo + 500)
+        end = time.monotonic()
+        nursery.cancel_scope.cancel()
+    assert results == [i + 1 for i in range(N)]
+    heartbeat.assert_kept_ticking(start, end)
+
+
+async def test_trio_exception_keeps_its_type(trio_runtime: Runtime) -> None:
+    fut = trio_runtime.submit(trio_fail, "trio side")
+    with pytest.raises(ArithmeticError, match="trio side") as info:
+        await fut
+    assert "trio_fail" in "\n".join(info.value.__notes__)
+
+
+async def test_cancel_reaches_trio_and_runs_finally(trio_runtime: Runtime, tmp_path: Path) -> None:
+    fut = trio_runtime.submit(trio_guarded_sleep, str(tmp_path), 3600)
+    await wait_until(lambda: (tmp_path / "started").exists())
+    assert fut.cancel()
+    with trio.fail_after(30):
+        with pytest.raises(CancelledError):
+            await fut
+    assert fut.cancelled()
+    assert (tmp_path / "finally").read_text() == "cancelled"
+
+
+async def test_caller_timeout_does_not_cancel_trio_call(
+    trio_runtime: Runtime, tmp_path: Path
+) -> None:
+    fut = trio_runtime.submit(trio_guarded_sleep, str(tmp_path), 1.0)
+    with trio.move_on_after(0.2) as scope:
+        await fut
+    assert scope.cancelled_caught
+    assert await fut == "done"
+    assert (tmp_path / "finally").read_text() == "returned"

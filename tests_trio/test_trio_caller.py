@@ -1,0 +1,117 @@
+"""A trio caller, with the default asyncio supervisors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+import pytest
+import trio
+
+from aioray_runner import CancelledError, Runtime, UpstreamError
+from tests._support import Heartbeat, wait_until
+
+pytestmark = pytest.mark.anyio
+
+N = 10_000
+
+
+async def asyncio_nap(i: int, seconds: float = 0.1) -> int:
+    # Runs in the supervisor's asyncio loop, whatever library the caller uses.
+    asyncio.get_running_loop()
+    await asyncio.sleep(seconds)
+    return i + 1
+
+
+async def asyncio_fail(message: str) -> None:
+    raise LookupError(message)
+
+
+async def test_runs_under_trio(runtime: Runtime) -> None:
+    trio.lowlevel.current_task()  # really on trio
+    assert await runtime.submit(asyncio_nap, 41, 0) == 42
+
+
+async def test_ten_thousand_calls_with_a_trio_heartbeat(runtime: Runtime) -> None:
+    heartbeat = Heartbeat()
+    results: list[int] = [0] * N
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat.run)
+        await trio.sleep(0.05)
+        futures = [runtime.submit(asyncio_nap, i) for i in range(N)]
+        start = time.monotonic()
+
+        async def collect(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                results[i] = await futures[i]
+
+        async with trio.open_nursery() as waiters:
+            for lo in range(0, N, 500):
+                waiters.start_soon(collect, lo, lo + 500)
+        end = time.monotonic()
+        nursery.cancel_scope.cancel()
+    assert results == [i + 1 for i in range(N)]
+    heartbeat.assert_kept_ticking(start, end)
+
+
+async def test_cancel_scopes_stop_only_the_wait(runtime: Runtime) -> None:
+    fut = runtime.submit(asyncio_nap, 1, 1.0)
+    with trio.move_on_after(0.2) as scope:
+        await fut
+    assert scope.cancelled_caught
+    assert not fut.done()
+    with pytest.raises(TimeoutError):
+        with anyio.fail_after(0.1):
+            await fut
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        await fut  # cancelled at once: the wait never starts
+    assert outer.cancelled_caught
+    assert await fut == 2
+    assert not fut.cancelled()
+
+
+async def test_heartbeat_ticks_while_awaiting(runtime: Runtime) -> None:
+    heartbeat = Heartbeat()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat.run)
+        start = time.monotonic()
+        assert await runtime.submit(asyncio_nap, 9, 1.0) == 10
+        end = time.monotonic()
+        nursery.cancel_scope.cancel()
+    heartbeat.assert_kept_ticking(start, end)
+
+
+async def test_errors_and_dependencies_under_trio(runtime: Runtime) -> None:
+    bad = runtime.submit(asyncio_fail, "trio caller sees it")
+    with pytest.raises(LookupError, match="trio caller sees it") as info:
+        await bad
+    assert any(bad.label in note for note in info.value.__notes__)
+    with pytest.raises(UpstreamError) as upstream:
+        await runtime.submit(asyncio_nap, bad)
+    assert upstream.value.upstream == bad.label
+    a = runtime.submit(asyncio_nap, 1, 0.1)
+    assert await runtime.submit(asyncio_nap, a, 0) == 3
+
+
+async def test_remote_cancel_from_trio(runtime: Runtime) -> None:
+    fut = runtime.submit(asyncio_nap, 0, 3600)
+
+    async def running() -> bool:
+        return (await runtime.stats())[0]["running"] >= 1
+
+    await wait_until(running)
+    assert fut.cancel()
+    with trio.fail_after(30):
+        with pytest.raises(CancelledError):
+            await fut
+    assert fut.cancelled()
+
+
+async def test_as_completed_under_trio(runtime: Runtime) -> None:
+    futures = [runtime.submit(asyncio_nap, i, 0.05 * (i % 3)) for i in range(12)]
+    seen = [f async for f in runtime.as_completed(futures + futures[:4])]
+    assert len(seen) == 12
+    assert set(seen) == set(futures)
+    assert sorted([await f for f in seen]) == list(range(1, 13))
