@@ -35,8 +35,6 @@ from ._futures import AioRayFuture
 from ._supervisor import Supervisor
 from .errors import RuntimeNotRunningError, SupervisorDiedError
 
-logger = logging.getLogger("aioray_runner")
-
 GroupKey = tuple[tuple[str, str], ...]
 DEFAULT_GROUP: GroupKey = ()
 
@@ -88,6 +86,7 @@ class Pool:
         threads: int,
         actor_options: dict[str, Any],
         start_timeout: float,
+        logger: logging.Logger,
     ) -> None:
         self.count = count
         self.max_concurrency = max_concurrency
@@ -95,6 +94,7 @@ class Pool:
         self.threads = threads
         self.actor_options = actor_options
         self.start_timeout = start_timeout
+        self.logger = logger
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[Slot]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
@@ -170,7 +170,7 @@ class Pool:
                 if key in self.groups:
                     return key
                 slots = self._create_group(key, 1, options)
-            logger.info("Starting a supervisor with Ray actor options %s", options)
+            self.logger.info("Starting a supervisor with Ray actor options %s", options)
             self._wait_ready(slots)
         return key
 
@@ -398,7 +398,7 @@ class Pool:
         lost = list(slot.in_flight.values())
         slot.in_flight.clear()
         cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        logger.warning(
+        self.logger.warning(
             "%s died (%s); %d call(s) in flight on it failed. Starting a replacement.",
             slot.describe(),
             cause,
@@ -416,7 +416,7 @@ class Pool:
     async def _describe(self, slot: Slot) -> None:
         try:
             slot.info = await asyncio.wrap_future(slot.handle.info.remote().future())
-            logger.info("Replacement %s is ready", slot.describe())
+            self.logger.info("Replacement %s is ready", slot.describe())
         except Exception as exc:
             self._on_failure(slot, exc)
 

@@ -192,6 +192,11 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def warm_up() -> None:
+    """Import Prefect's task engine ahead of the first task run (thread pool)."""
+    import prefect.task_engine  # noqa: F401
+
+
 async def close_flow_run(key: str) -> int:
     """Close a flow run's scope here and flush Prefect's log and event queues."""
     scope = _scopes.pop(key, None)

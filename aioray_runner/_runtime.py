@@ -24,8 +24,6 @@ from ._futures import AioRayFuture
 from ._pool import DEFAULT_GROUP, GroupKey, Pool
 from .errors import RuntimeNotRunningError
 
-logger = logging.getLogger("aioray_runner")
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -56,6 +54,9 @@ class Runtime:
             (``num_cpus``, ``resources``, ``runtime_env``, ...). By default a
             supervisor reserves no CPU: it spends its time waiting.
         start_timeout: Seconds to wait for the supervisors to start.
+        logger: Where to log what the runtime does (where Ray runs, how many
+            supervisors started, supervisors that died). Defaults to the
+            ``"aioray_runner"`` logger.
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
@@ -72,6 +73,7 @@ class Runtime:
         init_kwargs: dict[str, Any] | None = None,
         actor_options: dict[str, Any] | None = None,
         start_timeout: float = 120.0,
+        logger: logging.Logger | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
@@ -94,6 +96,7 @@ class Runtime:
         self.init_kwargs = dict(init_kwargs or {})
         self.actor_options = dict(actor_options or {})
         self.start_timeout = start_timeout
+        self.logger = logger or logging.getLogger("aioray_runner")
         self._pool: Pool | None = None
         self._owns_ray = False
         self._lock = threading.Lock()
@@ -125,6 +128,7 @@ class Runtime:
                     threads=self.threads,
                     actor_options=self.actor_options,
                     start_timeout=self.start_timeout,
+                    logger=self.logger,
                 )
                 started = time.monotonic()
                 pool.start()
@@ -133,7 +137,7 @@ class Runtime:
                 raise
             self._pool = pool
         nodes = collections.Counter(s.info.get("node_ip", "?") for s in pool.slots())
-        logger.info(
+        self.logger.info(
             "Started %d supervisor(s) in %.1f s (backend=%s, max_concurrency=%d each) on %s",
             count,
             time.monotonic() - started,
@@ -146,21 +150,21 @@ class Runtime:
     def _connect(self) -> None:
         if ray.is_initialized():
             self._owns_ray = False
-            logger.info("Using the Ray instance already initialized in this process")
+            self.logger.info("Using the Ray instance already initialized in this process")
             return
         kwargs = {"namespace": "aioray", **self.init_kwargs}
         if self.address:
             kwargs["address"] = self.address
         where = self.address or os.environ.get("RAY_ADDRESS")
         if where:
-            logger.info("Connecting to Ray at %s", where)
+            self.logger.info("Connecting to Ray at %s", where)
         else:
-            logger.info("Starting a temporary local Ray instance")
+            self.logger.info("Starting a temporary local Ray instance")
         context = ray.init(**kwargs)
         self._owns_ray = True
         nodes = _live_node_count()
         dashboard = getattr(context, "dashboard_url", None)
-        logger.info(
+        self.logger.info(
             "Ray is up: %d node(s), %s CPU(s)%s",
             nodes,
             ray.cluster_resources().get("CPU", 0),

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 import anyio
 import ray
-from prefect.client.schemas.objects import RunInput
+from prefect.client.schemas.objects import RunInput, State
 from prefect.context import (
     AssetContext,
     FlowRunContext,
@@ -53,7 +53,6 @@ from prefect.context import (
     serialize_context,
 )
 from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFuture
-from prefect.client.schemas.objects import State
 from prefect.states import Pending
 from prefect.task_runners import TaskRunner
 from prefect.utilities.engine import collect_task_run_inputs_sync
@@ -272,7 +271,11 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                     threads=self.threads,
                     init_kwargs=self.init_kwargs,
                     actor_options=self.actor_options,
+                    logger=self.logger,  # Prefect's console shows it
                 ).start()
+                # Importing Prefect in a new supervisor takes seconds: start it
+                # now, while the flow sets itself up, not at the first task.
+                self._runtime.broadcast(_prefect_remote.warm_up)
             return self._runtime
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:

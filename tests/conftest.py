@@ -3,19 +3,37 @@
 ``ray_session`` (one Ray per pytest session) and ``runtime`` (a shared default
 Runtime) come from ``tests/_support.py``; any module under tests/ can use them.
 A Runtime created inside a test uses the session's Ray and leaves it running.
+``prefect_api`` (one temporary Prefect server per session) is for the Prefect
+integration tests (``tests/test_prefect_*.py``).
 """
 
 import os
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect is imported
+
+from collections.abc import Iterator
 
 import pytest
 
 from tests._support import ray_session, runtime
 
-__all__ = ["anyio_backend", "ray_session", "runtime"]
+__all__ = ["anyio_backend", "prefect_api", "ray_session", "runtime"]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A temporary Prefect server (SQLite) for the whole session; yields its API URL.
+
+    Prefect is imported here, not at the top, so the core tests do not pay for it.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

@@ -1,0 +1,624 @@
+"""Benchmark the core runtime against a plain async Ray actor, in one Ray instance.
+
+Measures, in one run:
+
+* throughput: N trivial coroutines (``async def noop(i): return i``) through a
+  plain async actor called once per coroutine, and through ``Runtime``;
+* latency under load: N coroutines that each ``await asyncio.sleep(delay)``,
+  wall time from the first submit to the last result, both ways;
+* memory: RSS of the caller and of the supervisors at start (after a warm-up),
+  at the peak with N calls in flight, and after the calls are done and their
+  futures dropped (the supervisors should give the memory back).
+
+Usage::
+
+    python benchmarks/bench_runtime.py                      # N=10,000, 1 supervisor
+    python benchmarks/bench_runtime.py --supervisors 1,2 --repeat 3
+    python benchmarks/bench_runtime.py --n 2000 --phases throughput,memory --json /tmp/rt.json
+
+Progress goes to stderr (a line per phase, a counter every second); the summary
+table goes to stdout. Nothing is written unless ``--json PATH`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before Ray is imported: keep a local Ray on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import argparse
+import asyncio
+import gc
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+
+import aioray_runner
+from aioray_runner import Runtime
+
+MIB = 1024 * 1024
+
+# -- what runs remotely ------------------------------------------------------------------
+
+
+async def noop(i: int) -> int:
+    return i
+
+
+async def sleep_then(i: int, delay: float) -> int:
+    await asyncio.sleep(delay)
+    return i
+
+
+@ray.remote
+class PlainActor:
+    """The baseline: one actor call per coroutine."""
+
+    async def run(self, i: int) -> int:
+        return i
+
+    async def sleep(self, i: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return i
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Counters updated by the benchmark, printed to stderr by a thread every second.
+
+    A thread (not a task on the benchmark's loop) so it keeps printing while a
+    long submit loop holds the loop.
+    """
+
+    def __init__(self, label: str, total: int, interval: float = 1.0) -> None:
+        self.label = label
+        self.total = total
+        self.interval = interval
+        self.submitted = 0
+        self.done = 0
+        self.extra: Callable[[], str] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.perf_counter()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            elapsed = time.perf_counter() - self._started
+            extra = f" {self.extra()}" if self.extra else ""
+            log(
+                f"    {self.label}: submitted {self.submitted}/{self.total},"
+                f" done {self.done}/{self.total}, {elapsed:.1f} s{extra}"
+            )
+
+    def __enter__(self) -> Progress:
+        self._started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- memory helpers --------------------------------------------------------------------------
+
+
+def caller_rss() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def caller_peak_rss() -> int:
+    """VmHWM of this process (since the last reset_caller_peak), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_caller_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def mib(n: float) -> str:
+    return f"{n / MIB:.1f}"
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+async def actor_run(actor: Any, n: int, delay: float | None, label: str) -> dict[str, Any]:
+    """N calls of the plain actor, one per coroutine; submit all, then await all."""
+    with Progress(label, n) as progress:
+        started = time.perf_counter()
+        refs = []
+        for i in range(n):
+            refs.append(actor.run.remote(i) if delay is None else actor.sleep.remote(i, delay))
+            progress.submitted += 1
+        submitted = time.perf_counter()
+        total = 0
+        for ref in refs:
+            total += await ref
+            progress.done += 1
+        finished = time.perf_counter()
+    _check(label, total, n)
+    return _timing(n, started, submitted, finished)
+
+
+async def runtime_run(rt: Runtime, n: int, delay: float | None, label: str) -> dict[str, Any]:
+    """N calls through Runtime: submit all, then await each future."""
+    with Progress(label, n) as progress:
+        started = time.perf_counter()
+        futures = []
+        for i in range(n):
+            futures.append(rt.submit(noop, i) if delay is None else rt.submit(sleep_then, i, delay))
+            progress.submitted += 1
+        submitted = time.perf_counter()
+        total = 0
+        for future in futures:
+            total += await future
+            progress.done += 1
+        finished = time.perf_counter()
+    _check(label, total, n)
+    return _timing(n, started, submitted, finished)
+
+
+def _check(label: str, total: int, n: int) -> None:
+    if total != n * (n - 1) // 2:
+        raise RuntimeError(f"{label}: wrong results (sum {total}, expected {n * (n - 1) // 2})")
+
+
+def _timing(n: int, started: float, submitted: float, finished: float) -> dict[str, Any]:
+    wall = finished - started
+    return {
+        "n": n,
+        "wall_s": wall,
+        "submit_s": submitted - started,
+        "per_s": n / wall if wall > 0 else float("inf"),
+    }
+
+
+async def warm_up(rt: Runtime, calls: int) -> None:
+    futures = [rt.submit(noop, i) for i in range(calls)]
+    for future in futures:
+        await future
+    futures = [rt.submit(sleep_then, i, 0.0) for i in range(calls)]
+    for future in futures:
+        await future
+
+
+def _sum_stats(stats: list[dict[str, Any]], key: str) -> int:
+    return sum(int(s.get(key, 0)) for s in stats)
+
+
+async def memory_run(
+    supervisors: int, n: int, hold_s: float, warmup: int, label: str
+) -> dict[str, Any]:
+    """Supervisor and caller RSS: at start, with N calls in flight, and after release."""
+    async with Runtime(supervisors=supervisors) as rt:
+        await warm_up(rt, warmup)
+        gc.collect()
+        await asyncio.sleep(1.0)  # let the warm-up's releases reach the supervisors
+        start_stats = await rt.stats(collect=True)
+        peak_reset = reset_caller_peak()
+        caller_start = caller_rss()
+
+        samples: list[dict[str, Any]] = []
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                stats = await rt.stats()
+                samples.append(
+                    {
+                        "t": time.perf_counter(),
+                        "rss_bytes": _sum_stats(stats, "rss_bytes"),
+                        "per_supervisor_rss": [s["rss_bytes"] for s in stats],
+                        "running": _sum_stats(stats, "running"),
+                        "calls_held": _sum_stats(stats, "calls_held"),
+                        "caller_rss": caller_rss(),
+                    }
+                )
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                except TimeoutError:
+                    pass
+
+        with Progress(label, n) as progress:
+            progress.extra = lambda: (
+                f"(supervisors {mib(samples[-1]['rss_bytes'])} MiB,"
+                f" running {samples[-1]['running']})"
+                if samples
+                else ""
+            )
+            started = time.perf_counter()
+            futures = []
+            for i in range(n):
+                futures.append(rt.submit(sleep_then, i, hold_s))
+                progress.submitted += 1
+            sampler = asyncio.create_task(sample())
+            total = 0
+            for future in futures:
+                total += await future
+                progress.done += 1
+            finished = time.perf_counter()
+            stop.set()
+            await sampler
+        _check(label, total, n)
+
+        done_stats = await rt.stats()
+        caller_done = caller_rss()
+        caller_peak = caller_peak_rss()
+        del futures, future
+        gc.collect()
+        await asyncio.sleep(1.0)  # the runtime sends releases every 0.2 s
+        after_stats = await rt.stats(collect=True)
+        caller_after = caller_rss()
+
+    start_rss = _sum_stats(start_stats, "rss_bytes")
+    after_rss = _sum_stats(after_stats, "rss_bytes")
+    sampled_peak = max((s["rss_bytes"] for s in samples), default=0)
+    return {
+        "n": n,
+        "supervisors": supervisors,
+        "hold_s": hold_s,
+        "wall_s": finished - started,
+        "supervisor_start_rss": start_rss,
+        "supervisor_peak_rss_sampled": sampled_peak,
+        "supervisor_peak_rss_hwm": _sum_stats(after_stats, "peak_rss_bytes"),
+        "supervisor_done_rss": _sum_stats(done_stats, "rss_bytes"),
+        "supervisor_after_rss": after_rss,
+        "after_over_start": after_rss / start_rss if start_rss else float("nan"),
+        "max_running_sampled": max((s["running"] for s in samples), default=0),
+        "calls_held_done": _sum_stats(done_stats, "calls_held"),
+        "calls_held_after": _sum_stats(after_stats, "calls_held"),
+        "caller_start_rss": caller_start,
+        "caller_peak_rss": caller_peak,
+        "caller_peak_is_since_start": peak_reset,
+        "caller_done_rss": caller_done,
+        "caller_after_rss": caller_after,
+        "samples": len(samples),
+        "stats_start": start_stats,
+        "stats_after": after_stats,
+    }
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+PHASES = ("throughput", "sleep", "memory")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"throughput": {}, "sleep": {}, "memory": {}}
+    n, repeat = args.n, args.repeat
+
+    if not args.skip_actor and {"throughput", "sleep"} & set(args.phases):
+        log("== plain async actor (max_concurrency=1000), one call per coroutine")
+        actor = PlainActor.options(max_concurrency=1000).remote()  # type: ignore[attr-defined]
+        await actor.run.remote(0)
+        for r in range(repeat):
+            tag = f"[{r + 1}/{repeat}]"
+            if "throughput" in args.phases:
+                res = await actor_run(actor, n, None, f"actor noop {tag}")
+                results["throughput"].setdefault("actor", []).append(res)
+                log(f"  actor noop {tag}: {res['wall_s']:.2f} s, {res['per_s']:,.0f}/s")
+            if "sleep" in args.phases:
+                res = await actor_run(actor, n, args.delay, f"actor sleep {tag}")
+                results["sleep"].setdefault("actor", []).append(res)
+                log(f"  actor sleep {tag}: {res['wall_s']:.2f} s")
+        ray.kill(actor)
+
+    for k in args.supervisors:
+        key = f"runtime_{k}"
+        if {"throughput", "sleep"} & set(args.phases):
+            log(f"== Runtime(supervisors={k})")
+            async with Runtime(supervisors=k) as rt:
+                await warm_up(rt, args.warmup)
+                for r in range(repeat):
+                    tag = f"[{r + 1}/{repeat}]"
+                    if "throughput" in args.phases:
+                        res = await runtime_run(rt, n, None, f"Runtime({k}) noop {tag}")
+                        results["throughput"].setdefault(key, []).append(res)
+                        log(
+                            f"  Runtime({k}) noop {tag}: {res['wall_s']:.2f} s,"
+                            f" {res['per_s']:,.0f}/s"
+                        )
+                    if "sleep" in args.phases:
+                        res = await runtime_run(rt, n, args.delay, f"Runtime({k}) sleep {tag}")
+                        results["sleep"].setdefault(key, []).append(res)
+                        log(f"  Runtime({k}) sleep {tag}: {res['wall_s']:.2f} s")
+        if "memory" in args.phases:
+            log(f"== memory, Runtime(supervisors={k}): {args.mem_n} sleeps of {args.hold}s")
+            for r in range(repeat):
+                tag = f"[{r + 1}/{repeat}]"
+                res = await memory_run(k, args.mem_n, args.hold, args.warmup, f"memory({k}) {tag}")
+                results["memory"].setdefault(key, []).append(res)
+                log(
+                    f"  memory({k}) {tag}: supervisors start"
+                    f" {mib(res['supervisor_start_rss'])} MiB,"
+                    f" peak {mib(res['supervisor_peak_rss_sampled'])} MiB,"
+                    f" after {mib(res['supervisor_after_rss'])} MiB"
+                    f" ({res['after_over_start']:.3f}x), calls_held {res['calls_held_after']}"
+                )
+    return results
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def stat(values: list[float]) -> tuple[float, float]:
+    return min(values), statistics.median(values)
+
+
+def fmt_pair(values: list[float], fmt: str = "{:.2f}") -> str:
+    lo, med = stat(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(lo)} / {fmt.format(med)}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))
+        ),
+        "  ".join("-" * w for w in widths),
+    ]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            )
+        )
+    return "\n".join(lines)
+
+
+def path_name(key: str) -> str:
+    if key == "actor":
+        return "plain actor (1 call/coroutine)"
+    k = key.split("_")[1]
+    return f"Runtime, {k} supervisor{'s' if k != '1' else ''}"
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    out: list[str] = []
+    agg = "min / median" if args.repeat > 1 else "one run"
+    out.append(
+        f"aioray-runner {aioray_runner.__version__}, ray {ray.__version__},"
+        f" Python {platform.python_version()}, {os.cpu_count()} CPUs;"
+        f" N={args.n}, repeat={args.repeat} ({agg})"
+    )
+
+    for phase, title in (
+        ("throughput", f"Throughput: {args.n} trivial coroutines (`async def noop(i): return i`)"),
+        ("sleep", f"Latency: {args.n} coroutines each `await asyncio.sleep({args.delay})`"),
+    ):
+        runs = results[phase]
+        if not runs:
+            continue
+        out += ["", title, "(wall = first submit to last result)"]
+        rows = []
+        for key, res in runs.items():
+            rows.append(
+                [
+                    path_name(key),
+                    fmt_pair([r["wall_s"] for r in res]),
+                    fmt_pair([r["submit_s"] for r in res]),
+                    fmt_pair([r["per_s"] for r in res], "{:,.0f}"),
+                ]
+            )
+        out.append(table(["path", "wall s", "submit s", "coroutines/s"], rows))
+        if "actor" in runs:
+            actor_med = statistics.median(r["wall_s"] for r in runs["actor"])
+            for key, res in runs.items():
+                if key == "actor":
+                    continue
+                med = statistics.median(r["wall_s"] for r in res)
+                out.append(
+                    f"  {path_name(key)} vs plain actor: {actor_med / med:.1f}x faster"
+                    f" (median wall times)"
+                )
+        if phase == "sleep" and args.n == 10_000:
+            for key, res in runs.items():
+                if key != "actor":
+                    med = statistics.median(r["wall_s"] for r in res)
+                    goal = "meets" if med < 1.0 else "MISSES"
+                    out.append(f"  {path_name(key)}: {goal} the goal of < 1 s for 10,000")
+
+    mem = results["memory"]
+    if mem:
+        out += [
+            "",
+            f"Memory: {args.mem_n} calls each sleeping {args.hold} s, all in flight"
+            f" (a fresh Runtime per run, warm-up {args.warmup} calls)",
+            "supervisors' RSS summed over supervisors, MiB; after = futures dropped,"
+            " gc in caller, 1 s wait, stats(collect=True)",
+        ]
+        rows = []
+        for key, res in mem.items():
+            rows.append(
+                [
+                    path_name(key),
+                    fmt_pair([r["supervisor_start_rss"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["supervisor_peak_rss_sampled"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["supervisor_peak_rss_hwm"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["supervisor_after_rss"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["after_over_start"] for r in res], "{:.3f}"),
+                    fmt_pair([r["max_running_sampled"] for r in res], "{:.0f}"),
+                    fmt_pair([r["calls_held_after"] for r in res], "{:.0f}"),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "supervisors",
+                    "start",
+                    "peak (sampled)",
+                    "peak (VmHWM)",
+                    "after",
+                    "after/start",
+                    "max running",
+                    "calls_held after",
+                ],
+                rows,
+            )
+        )
+        for key, res in mem.items():
+            ratio = statistics.median(r["after_over_start"] for r in res)
+            verdict = "within" if ratio <= 1.10 else "ABOVE"
+            out.append(f"  {path_name(key)}: after/start {ratio:.3f}, {verdict} the 10% goal")
+        out += ["", "Caller process RSS, MiB"]
+        rows = []
+        for key, res in mem.items():
+            rows.append(
+                [
+                    path_name(key),
+                    fmt_pair([r["caller_start_rss"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["caller_peak_rss"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["caller_done_rss"] / MIB for r in res], "{:.1f}"),
+                    fmt_pair([r["caller_after_rss"] / MIB for r in res], "{:.1f}"),
+                ]
+            )
+        out.append(table(["run", "start", "peak", "results in hand", "after"], rows))
+        if not all(r["caller_peak_is_since_start"] for res in mem.values() for r in res):
+            out.append("  (peak is the process's lifetime peak: VmHWM could not be reset)")
+    return "\n".join(out)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2: {text!r}")
+    return values
+
+
+def phase_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in PHASES]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}: got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--n", type=int, default=10_000, help="coroutines per measurement")
+    parser.add_argument(
+        "--supervisors", type=int_list, default=[1], help="supervisor counts to compare, e.g. 1,2"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement")
+    parser.add_argument("--delay", type=float, default=0.1, help="sleep of the latency phase, s")
+    parser.add_argument(
+        "--hold", type=float, default=2.0, help="sleep of the memory phase's calls, s"
+    )
+    parser.add_argument("--mem-n", type=int, default=None, help="calls in the memory phase (N)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up calls per Runtime")
+    parser.add_argument(
+        "--phases",
+        type=phase_list,
+        default=list(PHASES),
+        help="comma-separated subset of " + ",".join(PHASES),
+    )
+    parser.add_argument("--skip-actor", action="store_true", help="skip the plain-actor baseline")
+    parser.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.repeat < 1:
+        parser.error("--n and --repeat must be at least 1")
+    if args.mem_n is None:
+        args.mem_n = args.n
+    return args
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@contextmanager
+def ray_instance(num_cpus: int) -> Iterator[None]:
+    log(f"== starting Ray (num_cpus={num_cpus})")
+    started = time.perf_counter()
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    log(f"   Ray up in {time.perf_counter() - started:.1f} s")
+    try:
+        yield
+    finally:
+        log("== shutting Ray down")
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    with ray_instance(args.num_cpus):
+        results = asyncio.run(run(args))
+    print(report(args, results))
+    log(f"== done in {time.perf_counter() - started:.0f} s")
+    if args.json:
+        payload = {
+            "benchmark": "bench_runtime",
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "versions": {
+                "aioray_runner": aioray_runner.__version__,
+                "ray": ray.__version__,
+                "python": platform.python_version(),
+                "git_commit": git_commit(),
+            },
+            "cpus": os.cpu_count(),
+            "results": results,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+        log(f"   figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
