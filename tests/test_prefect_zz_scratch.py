@@ -14,18 +14,21 @@ async def nap(i: int, delay: float = 0.05) -> int:
 
 @flow(task_runner=AioRayTaskRunner())
 async def dbg():
-    pool = FlowRunContext.get().task_runner._runtime._pool
-    print("loop", asyncio.get_running_loop(), threading.current_thread().name)
-    futs = [nap.submit(i, 0.1) for i in range(3)]
-    print("pending", len(pool._pending), pool._handoff_scheduled, flush=True)
-    await asyncio.sleep(0)
-    print("pending after sleep0", len(pool._pending), pool._handoff_scheduled, flush=True)
     t0 = time.monotonic()
-    for k in range(5):
-        time.sleep(1)
-        print(k, [s.in_flight for s in pool.slots()], [f._wrapped_future.done() for f in futs], flush=True)
+    await nap.submit(0, 0)
+    print("first", time.monotonic() - t0, flush=True)
+    t0 = time.monotonic()
+    await nap.submit(0, 0)
+    print("second", time.monotonic() - t0, flush=True)
+    futs = [nap.submit(i, 0.1) for i in range(3)]
     await asyncio.sleep(0)
-    print("after", [f._wrapped_future for f in futs], flush=True)
+    await asyncio.sleep(0)
+    t0 = time.monotonic()
+    for k in range(8):
+        time.sleep(0.5)
+        print(k, [f._wrapped_future.done() for f in futs], flush=True)
+    await asyncio.sleep(0)
+    print("after", [f._wrapped_future for f in futs], time.monotonic() - t0, flush=True)
     return [await f for f in futs]
 
 async def test_dbg():
