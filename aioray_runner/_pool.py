@@ -58,9 +58,22 @@ class Slot:
         self.alive = True
         self.info: dict[str, Any] = {}
         self.in_flight: dict[int, AioRayFuture[Any]] = {}
-        self.load = 0  # calls assigned and not finished; the balancer reads it
+        # The balancer reads load = assigned - finished. Callers' threads only
+        # advance `assigned` (next() on a count is atomic), the I/O thread only
+        # `finished`: no lock on the submit path, and no lost updates.
+        self._assigned = itertools.count(1)
+        self.assigned = 0
+        self.finished = 0
         self.known_digests: set[bytes] = set()
         self.replacement: Slot | None = None
+
+    @property
+    def load(self) -> int:
+        """Calls assigned to this supervisor and not finished yet."""
+        return self.assigned - self.finished
+
+    def assign(self) -> None:
+        self.assigned = next(self._assigned)
 
     def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
         self.pool.cancel(future)
@@ -232,7 +245,7 @@ class Pool:
         blob, deps, upstream = _wire.dumps_arguments(label, args, kwargs, self._lift)
         if slot is None:
             slot = self._pick(group)
-        slot.load += 1
+        slot.assign()
         future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
         with self._pending_lock:
             self._pending.append((future, digest, fn_blob, blob, deps))
@@ -371,7 +384,7 @@ class Pool:
             release = self.release
             for call_id, kind, payload in outcomes:
                 future = slot.in_flight.pop(call_id, None)
-                slot.load -= 1
+                slot.finished += 1
                 if future is None:
                     self._releases.append((slot, call_id))
                     continue

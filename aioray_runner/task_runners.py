@@ -313,7 +313,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
 
     # -- submitting ---------------------------------------------------------------------
 
-    @overload
+    @overload  # type: ignore[override]  # Prefect's overloads, as prefect-ray has them
     def submit(
         self,
         task: Task[P, Coroutine[Any, Any, R]],
@@ -331,7 +331,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         dependencies: dict[str, set[RunInput]] | None = None,
     ) -> PrefectAioRayFuture[R]: ...
 
-    def submit(  # type: ignore[override]  # same overloads as prefect-ray
+    def submit(
         self,
         task: Task[P, Any],
         parameters: dict[str, Any],

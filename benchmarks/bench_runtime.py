@@ -277,7 +277,13 @@ async def memory_run(
 
         done_stats = await rt.stats()
         caller_done = caller_rss()
-        caller_peak = caller_peak_rss()
+        # VmHWM is updated lazily: take the largest of it and what was sampled.
+        caller_peak = max(
+            caller_peak_rss(),
+            caller_start,
+            caller_done,
+            *(s["caller_rss"] for s in samples),
+        )
         del futures, future
         gc.collect()
         await asyncio.sleep(1.0)  # the runtime sends releases every 0.2 s
