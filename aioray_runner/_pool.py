@@ -381,15 +381,21 @@ class Pool:
             except Exception as exc:
                 self._on_failure(slot, exc)
                 return
-            release = self.release
-            for call_id, kind, payload in outcomes:
-                future = slot.in_flight.pop(call_id, None)
-                slot.finished += 1
-                if future is None:
-                    self._releases.append((slot, call_id))
-                    continue
-                future._release = release
-                future._set_outcome(kind, payload)
+            self._deliver(slot, outcomes)
+            # No local may keep the last future (or payload) alive while the next
+            # poll waits: the future's release would wait with it.
+            del outcomes
+
+    def _deliver(self, slot: Slot, outcomes: list[tuple[int, int, bytes | None]]) -> None:
+        release = self.release
+        for call_id, kind, payload in outcomes:
+            future = slot.in_flight.pop(call_id, None)
+            slot.finished += 1
+            if future is None:
+                self._releases.append((slot, call_id))
+                continue
+            future._release = release
+            future._set_outcome(kind, payload)
 
     def _on_failure(self, slot: Slot, exc: BaseException) -> None:
         if not slot.alive or self._closed:

@@ -192,8 +192,13 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def warm_up() -> None:
-    """Import Prefect's task engine ahead of the first task run (thread pool)."""
+async def warm_up() -> None:
+    """Import Prefect's task engine ahead of the first task run.
+
+    On the loop's thread, on purpose: unpickling the first task imports Prefect
+    there too, and two threads importing the same modules at once can trip
+    Python's import deadlock detection.
+    """
     import prefect.task_engine  # noqa: F401
 
 

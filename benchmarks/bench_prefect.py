@@ -109,16 +109,20 @@ def build_flows() -> tuple[Any, Any]:
         await asyncio.sleep(delay)
         return i
 
-    def collect_blocking(futures: list[Any], counters: dict[str, int]) -> int:
+    def collect_blocking(
+        futures: list[Any], counters: dict[str, int], marks: dict[str, float]
+    ) -> int:
         total = 0
         for future in futures:
             total += future.result()
             counters["done"] += 1
+            marks.setdefault("first", time.perf_counter())
         return total
 
     @flow(name="bench-submit", validate_parameters=False)
     async def submit_flow(n: int, delay: float) -> dict[str, Any]:
         counters = COUNTERS
+        marks: dict[str, float] = {}
         started = time.perf_counter()
         futures = []
         for i in range(n):
@@ -131,14 +135,16 @@ def build_flows() -> tuple[Any, Any]:
             for future in futures:
                 total += await future
                 counters["done"] += 1
+                marks.setdefault("first", time.perf_counter())
         else:
             # Sync futures: block a helper thread, not the flow's loop.
             collected_with = "future.result() in a thread"
-            total = await asyncio.to_thread(collect_blocking, futures, counters)
+            total = await asyncio.to_thread(collect_blocking, futures, counters, marks)
         finished = time.perf_counter()
         return {
             "started": started,
             "submit_s": submitted - started,
+            "first_s": marks["first"] - started,
             "total_s": finished - started,
             "sum": total,
             "collected_with": collected_with,
@@ -147,10 +153,12 @@ def build_flows() -> tuple[Any, Any]:
     @flow(name="bench-gather", validate_parameters=False)
     async def gather_flow(n: int, delay: float) -> dict[str, Any]:
         counters = COUNTERS
+        marks: dict[str, float] = {}
 
         async def one(i: int) -> int:
             value = await sleepy(i, delay)
             counters["done"] += 1
+            marks.setdefault("first", time.perf_counter())
             return value  # type: ignore[no-any-return]
 
         started = time.perf_counter()
@@ -162,6 +170,7 @@ def build_flows() -> tuple[Any, Any]:
         return {
             "started": started,
             "submit_s": submitted - started,
+            "first_s": marks["first"] - started,
             "total_s": finished - started,
             "sum": sum(values),
             "collected_with": "asyncio.gather",
@@ -291,8 +300,9 @@ def report(
     out = [
         ", ".join(f"{k} {v}" for k, v in versions.items())
         + f"; {os.cpu_count()} CPUs; delay {args.delay} s; repeat {args.repeat} ({agg})",
-        "total = first submit to last result, inside the flow; flow wall = the flow call"
-        " from outside (adds runner start/stop and the flow run's own API calls)",
+        "total = first submit to last result, inside the flow; 1st result = first submit to"
+        " the first result (start-up cost); flow wall = the flow call from outside (adds"
+        " runner start/stop and the flow run's own API calls)",
     ]
     scaled_any = False
     for n in args.n:
@@ -305,7 +315,7 @@ def report(
             if runs is None:
                 continue
             if isinstance(runs, str):
-                rows.append([RUNNER_NAMES[name], str(m), "FAILED", "", "", "", runs[:60]])
+                rows.append([RUNNER_NAMES[name], str(m), "FAILED", "", "", "", "", runs[:60]])
                 continue
             if not runs:
                 continue
@@ -329,6 +339,7 @@ def report(
                     fmt_runs(runs, "total_s", "{:.2f}"),
                     fmt_runs(runs, "per_task_ms", "{:.2f}"),
                     fmt_runs(runs, "submit_s", "{:.2f}"),
+                    fmt_runs(runs, "first_s", "{:.2f}"),
                     fmt_runs(runs, "flow_wall_s", "{:.1f}"),
                     versus,
                 ]
@@ -344,6 +355,7 @@ def report(
                     "total s",
                     "ms/task",
                     "submit s",
+                    "1st result s",
                     "flow wall s",
                     "time vs AioRay",
                 ],
@@ -438,6 +450,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     parser.add_argument(
+        "--server-grace",
+        type=float,
+        default=3.0,
+        help="seconds to let the Prefect server flush events before stopping it",
+    )
+    parser.add_argument(
         "--prefect-logs", action="store_true", help="show Prefect's INFO logs on the console"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -509,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             log("== shutting Ray down, stopping the Prefect server")
             ray.shutdown()
+            # Let the server record the last events before it is stopped.
+            time.sleep(args.server_grace)
     failed = any(isinstance(runs, str) for per_n in results.values() for runs in per_n.values())
     print(report(args, results, versions))
     log(f"== done in {time.perf_counter() - started:.0f} s")
