@@ -6,8 +6,8 @@
 The flow "downloads" pages (async tasks that wait on I/O, here a sleep, run
 concurrently on a supervisor actor), "parses" each one (a sync task: a Ray task
 on its own worker slot), then summarises the parsed pages (an async task whose
-upstream futures are resolved inside the supervisor). A temporary Prefect API and
-a temporary Ray instance are started and stopped for you.
+upstream futures are resolved inside the supervisor). Prefect starts a temporary
+local API and the runner a temporary local Ray; both stop when the flow ends.
 """
 
 from __future__ import annotations
@@ -74,24 +74,9 @@ async def pipeline(pages: int = 500, parsed: int = 20) -> dict[str, int | str]:
 
 def main() -> None:
     pages = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        summary = asyncio.run(pipeline(pages))
-    else:
-        # One temporary Prefect server for the flow and every Ray worker.
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        server.start()
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                summary = asyncio.run(pipeline(pages))
-                from prefect.logging.handlers import APILogWorker
-
-                APILogWorker.drain_all()  # send the last logs while the server is up
-        finally:
-            server.stop()
+    # With no PREFECT_API_URL set, Prefect starts a temporary local API for this
+    # process, and AioRayTaskRunner points the supervisors at it.
+    summary = asyncio.run(pipeline(pages))
     print(f"pipeline finished: {summary}")
 
 
