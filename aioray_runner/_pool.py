@@ -265,22 +265,26 @@ class Pool:
             raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
         return min(slots, key=lambda s: s.load)
 
-    def _lift(self, obj: Any) -> _wire.Dep | None:
+    def _lift(self, obj: Any) -> _wire.Lifted | None:
         if isinstance(obj, ray.ObjectRef):
-            return (_wire.REF_DEP, obj, 0, f"ObjectRef {obj.hex()[:12]}")
-        future = _wire._as_future(obj)
-        if future is None:
-            return None
+            return (_wire.REF_DEP, obj, 0, f"ObjectRef {obj.hex()[:12]}"), None
+        if isinstance(obj, AioRayFuture):
+            future: AioRayFuture[Any] = obj
+        else:
+            unwrap = getattr(type(obj), "__aioray_future__", None)  # Prefect's futures
+            if unwrap is None:
+                return None
+            future = unwrap(obj)
         slot = future._slot
         if future.done() and not slot.alive:
             # The outcome is here and its supervisor cannot answer for it any more.
             if future._state != _wire.OK:
                 error = future.exception(0)
                 message = f"{future.label} failed with {type(error).__name__}: {error}"
-                return (_wire.FAILED_DEP, message, 0, future.label)
+                return (_wire.FAILED_DEP, message, 0, future.label), future
             value = future._outcome()
-            return (_wire.VALUE_DEP, pickle.dumps(value, protocol=5), 0, future.label)
-        return (_wire.CALL_DEP, slot.handle, future.call_id, future.label)
+            return (_wire.VALUE_DEP, pickle.dumps(value, protocol=5), 0, future.label), future
+        return (_wire.CALL_DEP, slot.handle, future.call_id, future.label), future
 
     def send_now(self) -> None:
         """Hand queued calls to the I/O thread now, not at the end of the loop turn.

@@ -44,6 +44,16 @@ VALUE_DEP = 2
 FAILED_DEP = 3
 
 Dep = tuple[int, Any, int, str]
+# What the caller's lift function returns for an object that is a dependency:
+# the dependency as it travels, and the future behind it (None for an ObjectRef).
+Lifted = tuple[Dep, "AioRayFuture[Any] | None"]
+Lift = Callable[[Any], "Lifted | None"]
+
+# pickle asks persistent_id about every object it meets; these are never
+# dependencies, and checking their type first keeps submit cheap.
+PLAIN_TYPES = frozenset(
+    {str, int, float, bool, bytes, type(None), tuple, list, dict, set, frozenset}
+)
 
 
 def callable_name(fn: Any) -> str:
@@ -97,7 +107,7 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
     def __init__(
         self,
         file: io.BytesIO,
-        lift: Callable[[Any], Dep | None],
+        lift: Lift,
         deps: list[Dep],
         upstream: list[AioRayFuture[Any]],
     ) -> None:
@@ -108,38 +118,28 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._seen: dict[int, int] = {}
 
     def persistent_id(self, obj: Any) -> int | None:
-        dep = self._lift(obj)
-        if dep is None:
+        if type(obj) in PLAIN_TYPES:
+            return None
+        lifted = self._lift(obj)
+        if lifted is None:
             return None
         key = id(obj)
         index = self._seen.get(key)
         if index is None:
+            dep, future = lifted
             index = len(self._deps)
             self._seen[key] = index
             self._deps.append(dep)
-            future = _as_future(obj)
             if future is not None:
                 self._upstream.append(future)
         return index
-
-
-def _as_future(obj: Any) -> AioRayFuture[Any] | None:
-    from ._futures import AioRayFuture
-
-    if isinstance(obj, AioRayFuture):
-        return obj
-    unwrap = getattr(type(obj), "__aioray_future__", None)
-    if unwrap is not None:
-        future = unwrap(obj)
-        return future if isinstance(future, AioRayFuture) else None
-    return None
 
 
 def dumps_arguments(
     fn_label: str,
     args: Sequence[Any],
     kwargs: dict[str, Any],
-    lift: Callable[[Any], Dep | None],
+    lift: Lift,
 ) -> tuple[bytes, list[Dep], list[AioRayFuture[Any]]]:
     """Pickle ``(args, kwargs)`` with dependencies lifted out.
 
@@ -161,7 +161,7 @@ def _name_bad_argument(
     fn_label: str,
     args: Sequence[Any],
     kwargs: dict[str, Any],
-    lift: Callable[[Any], Dep | None],
+    lift: Lift,
     exc: Exception,
 ) -> SerializationError:
     """Find which argument failed, so the error can name it (slow path only)."""
