@@ -50,23 +50,26 @@ def loop_scheduler() -> Scheduler | None:
     return None
 
 
-def end_of_turn_scheduler() -> Scheduler | None:
-    """Run a callback once the current task yields to the loop (same thread).
+def end_of_turn_scheduler() -> tuple[object, Scheduler] | None:
+    """``(loop key, schedule)``: run a callback once the current task yields.
 
-    Submissions made before then travel in one batch.
+    Submissions made before then travel in one batch. The key identifies the
+    running loop (the asyncio loop, or the trio run's token), so a caller can
+    tell whether it already scheduled a callback for this loop.
     """
     library = current_async_library()
     if library == "trio":
         import trio
 
-        return _trio_scheduler(trio.lowlevel.current_trio_token())
+        token = trio.lowlevel.current_trio_token()
+        return token, _trio_scheduler(token)
     if library == "asyncio":
         loop = asyncio.get_running_loop()
 
         def schedule(fn: Callable[[], object]) -> None:
             loop.call_soon(fn)
 
-        return schedule
+        return loop, schedule
     return None
 
 

@@ -198,6 +198,7 @@ class AioRayFuture(Generic[T]):
             return True
         # If this thread runs an event loop, the call may still wait for the end
         # of its loop turn to be sent, and blocking here stops that turn: send now.
+        self._slot.check_can_block()
         self._slot.send_now()
         with self._lock:
             if self._state != _PENDING:
@@ -243,8 +244,15 @@ class AioRayFuture(Generic[T]):
         with self._lock:
             if self._state == _PENDING:
                 self._callbacks.append(fn)
-                return
-        _run_callback(fn, self)
+                pending = True
+            else:
+                pending = False
+        if pending:
+            # Callers often block next (Prefect's as_completed does): send now
+            # rather than at the end of a loop turn that the block would delay.
+            self._slot.send_now()
+        else:
+            _run_callback(fn, self)
 
     def remove_done_callback(self, fn: Callable[[AioRayFuture[T]], object]) -> None:
         """Forget a callback added with :meth:`add_done_callback`."""

@@ -21,12 +21,12 @@ import asyncio
 import collections
 import itertools
 import logging
-import pickle
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cloudpickle
 import ray
 
 from . import _wire
@@ -81,6 +81,13 @@ class Slot:
     def send_now(self) -> None:
         self.pool.send_now()
 
+    def check_can_block(self) -> None:
+        if threading.current_thread() is self.pool._thread:
+            raise RuntimeError(
+                "a blocking wait on the runtime's I/O thread (in a done callback?) would"
+                " stop every result from arriving: hand the work to your own thread or loop"
+            )
+
     def describe(self) -> str:
         where = self.info.get("node_ip", "?")
         pid = self.info.get("pid", "?")
@@ -115,7 +122,10 @@ class Pool:
         self._ids = itertools.count(1)
         self._pending: list[tuple[AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep]]] = []
         self._pending_lock = threading.Lock()
-        self._handoff_scheduled = False
+        # A `_send_pending` is queued on the I/O loop (guarded by _pending_lock).
+        self._io_scheduled = False
+        # Per thread: the loop whose end-of-turn handoff is already scheduled.
+        self._turn = threading.local()
         self._releases: collections.deque[tuple[Slot, int]] = collections.deque()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -184,7 +194,16 @@ class Pool:
                     return key
                 slots = self._create_group(key, 1, options)
             self.logger.info("Starting a supervisor with Ray actor options %s", options)
-            self._wait_ready(slots)
+            try:
+                self._wait_ready(slots)
+            except BaseException:
+                # Forget the group, so the next use tries again and fails as clearly.
+                with self._pending_lock:
+                    self.groups.pop(key, None)
+                for slot in slots:
+                    slot.alive = False
+                    ray.kill(slot.handle, no_restart=True)
+                raise
         return key
 
     def slots(self, group: GroupKey = DEFAULT_GROUP) -> list[Slot]:
@@ -204,6 +223,7 @@ class Pool:
             def stop() -> None:
                 for task in self._tasks:
                     task.cancel()
+                self._fail_in_flight("the runtime closed while it was running")
                 done.set()
 
             self._loop.call_soon_threadsafe(stop)
@@ -220,6 +240,23 @@ class Pool:
             self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+        # Nothing may stay pending: whatever was not sent or not answered fails.
+        self._fail_unsent("the runtime closed before the call was sent")
+        self._fail_in_flight("the runtime closed while it was running")
+
+    def _fail_unsent(self, reason: str) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for future, *_ in pending:
+            future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
+
+    def _fail_in_flight(self, reason: str) -> None:
+        for slots in self.groups.values():
+            for slot in slots:
+                lost = list(slot.in_flight.values())
+                slot.in_flight.clear()
+                for future in lost:
+                    future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
 
     # -- submitting (caller's thread) ----------------------------------------------------
 
@@ -249,14 +286,16 @@ class Pool:
         future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
         with self._pending_lock:
             self._pending.append((future, digest, fn_blob, blob, deps))
-            if self._handoff_scheduled:
-                return future
-            self._handoff_scheduled = True
-        schedule = end_of_turn_scheduler()
-        if schedule is None:
-            self._handoff()
+        turn = end_of_turn_scheduler()
+        if turn is None:
+            self._handoff()  # a sync caller: no turn to wait for
         else:
-            schedule(self._handoff)
+            # One handoff per turn of *this* loop; other threads and loops
+            # schedule their own, so a busy loop never holds their calls back.
+            key, schedule = turn
+            if getattr(self._turn, "key", None) is not key:
+                self._turn.key = key
+                schedule(self._end_of_turn)
         return future
 
     def _pick(self, group: GroupKey) -> Slot:
@@ -282,24 +321,35 @@ class Pool:
                 error = future.exception(0)
                 message = f"{future.label} failed with {type(error).__name__}: {error}"
                 return (_wire.FAILED_DEP, message, 0, future.label), future
-            value = future._outcome()
-            return (_wire.VALUE_DEP, pickle.dumps(value, protocol=5), 0, future.label), future
+            payload = future._payload
+            if payload is None:  # already unpickled here: pickle it again
+                payload = cloudpickle.dumps(future._outcome(), protocol=5)
+            return (_wire.VALUE_DEP, payload, 0, future.label), future
         return (_wire.CALL_DEP, slot.handle, future.call_id, future.label), future
 
     def send_now(self) -> None:
         """Hand queued calls to the I/O thread now, not at the end of the loop turn.
 
-        For a caller about to block its own thread (``result()``): the end of
-        its loop turn would not come until the wait is over.
+        For a caller about to block its own thread (``result()``, Prefect's
+        ``as_completed``): the end of its loop turn would not come until the
+        wait is over.
         """
-        if self._handoff_scheduled:
+        if self._pending:
             self._handoff()
 
+    def _end_of_turn(self) -> None:
+        self._turn.key = None
+        self._handoff()
+
     def _handoff(self) -> None:
+        with self._pending_lock:
+            if self._io_scheduled:
+                return
+            self._io_scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._send_pending)
-        except RuntimeError:
-            pass  # the I/O loop is closed: close() already failed what was pending
+        except RuntimeError:  # the I/O loop is closed
+            self._fail_unsent("the runtime closed before the call was sent")
 
     def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         self._loop.call_soon_threadsafe(fn, *args)
@@ -342,7 +392,7 @@ class Pool:
     def _send_pending(self) -> None:
         with self._pending_lock:
             pending, self._pending = self._pending, []
-            self._handoff_scheduled = False
+            self._io_scheduled = False
         by_slot: dict[Slot, list[tuple[Any, ...]]] = {}
         functions: dict[Slot, dict[bytes, bytes]] = {}
         for future, digest, fn_blob, blob, deps in pending:
@@ -354,7 +404,9 @@ class Pool:
                     RuntimeNotRunningError("the runtime closed before the call was sent")
                 )
                 continue
-            future._slot = slot
+            if slot is not future._slot:
+                slot.assign()
+                future._slot = slot
             slot.in_flight[future.call_id] = future
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
@@ -365,13 +417,25 @@ class Pool:
                 chunk = calls[start : start + BATCH_MAX]
                 fns = functions.pop(slot, {}) if start == 0 else {}
                 ref = slot.handle.submit.remote(fns, chunk)
-                self._spawn(self._watch(slot, ref))
+                self._spawn(self._watch(slot, ref, [c[0] for c in chunk], "a batch of calls"))
 
-    async def _watch(self, slot: Slot, ref: Any) -> None:
+    async def _watch(
+        self, slot: Slot, ref: Any, call_ids: Sequence[int] = (), what: str = "a message"
+    ) -> None:
         try:
             await asyncio.wrap_future(ref.future())
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except ray.exceptions.RayActorError as exc:
             self._on_failure(slot, exc)
+        except Exception as exc:
+            # The supervisor is alive but refused this message: fail its calls only.
+            self.logger.error("%s could not take %s: %s", slot.describe(), what, exc)
+            for call_id in call_ids:
+                future = slot.in_flight.pop(call_id, None)
+                if future is not None:
+                    slot.finished += 1
+                    future._set_error(exc)
 
     def _start_poll(self, slot: Slot) -> None:
         self._spawn(self._poll(slot))

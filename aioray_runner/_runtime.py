@@ -131,7 +131,11 @@ class Runtime:
                     logger=self.logger,
                 )
                 started = time.monotonic()
-                pool.start()
+                try:
+                    pool.start()
+                except BaseException:
+                    pool.close()
+                    raise
             except BaseException:
                 self._disconnect()
                 raise

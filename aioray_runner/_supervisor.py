@@ -68,6 +68,7 @@ class Supervisor:
             max_workers=threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
         self._trio: Any = None
+        self._trio_start: asyncio.Future[None] | None = None
         self._running = 0
         self._started_total = 0
         self._actor_id: Any = None
@@ -94,11 +95,8 @@ class Supervisor:
     async def submit(self, functions: dict[bytes, bytes], calls: Sequence[tuple[Any, ...]]) -> int:
         """Accept a batch of calls: ``(call_id, digest, args, deps, label)`` each."""
         loop = asyncio.get_running_loop()
-        if self._backend == "trio" and self._trio is None:
-            from ._trio_host import TrioHost
-
-            self._trio = TrioHost()
-            await self._trio.start()
+        if self._backend == "trio":
+            await self._trio_started()
         for digest, blob in functions.items():
             self._add_function(digest, blob)
         for call_id, digest, blob, deps, label in calls:
@@ -121,6 +119,15 @@ class Supervisor:
         if not record.outcome.done():
             self._finish(record, _wire.CANCELLED, None)
 
+    async def _trio_started(self) -> None:
+        # Start the guest run once; a batch arriving meanwhile waits for the same start.
+        if self._trio_start is None:
+            from ._trio_host import TrioHost
+
+            self._trio = TrioHost()
+            self._trio_start = asyncio.ensure_future(self._trio.start())
+        await asyncio.shield(self._trio_start)
+
     async def poll(self, max_items: int = 5000) -> list[tuple[int, int, bytes | None]]:
         """Wait until some calls have finished; return up to ``max_items`` outcomes."""
         while not self._ready:
@@ -133,12 +140,8 @@ class Supervisor:
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
         record = await self._arrived(call_id)
-        kind, value = await asyncio.shield(record.outcome)
-        if kind == _wire.OK:
-            return _wire.dumps_value(value, record.label)
-        if kind == _wire.ERROR:
-            return kind, _wire.dumps_exception(value)
-        return kind, None
+        kind, payload = await asyncio.shield(record.outcome)
+        return kind, payload
 
     async def cancel(self, call_ids: Sequence[int]) -> None:
         """Cancel calls: their coroutines see the cancellation and unwind."""
@@ -261,15 +264,15 @@ class Supervisor:
 
     def _finish(self, record: _Call, kind: int, value: Any) -> None:
         payload: bytes | None = None
-        wire_kind = kind
         if kind == _wire.OK:
-            wire_kind, payload = _wire.dumps_value(value, record.label)
+            kind, payload = _wire.dumps_value(value, record.label)
         elif kind == _wire.ERROR:
             payload = _wire.dumps_exception(value)
-            value.__traceback__ = None  # frames are not needed any more: free them
-        record.outcome.set_result((kind, value))
+        # Kept pickled, not as the live object: every dependent, here or on
+        # another supervisor, gets its own copy, as the caller does.
+        record.outcome.set_result((kind, payload))
         record.task = None
-        self._ready.append((record.call_id, wire_kind, payload))
+        self._ready.append((record.call_id, kind, payload))
         self._ready_event.set()
         if record.released:
             self._calls.pop(record.call_id, None)
@@ -294,26 +297,27 @@ class Supervisor:
                 ) from None
         if self._actor_id is not None and handle._actor_id.hex() == self._actor_id:
             record = await self._arrived(call_id)
-            outcome_kind, value = await asyncio.shield(record.outcome)
-            error: BaseException | None = value if outcome_kind == _wire.ERROR else None
+            outcome_kind, payload = await asyncio.shield(record.outcome)
         else:
             try:
                 outcome_kind, payload = await handle.result_of.remote(call_id)
             except Exception as exc:
+                import ray
+
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    reason = f"its supervisor died ({type(exc).__name__}). Resubmit {upstream}."
+                else:
+                    reason = f"it could not be fetched: {type(exc).__name__}: {exc}"
                 raise UpstreamError(
-                    f"{label} cannot start: the result of {upstream} is lost because its"
-                    f" supervisor died ({type(exc).__name__}). Resubmit {upstream}.",
-                    upstream,
+                    f"{label} cannot start: the result of {upstream} is lost: {reason}", upstream
                 ) from None
-            if outcome_kind == _wire.OK:
-                return pickle.loads(payload) if payload else None
-            error = (
-                _wire.loads_exception(payload, upstream)
-                if outcome_kind == _wire.ERROR and payload
-                else None
-            )
         if outcome_kind == _wire.OK:
-            return value
+            return pickle.loads(payload) if payload else None
+        error = (
+            _wire.loads_exception(payload, upstream)
+            if outcome_kind == _wire.ERROR and payload
+            else None
+        )
         if outcome_kind == _wire.CANCELLED:
             raise UpstreamError(f"{label} cannot start: {upstream} was cancelled", upstream)
         if isinstance(error, SupervisorDiedError | UpstreamError):

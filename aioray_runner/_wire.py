@@ -216,14 +216,20 @@ def dumps_exception(exc: BaseException) -> bytes:
 
     The exception is checked to survive a round trip: many exception classes
     cannot be rebuilt from their ``args``; those travel as :class:`RemoteError`.
+    So do ``SystemExit``, ``KeyboardInterrupt`` and other non-``Exception``
+    errors: re-raised as themselves in the caller, a remote ``sys.exit()``
+    would stop the caller's program.
     """
     tb_text = "".join(traceback.format_exception(exc))
+    exc.__traceback__ = None  # the frames are not needed any more: free them
     try:
+        if not isinstance(exc, Exception):
+            raise TypeError("not an Exception")
         blob = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(blob)
     except Exception:
-        exc = RemoteError(type(exc).__qualname__, str(exc), tb_text)
-        blob = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        substitute = RemoteError(type(exc).__qualname__, str(exc), tb_text)
+        blob = cloudpickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((blob, tb_text), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -233,7 +239,14 @@ def loads_exception(payload: bytes, label: str) -> BaseException:
     try:
         exc: BaseException = pickle.loads(blob)
     except Exception as load_error:
-        return RemoteError("unknown", f"could not unpickle the error: {load_error}", tb_text)
+        last_line = tb_text.strip().splitlines()[-1] if tb_text.strip() else "unknown"
+        type_name, _, message = last_line.partition(": ")
+        return RemoteError(
+            type_name,
+            f"{message} (the exception could not be rebuilt here: {load_error}; install"
+            " the module that defines it in this environment)",
+            tb_text,
+        )
     if tb_text and not isinstance(exc, RemoteError):
         exc.add_note(f"\nRemote traceback of {label} (raised in a supervisor):\n{tb_text}")
     return exc

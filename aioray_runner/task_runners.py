@@ -37,6 +37,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import contextmanager
@@ -294,8 +295,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         if cancel:
             for future in outstanding:
                 future.cancel()
+        deadline = time.monotonic() + 10
         for future in outstanding:
-            future.wait_sync(10 if cancel else None)
+            future.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
         # Close each supervisor's flow run scope and flush Prefect's log and
         # event queues there, before the supervisors are stopped.
         closers = runtime._broadcast_all(_prefect_remote.close_flow_run, self._key)
@@ -539,6 +541,9 @@ class _NoSlot:
         pass
 
     def send_now(self) -> None:
+        pass
+
+    def check_can_block(self) -> None:
         pass
 
 
