@@ -118,6 +118,7 @@ class Pool:
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[Slot]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
+        self._nodes: list[str] = []
         self._functions = _wire.FunctionCache()
         self._ids = itertools.count(1)
         self._pending: list[tuple[AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep]]] = []
@@ -160,7 +161,8 @@ class Pool:
             **self.actor_options,
             **self._group_options.get(group, {}),
         }
-        options.setdefault("scheduling_strategy", "SPREAD")
+        if "scheduling_strategy" not in options:
+            options["scheduling_strategy"] = self._placement(index)
         group_tag = f"-g{abs(hash(group)) % 10_000}" if group else ""
         options.setdefault("name", f"aioray-supervisor-{self.name}{group_tag}-{index}-{generation}")
         handle = (
@@ -169,6 +171,25 @@ class Pool:
             .remote(index, self.max_concurrency, self.backend, self.threads)
         )
         return Slot(self, index, group, handle, generation)
+
+    def _placement(self, index: int) -> Any:
+        """Supervisor ``index`` prefers node ``index % nodes``.
+
+        Ray's "SPREAD" is best effort: two supervisors that reserve no CPU often
+        land on one node. A soft node affinity spreads them one per node and
+        still lets Ray place a supervisor elsewhere when its node is gone.
+        """
+        if not self._nodes:
+            self._nodes = sorted(
+                node["NodeID"]
+                for node in ray.nodes()
+                if (node.get("Alive") or node.get("alive")) and node.get("Resources", {}).get("CPU")
+            )
+        if len(self._nodes) < 2:
+            return "SPREAD"
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(self._nodes[index % len(self._nodes)], soft=True)
 
     def _wait_ready(self, slots: Sequence[Slot]) -> None:
         refs = [slot.handle.info.remote() for slot in slots]

@@ -117,6 +117,19 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._upstream = upstream
         self._seen: dict[int, int] = {}
 
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if (
+            cls not in PLAIN_TYPES
+            and isinstance(obj, tuple)
+            and cls.__module__ == "prefect.utilities.annotations"
+        ):
+            # Prefect's annotations (allow_failure, quote, ...) are tuples whose
+            # __new__ wraps its argument: pickled the default way they come back
+            # wrapped twice, allow_failure((x,)). Rebuild them from their value.
+            return cls, (obj[0],)
+        return super().reducer_override(obj)
+
     def persistent_id(self, obj: Any) -> int | None:
         if type(obj) in PLAIN_TYPES:
             return None

@@ -536,6 +536,7 @@ class _NoSlot:
     """Stands in for a supervisor for futures that were never sent."""
 
     index = -1
+    alive = False  # so a dependent gets the failure itself, not a lookup
 
     def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
         pass

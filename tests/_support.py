@@ -25,6 +25,9 @@ import ray
 
 from aioray_runner import Runtime
 
+#: A custom Ray resource the session's Ray has (4 units).
+TEST_RESOURCE = "aioray_test_slot"
+
 # -- fixtures ------------------------------------------------------------------------
 
 
@@ -33,7 +36,9 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole pytest session (reused if already initialized)."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False)
+        # The custom resource lets the Prefect tests check that `remote_options`
+        # reaches Ray (tests/test_prefect_runner.py).
+        ray.init(num_cpus=2, include_dashboard=False, resources={TEST_RESOURCE: 4})
     yield
     if started:
         ray.shutdown()

@@ -1,0 +1,180 @@
+"""The Ray set-ups RayTaskRunner supports, each in a process of its own.
+
+* a temporary local Ray that the runner starts and stops;
+* a multi-node ``ray.cluster_utils.Cluster`` (supervisors spread across nodes);
+* an existing cluster started with ``ray start --head``, joined as a Ray client.
+
+They cannot share the test session's process (Ray is initialized there, and
+Ray client mode cannot live next to it), so each runs
+``tests/_prefect_cluster_flows.py`` with ``sys.executable``. Token authentication
+stays on: every process finds the token in Ray's default place (``~/.ray``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env(api_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # the session's Ray, if this process started one
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="token",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_flow_script(api_url: str, *args: str, timeout: float = 240) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests._prefect_cluster_flows", *args],
+        cwd=REPO,
+        env=_env(api_url),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and len(lines) == 1, (
+        f"exit code {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+        f"\n--- stderr\n{proc.stderr[-6000:]}"
+    )
+    return json.loads(lines[0].removeprefix("RESULT "))
+
+
+def _short_temp_dir(prefix: str) -> str:
+    # Ray puts Unix sockets under its temp dir: keep the path short.
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_ran_everywhere(out: dict[str, Any]) -> None:
+    assert out["state"] == "COMPLETED", out
+    supervisor_pids = {s["pid"] for s in out["supervisors"]}
+    assert sorted(r["i"] for r in out["async"]) == list(range(len(out["async"])))
+    assert {r["pid"] for r in out["async"]} <= supervisor_pids
+    assert sorted(r["i"] for r in out["sync"]) == [0, 1, 2, 3]
+    assert all(r["actor"] is None for r in out["sync"])  # Ray tasks, not actors
+    assert not {r["pid"] for r in out["sync"]} & supervisor_pids
+
+
+def test_temporary_local_ray_started_and_stopped_by_the_runner(prefect_api: str) -> None:
+    temp_dir = _short_temp_dir("rl")
+    try:
+        out = run_flow_script(prefect_api, "local", temp_dir)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert out["ray_initialized_before"] is False
+    _check_ran_everywhere(out)
+    assert out["ray_initialized_in_flow"] is True
+    assert out["owns_ray"] is True
+    # A Ray of its own (init_kwargs reached ray.init), shut down after the flow.
+    assert out["session_dir"].startswith(temp_dir)
+    assert len(out["supervisors"]) == 1  # one per node by default
+    assert out["ray_initialized_after"] is False
+
+
+def test_multi_node_cluster_spreads_supervisors(prefect_api: str) -> None:
+    out = run_flow_script(prefect_api, "cluster")
+    _check_ran_everywhere(out)
+    assert len(out["cluster_nodes"]) == 2
+    assert out["alive_nodes"] == out["cluster_nodes"]
+    supervisor_nodes = [s["node_id"] for s in out["supervisors"]]
+    assert len(supervisor_nodes) == 2
+    assert set(supervisor_nodes) == set(out["cluster_nodes"])  # one on each node
+    # Async task runs were balanced over both supervisors, so both nodes ran some.
+    assert {r["node"] for r in out["async"]} == set(out["cluster_nodes"])
+    assert out["owns_ray"] is True
+    assert out["ray_initialized_after"] is False
+
+
+@pytest.fixture
+def ray_head(prefect_api: str) -> Iterator[str]:
+    """``ray start --head --block`` in a process group of its own; yields a ray:// address.
+
+    Stopped by signalling that process group only (``ray stop`` would stop every
+    Ray on the machine, the test session's own included).
+    """
+    temp_dir = _short_temp_dir("rh")
+    client_port = _free_port()
+    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed below
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={_free_port()}",
+            f"--ray-client-server-port={client_port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=_env(prefect_api),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray client server never listened"
+                time.sleep(0.5)
+        yield f"ray://127.0.0.1:{client_port}"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)  # what is left of the group this fixture started
+            except ProcessLookupError:
+                break
+            time.sleep(2)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_existing_cluster_through_ray_client(prefect_api: str, ray_head: str) -> None:
+    out = run_flow_script(prefect_api, "client", ray_head)
+    assert out["ray_initialized_before"] is False
+    _check_ran_everywhere(out)
+    assert out["owns_ray"] is True  # it connected, so it disconnects
+    assert len(out["supervisors"]) == 1
+    assert len(out["alive_nodes"]) == 1
+    assert out["ray_initialized_after"] is False
