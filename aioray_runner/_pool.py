@@ -107,6 +107,7 @@ class Pool:
         actor_options: dict[str, Any],
         start_timeout: float,
         logger: logging.Logger,
+        preload: Sequence[str] = (),
     ) -> None:
         self.count = count
         self.max_concurrency = max_concurrency
@@ -115,6 +116,7 @@ class Pool:
         self.actor_options = actor_options
         self.start_timeout = start_timeout
         self.logger = logger
+        self.preload = tuple(preload)
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[Slot]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
@@ -168,7 +170,7 @@ class Pool:
         handle = (
             ray.remote(Supervisor)
             .options(**options)
-            .remote(index, self.max_concurrency, self.backend, self.threads)
+            .remote(index, self.max_concurrency, self.backend, self.threads, self.preload)
         )
         return Slot(self, index, group, handle, generation)
 

@@ -35,12 +35,13 @@ class _FlowRunScope:
         self.holder = asyncio.get_running_loop().create_task(self._hold())
 
     async def _hold(self) -> None:
-        from prefect.client.orchestration import get_client
         from prefect.context import AsyncClientContext, hydrated_context
 
         try:
-            # One sync client for the flow run context, one async client for the engine.
-            with hydrated_context(self.flow_context, client=get_client(sync_client=True)):
+            # hydrated_context makes the flow run context's (sync) client inside
+            # the flow's settings: a client made out here would not see the
+            # flow's API URL and would start a temporary API of its own.
+            with hydrated_context(self.flow_context):
                 async with AsyncClientContext.get_or_create():
                     self.ready.set_result(contextvars.copy_context())
                     await self.closing.wait()
@@ -190,16 +191,6 @@ async def run_sync_task(
 def _unwrap_ray_error(exc: BaseException) -> BaseException:
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
-
-
-async def warm_up() -> None:
-    """Import Prefect's task engine ahead of the first task run.
-
-    On the loop's thread, on purpose: unpickling the first task imports Prefect
-    there too, and two threads importing the same modules at once can trip
-    Python's import deadlock detection.
-    """
-    import prefect.task_engine  # noqa: F401
 
 
 async def close_flow_run(key: str) -> int:

@@ -54,6 +54,8 @@ class Runtime:
             (``num_cpus``, ``resources``, ``runtime_env``, ...). By default a
             supervisor reserves no CPU: it spends its time waiting.
         start_timeout: Seconds to wait for the supervisors to start.
+        preload: Modules each supervisor imports when it starts, before it
+            reports ready, so the first calls do not pay for slow imports.
         logger: Where to log what the runtime does (where Ray runs, how many
             supervisors started, supervisors that died). Defaults to the
             ``"aioray_runner"`` logger.
@@ -73,6 +75,7 @@ class Runtime:
         init_kwargs: dict[str, Any] | None = None,
         actor_options: dict[str, Any] | None = None,
         start_timeout: float = 120.0,
+        preload: Iterable[str] = (),
         logger: logging.Logger | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
@@ -96,6 +99,7 @@ class Runtime:
         self.init_kwargs = dict(init_kwargs or {})
         self.actor_options = dict(actor_options or {})
         self.start_timeout = start_timeout
+        self.preload = tuple(preload)
         self.logger = logger or logging.getLogger("aioray_runner")
         self._pool: Pool | None = None
         self._owns_ray = False
@@ -129,6 +133,7 @@ class Runtime:
                     actor_options=self.actor_options,
                     start_timeout=self.start_timeout,
                     logger=self.logger,
+                    preload=self.preload,
                 )
                 started = time.monotonic()
                 try:

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextvars
 import functools
 import gc
+import importlib
 import inspect
 import os
 import pickle
@@ -50,7 +51,12 @@ class Supervisor:
         max_concurrency: int,
         backend: str = "asyncio",
         threads: int = 32,
+        preload: Sequence[str] = (),
     ) -> None:
+        # Imported here, while the caller waits for the supervisors to start,
+        # so the first calls do not pay for it (Prefect takes seconds).
+        for module in preload:
+            importlib.import_module(module)
         self._index = index
         self._max_concurrency = max_concurrency
         self._backend = backend

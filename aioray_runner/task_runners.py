@@ -273,10 +273,10 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                     init_kwargs=self.init_kwargs,
                     actor_options=self.actor_options,
                     logger=self.logger,  # Prefect's console shows it
+                    # Importing Prefect takes a supervisor seconds: do it while
+                    # it starts, not when the first task run arrives.
+                    preload=("prefect.task_engine", "aioray_runner._prefect_remote"),
                 ).start()
-                # Importing Prefect in a new supervisor takes seconds: start it
-                # now, while the flow sets itself up, not at the first task.
-                self._runtime.broadcast(_prefect_remote.warm_up)
             return self._runtime
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:

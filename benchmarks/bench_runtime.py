@@ -223,79 +223,100 @@ def _sum_stats(stats: list[dict[str, Any]], key: str) -> int:
 async def memory_run(
     supervisors: int, n: int, hold_s: float, warmup: int, label: str
 ) -> dict[str, Any]:
-    """Supervisor and caller RSS: at start, with N calls in flight, and after release."""
+    """Supervisor and caller RSS: at start, with N calls in flight, and after release.
+
+    Two rounds on the same runtime: the first starts cold (after a small
+    warm-up); the second starts where the first ended, which shows whether
+    memory keeps growing from round to round or comes back to its level.
+    """
     async with Runtime(supervisors=supervisors) as rt:
         await warm_up(rt, warmup)
-        gc.collect()
-        await asyncio.sleep(1.0)  # let the warm-up's releases reach the supervisors
-        start_stats = await rt.stats(collect=True)
-        peak_reset = reset_caller_peak()
-        caller_start = caller_rss()
-
-        samples: list[dict[str, Any]] = []
-        stop = asyncio.Event()
-
-        async def sample() -> None:
-            while not stop.is_set():
-                stats = await rt.stats()
-                samples.append(
-                    {
-                        "t": time.perf_counter(),
-                        "rss_bytes": _sum_stats(stats, "rss_bytes"),
-                        "per_supervisor_rss": [s["rss_bytes"] for s in stats],
-                        "running": _sum_stats(stats, "running"),
-                        "calls_held": _sum_stats(stats, "calls_held"),
-                        "caller_rss": caller_rss(),
-                    }
-                )
-                try:
-                    await asyncio.wait_for(stop.wait(), 0.2)
-                except TimeoutError:
-                    pass
-
-        with Progress(label, n) as progress:
-            progress.extra = lambda: (
-                f"(supervisors {mib(samples[-1]['rss_bytes'])} MiB,"
-                f" running {samples[-1]['running']})"
-                if samples
-                else ""
-            )
-            started = time.perf_counter()
-            futures = []
-            for i in range(n):
-                futures.append(rt.submit(sleep_then, i, hold_s))
-                progress.submitted += 1
-            sampler = asyncio.create_task(sample())
-            total = 0
-            for future in futures:
-                total += await future
-                progress.done += 1
-            finished = time.perf_counter()
-            stop.set()
-            await sampler
-        _check(label, total, n)
-
-        done_stats = await rt.stats()
-        caller_done = caller_rss()
-        # VmHWM is updated lazily: take the largest of it and what was sampled.
-        caller_peak = max(
-            caller_peak_rss(),
-            caller_start,
-            caller_done,
-            *(s["caller_rss"] for s in samples),
+        first = await _memory_round(rt, n, hold_s, f"{label} round 1")
+        second = await _memory_round(rt, n, hold_s, f"{label} round 2")
+    result = dict(first)
+    result["round2"] = {
+        key: second[key]
+        for key in (
+            "supervisor_start_rss",
+            "supervisor_peak_rss_sampled",
+            "supervisor_after_rss",
+            "after_over_start",
+            "calls_held_after",
         )
-        del futures, future
-        gc.collect()
-        await asyncio.sleep(1.0)  # the runtime sends releases every 0.2 s
-        after_stats = await rt.stats(collect=True)
-        caller_after = caller_rss()
+    }
+    return result
+
+
+async def _memory_round(rt: Runtime, n: int, hold_s: float, label: str) -> dict[str, Any]:
+    gc.collect()
+    await asyncio.sleep(1.0)  # let earlier releases reach the supervisors
+    start_stats = await rt.stats(collect=True)
+    peak_reset = reset_caller_peak()
+    caller_start = caller_rss()
+
+    samples: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            stats = await rt.stats()
+            samples.append(
+                {
+                    "t": time.perf_counter(),
+                    "rss_bytes": _sum_stats(stats, "rss_bytes"),
+                    "per_supervisor_rss": [s["rss_bytes"] for s in stats],
+                    "running": _sum_stats(stats, "running"),
+                    "calls_held": _sum_stats(stats, "calls_held"),
+                    "caller_rss": caller_rss(),
+                }
+            )
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    with Progress(label, n) as progress:
+        progress.extra = lambda: (
+            f"(supervisors {mib(samples[-1]['rss_bytes'])} MiB, running {samples[-1]['running']})"
+            if samples
+            else ""
+        )
+        started = time.perf_counter()
+        futures = []
+        for i in range(n):
+            futures.append(rt.submit(sleep_then, i, hold_s))
+            progress.submitted += 1
+        sampler = asyncio.create_task(sample())
+        total = 0
+        for future in futures:
+            total += await future
+            progress.done += 1
+        finished = time.perf_counter()
+        stop.set()
+        await sampler
+    _check(label, total, n)
+
+    done_stats = await rt.stats()
+    caller_done = caller_rss()
+    # VmHWM is updated lazily: take the largest of it and what was sampled.
+    caller_peak = max(
+        caller_peak_rss(),
+        caller_start,
+        caller_done,
+        *(s["caller_rss"] for s in samples),
+    )
+    del futures, future
+    gc.collect()
+    await asyncio.sleep(1.0)  # the runtime sends releases every 0.2 s
+    after_stats = await rt.stats(collect=True)
+    caller_after = caller_rss()
 
     start_rss = _sum_stats(start_stats, "rss_bytes")
     after_rss = _sum_stats(after_stats, "rss_bytes")
     sampled_peak = max((s["rss_bytes"] for s in samples), default=0)
     return {
         "n": n,
-        "supervisors": supervisors,
+        "supervisors": len(start_stats),
         "hold_s": hold_s,
         "wall_s": finished - started,
         "supervisor_start_rss": start_rss,
@@ -503,7 +524,23 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
         for key, res in mem.items():
             ratio = statistics.median(r["after_over_start"] for r in res)
             verdict = "within" if ratio <= 1.10 else "ABOVE"
-            out.append(f"  {path_name(key)}: after/start {ratio:.3f}, {verdict} the 10% goal")
+            out.append(
+                f"  {path_name(key)}, round 1 (cold start): after/start {ratio:.3f},"
+                f" {verdict} the 10% goal"
+            )
+            second = [r["round2"] for r in res if "round2" in r]
+            if second:
+                ratio2 = statistics.median(r["after_over_start"] for r in second)
+                verdict2 = "within" if ratio2 <= 1.10 else "ABOVE"
+                start2 = statistics.median(r["supervisor_start_rss"] / MIB for r in second)
+                peak2 = statistics.median(r["supervisor_peak_rss_sampled"] / MIB for r in second)
+                after2 = statistics.median(r["supervisor_after_rss"] / MIB for r in second)
+                held2 = max(r["calls_held_after"] for r in second)
+                out.append(
+                    f"  {path_name(key)}, round 2 (same runtime): start {start2:.1f}, peak"
+                    f" {peak2:.1f}, after {after2:.1f} MiB: after/start {ratio2:.3f},"
+                    f" {verdict2} the 10% goal; calls_held after {held2}"
+                )
         out += ["", "Caller process RSS, MiB"]
         rows = []
         for key, res in mem.items():
