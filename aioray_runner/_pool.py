@@ -44,6 +44,7 @@ DEFAULT_GROUP: GroupKey = ()
 POLL_MAX = 5000
 BATCH_MAX = 2000
 RELEASE_EVERY_S = 0.2
+_RESOURCE_OPTIONS = frozenset({"num_gpus", "resources", "memory", "accelerator_type"})
 
 
 class Slot:
@@ -164,7 +165,12 @@ class Pool:
             **self._group_options.get(group, {}),
         }
         if "scheduling_strategy" not in options:
-            options["scheduling_strategy"] = self._placement(index)
+            pin = group == DEFAULT_GROUP and not _RESOURCE_OPTIONS & options.keys()
+            # Pinned to a node only when any node can hold it: a supervisor that
+            # asks for GPUs or custom resources goes where Ray finds them.
+            options["scheduling_strategy"] = (
+                self._placement(index, replacing=generation > 0) if pin else "SPREAD"
+            )
         group_tag = f"-g{abs(hash(group)) % 10_000}" if group else ""
         options.setdefault("name", f"aioray-supervisor-{self.name}{group_tag}-{index}-{generation}")
         handle = (
@@ -174,13 +180,16 @@ class Pool:
         )
         return Slot(self, index, group, handle, generation)
 
-    def _placement(self, index: int) -> Any:
-        """Supervisor ``index`` prefers node ``index % nodes``.
+    def _placement(self, index: int, replacing: bool = False) -> Any:
+        """Supervisor ``index`` goes to node ``index % nodes``.
 
-        Ray's "SPREAD" is best effort: two supervisors that reserve no CPU often
-        land on one node. A soft node affinity spreads them one per node and
-        still lets Ray place a supervisor elsewhere when its node is gone.
+        Ray's "SPREAD" is best effort, and so is a soft node affinity: in tests
+        two supervisors that reserve no CPU often landed on one node with
+        either. So the first placement is a hard node affinity to a node that
+        is alive now; a replacement only prefers its node (which may be gone).
         """
+        if replacing:
+            self._nodes = []  # look again: the cluster may have changed
         if not self._nodes:
             self._nodes = sorted(
                 node["NodeID"]
@@ -191,7 +200,7 @@ class Pool:
             return "SPREAD"
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        return NodeAffinitySchedulingStrategy(self._nodes[index % len(self._nodes)], soft=True)
+        return NodeAffinitySchedulingStrategy(self._nodes[index % len(self._nodes)], soft=replacing)
 
     def _wait_ready(self, slots: Sequence[Slot]) -> None:
         refs = [slot.handle.info.remote() for slot in slots]

@@ -199,6 +199,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self._flow_context: dict[str, Any] | None = None
         self._callables: dict[tuple[int, bool], tuple[Task[Any, Any], Callable[..., Any]]] = {}
         self._submit_context: contextvars.Context | None = None
+        self._flow_run_id: uuid.UUID | None = None
         self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         super().__init__()
@@ -370,7 +371,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
             task_run_id=task_run_id, wrapped_future=wrapped
         )
-        wrapped.add_done_callback(functools.partial(self._report_if_lost, task_run_id))
+        wrapped.add_done_callback(functools.partial(self._report_if_lost, task, task_run_id))
         return future
 
     @overload
@@ -408,6 +409,8 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 context.pop(key, None)
             self._flow_context = context
             self._submit_context = contextvars.copy_context()
+            flow_run = FlowRunContext.get()
+            self._flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
         return self._flow_context
 
     def _remote_callable(self, task: Task[Any, Any], *, is_async: bool) -> Callable[..., Any]:
@@ -475,7 +478,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         future._final_state = state
         return future
 
-    def _report_if_lost(self, task_run_id: uuid.UUID, future: AioRayFuture[Any]) -> None:
+    def _report_if_lost(
+        self, task: Task[Any, Any], task_run_id: uuid.UUID, future: AioRayFuture[Any]
+    ) -> None:
         """A supervisor died under this run: record the crash in the API too (I/O thread)."""
         if not isinstance(future._error, SupervisorDiedError) or self._submit_context is None:
             return
