@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pytest
 import trio
 
 from aioray_runner import CancelledError, Runtime
-from tests._support import Heartbeat, wait_until
+from tests._support import wait_until
+from tests_trio._heartbeat import submit_all_with_heartbeat
 
 pytestmark = pytest.mark.anyio
 
@@ -80,25 +80,8 @@ async def test_plain_functions_still_use_the_thread_pool(trio_runtime: Runtime) 
 
 
 async def test_ten_thousand_trio_coroutines_with_heartbeat(trio_runtime: Runtime) -> None:
-    heartbeat = Heartbeat()
-    results: list[int] = [0] * N
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(heartbeat.run)
-        await trio.sleep(0.05)
-        futures = [trio_runtime.submit(nursery_job, i) for i in range(N)]
-        start = time.monotonic()
-
-        async def collect(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                results[i] = await futures[i]
-
-        async with trio.open_nursery() as waiters:
-            for lo in range(0, N, 500):
-                waiters.start_soon(collect, lo, lo + 500)
-        end = time.monotonic()
-        nursery.cancel_scope.cancel()
+    results = await submit_all_with_heartbeat(trio_runtime, nursery_job, N)
     assert results == [i + 1 for i in range(N)]
-    heartbeat.assert_kept_ticking(start, end)
 
 
 async def test_trio_exception_keeps_its_type(trio_runtime: Runtime) -> None:
