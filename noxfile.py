@@ -62,7 +62,7 @@ def _install_for_tests(session: nox.Session, ray: str) -> None:
     # (prefect 3.8.8's server breaks on fastapi 0.155+) are solved together.
     # Not editable: the tests run against the wheel as users install it (a file
     # missing from the wheel fails here). uv rebuilds it on every install.
-    session.install(".[test]", f"ray[client]=={ray}")
+    session.install(".[test]", f"ray[default,client]=={ray}")
     # Show what was actually resolved, so a failing matrix entry is easy to read.
     session.run("python", "-c", _SHOW_VERSIONS, silent=False)
 

@@ -96,7 +96,11 @@ def main(argv: list[str]) -> None:
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
             out = run(AioRayTaskRunner(address=cluster.address, supervisors=2), 20)
-            out["cluster_nodes"] = sorted(node.node_id for node in cluster.list_all_nodes())
+            # Node.node_id is newer than Ray 2.10, which has unique_id only.
+            out["cluster_nodes"] = sorted(
+                getattr(node, "node_id", None) or node.unique_id
+                for node in cluster.list_all_nodes()
+            )
         finally:
             cluster.shutdown()
     elif mode == "client":
