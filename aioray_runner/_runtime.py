@@ -191,20 +191,21 @@ class Runtime:
         With ``wait`` (the default) calls still running finish first; otherwise
         they are cancelled. Ray itself is shut down only if this runtime started it.
         """
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return
+        self._settle(cancel=not wait)
+        self._shutdown()
+
+    def _settle(self, *, cancel: bool, grace: float = 5.0) -> None:
+        """Wait for the calls still in flight; or cancel them and give them
+        ``grace`` seconds in all to unwind (their ``finally`` blocks run)."""
         outstanding = self._outstanding()
-        if not wait:
+        if cancel:
             for future in outstanding:
                 future.cancel()
-            deadline = time.monotonic() + 5
-            for future in outstanding:
-                future.wait_sync(max(0.0, deadline - time.monotonic()))
-        else:
-            for future in outstanding:
-                future.wait_sync()
-        self._shutdown()
+        deadline = time.monotonic() + grace
+        for future in outstanding:
+            future.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
 
     async def aclose(self, *, wait: bool = True) -> None:
         """Like :meth:`close`, but waits without blocking the event loop."""
@@ -297,9 +298,7 @@ class Runtime:
         actor_options: dict[str, Any] | None = None,
     ) -> AioRayFuture[Any]:
         """``submit`` for integrations: a custom label, a group by actor options."""
-        pool = self._require()
-        group = pool.group(actor_options) if actor_options else DEFAULT_GROUP
-        return pool.submit(fn, args, kwargs, group=group, label=label)
+        return self.options(**(actor_options or {})).submit_labelled(label, fn, *args, **kwargs)
 
     def _broadcast_all(self, fn: Callable[..., Any], /, *args: Any) -> list[AioRayFuture[Any]]:
         """Run ``fn`` once on every live supervisor of every group."""
@@ -402,6 +401,12 @@ class RuntimeOptions:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
         """Like :meth:`Runtime.submit`, on this group's supervisors."""
         return self._pool.submit(fn, args, kwargs, group=self._group)
+
+    def submit_labelled(
+        self, label: str | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> AioRayFuture[Any]:
+        """:meth:`submit` with the name used in labels and errors (``"fetch#17"``)."""
+        return self._pool.submit(fn, args, kwargs, group=self._group, label=label)
 
 
 def _live_node_count() -> int:

@@ -37,7 +37,6 @@ import contextvars
 import functools
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import contextmanager
@@ -292,13 +291,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             super().__exit__(exc_type, exc_value, traceback)
 
     def _close_runtime(self, runtime: Runtime, *, cancel: bool) -> None:
-        outstanding = runtime._outstanding()
-        if cancel:
-            for future in outstanding:
-                future.cancel()
-        deadline = time.monotonic() + 10
-        for future in outstanding:
-            future.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
+        runtime._settle(cancel=cancel, grace=10)
         # Close each supervisor's flow run scope and flush Prefect's log and
         # event queues there, before the supervisors are stopped.
         closers = runtime._broadcast_all(_prefect_remote.close_flow_run, self._key)
