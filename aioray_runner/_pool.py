@@ -455,7 +455,7 @@ class Pool:
         self, slot: Slot, ref: Any, call_ids: Sequence[int] = (), what: str = "a message"
     ) -> None:
         try:
-            await asyncio.wrap_future(ref.future())
+            await _wait_ref(ref)
         except asyncio.CancelledError:
             raise
         except ray.exceptions.RayActorError as exc:
@@ -475,7 +475,7 @@ class Pool:
     async def _poll(self, slot: Slot) -> None:
         while slot.alive:
             try:
-                outcomes = await asyncio.wrap_future(slot.handle.poll.remote(POLL_MAX).future())
+                outcomes = await _wait_ref(slot.handle.poll.remote(POLL_MAX))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -534,7 +534,7 @@ class Pool:
 
     async def _describe(self, slot: Slot) -> None:
         try:
-            slot.info = await asyncio.wrap_future(slot.handle.info.remote().future())
+            slot.info = await _wait_ref(slot.handle.info.remote())
             self.logger.info("Replacement %s is ready", slot.describe())
         except Exception as exc:
             self._on_failure(slot, exc)
@@ -561,3 +561,13 @@ class Pool:
                 by_slot.setdefault(slot, []).append(call_id)
         for slot, call_ids in by_slot.items():
             self._spawn(self._watch(slot, slot.handle.release.remote(call_ids)))
+
+
+async def _wait_ref(ref: Any) -> Any:
+    """Await an ObjectRef on the I/O loop.
+
+    Cancelling this wait (at close) leaves Ray's own future alone: the Ray
+    client of Ray 2.10 and 2.40 sets a result on it without checking whether it
+    was cancelled, and the error kills the client's data thread.
+    """
+    return await asyncio.shield(asyncio.wrap_future(ref.future()))

@@ -169,7 +169,7 @@ class Runtime:
             self.logger.info("Connecting to Ray at %s", where)
         else:
             self.logger.info("Starting a temporary local Ray instance")
-        context = ray.init(**kwargs)
+        context = self._init_ray(kwargs, where)
         self._owns_ray = True
         nodes = _live_node_count()
         dashboard = getattr(context, "dashboard_url", None)
@@ -179,6 +179,37 @@ class Runtime:
             ray.cluster_resources().get("CPU", 0),
             f", dashboard at http://{dashboard}" if dashboard else "",
         )
+
+    def _init_ray(self, kwargs: dict[str, Any], where: str | None) -> Any:
+        """``ray.init``, tried twice when a Ray client server fails to start a session.
+
+        Ray's client proxy forks a server process per client and sometimes loses
+        it (ray-project/ray#63202: gRPC's fork handlers race with its threads;
+        seen often on Ray 2.10 and 2.40). The next attempt forks a new one.
+        """
+        is_client = bool(where) and str(where).startswith("ray://")
+        for attempt in (1, 2):
+            try:
+                return ray.init(**kwargs)
+            except ConnectionAbortedError as exc:
+                if not (is_client and _client_server_start_failed(exc)):
+                    raise
+                if attempt == 2:
+                    raise ConnectionError(
+                        f"The Ray client server at {where} failed twice to start a "
+                        "session for this client. Its log is ray_client_server_<port>.err "
+                        "in the head node's Ray log directory. If that log is empty, "
+                        "the proxy lost the process it forked (ray-project/ray#63202): "
+                        "start the head with GRPC_ENABLE_FORK_SUPPORT=0 in its "
+                        "environment to avoid it."
+                    ) from exc
+                self.logger.warning(
+                    "The Ray client server at %s failed to start a session for this "
+                    "client (a known intermittent Ray client problem, "
+                    "ray-project/ray#63202); trying once more",
+                    where,
+                )
+        raise AssertionError("unreachable")
 
     def _disconnect(self) -> None:
         if self._owns_ray:
@@ -407,6 +438,12 @@ class RuntimeOptions:
     ) -> AioRayFuture[Any]:
         """:meth:`submit` with the name used in labels and errors (``"fetch#17"``)."""
         return self._pool.submit(fn, args, kwargs, group=self._group, label=label)
+
+
+def _client_server_start_failed(exc: BaseException) -> bool:
+    """Whether ``ray.init("ray://...")`` failed because the proxy could not start
+    the client's server process (not a bad address, version or runtime_env)."""
+    return "Starting Ray client server failed" in str(exc)
 
 
 def _live_node_count() -> int:
