@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -568,6 +569,27 @@ async def _wait_ref(ref: Any) -> Any:
 
     Cancelling this wait (at close) leaves Ray's own future alone: the Ray
     client of Ray 2.10 and 2.40 sets a result on it without checking whether it
-    was cancelled, and the error kills the client's data thread.
+    was cancelled, and the error kills the client's data thread. A wait that was
+    cancelled takes no outcome, so a late error (the supervisor killed at close)
+    is not reported as "never retrieved" either.
     """
-    return await asyncio.shield(asyncio.wrap_future(ref.future()))
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
+
+    def settle(done: concurrent.futures.Future[Any]) -> None:
+        if not waiter.done():
+            if done.cancelled():
+                waiter.cancel()
+            elif (exc := done.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(done.result())
+
+    def on_done(done: concurrent.futures.Future[Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, done)
+        except RuntimeError:
+            pass  # the loop has closed: nobody waits any more
+
+    ref.future().add_done_callback(on_done)
+    return await waiter

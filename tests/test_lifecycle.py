@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import uuid
@@ -180,3 +181,21 @@ async def test_dependent_on_another_dead_supervisor_gets_upstream_error(
                 await dependent
         assert info.value.upstream == upstream.label
         assert "died" in str(info.value)
+
+
+async def test_closing_leaves_no_unretrieved_errors(
+    ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Killing the supervisors at close fails the waits still open on them (the
+    # long poll); those failures belong to nobody and must not be logged as
+    # "Future exception was never retrieved".
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for _ in range(2):
+            async with Runtime(supervisors=2) as rt:
+                futures = [rt.submit(double, i) for i in range(2000)]
+                assert [await f for f in futures] == [2 * i for i in range(2000)]
+                del futures  # their releases go out as the runtime closes
+            await asyncio.sleep(1)  # the supervisors' deaths reach the I/O loop
+            gc.collect()
+    unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not unretrieved, unretrieved[0].getMessage()
