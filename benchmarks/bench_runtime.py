@@ -220,8 +220,16 @@ def _sum_stats(stats: list[dict[str, Any]], key: str) -> int:
     return sum(int(s.get(key, 0)) for s in stats)
 
 
+#: The supervisors' allocator for the memory phase: CPython's own (pymalloc, the
+#: default) or the C library's, chosen with PYTHONMALLOC in the actor's environment.
+ALLOCATORS = {
+    "pymalloc": {},
+    "malloc": {"runtime_env": {"env_vars": {"PYTHONMALLOC": "malloc"}}},
+}
+
+
 async def memory_run(
-    supervisors: int, n: int, hold_s: float, warmup: int, label: str
+    supervisors: int, n: int, hold_s: float, warmup: int, label: str, allocator: str = "pymalloc"
 ) -> dict[str, Any]:
     """Supervisor and caller RSS: at start, with N calls in flight, and after release.
 
@@ -229,7 +237,7 @@ async def memory_run(
     warm-up); the second starts where the first ended, which shows whether
     memory keeps growing from round to round or comes back to its level.
     """
-    async with Runtime(supervisors=supervisors) as rt:
+    async with Runtime(supervisors=supervisors, actor_options=ALLOCATORS[allocator]) as rt:
         await warm_up(rt, warmup)
         first = await _memory_round(rt, n, hold_s, f"{label} round 1")
         second = await _memory_round(rt, n, hold_s, f"{label} round 2")
@@ -366,32 +374,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ray.kill(actor)
 
     for k in args.supervisors:
-        key = f"runtime_{k}"
-        if {"throughput", "sleep"} & set(args.phases):
-            log(f"== Runtime(supervisors={k})")
-            async with Runtime(supervisors=k) as rt:
+        for allocator in args.allocators if {"throughput", "sleep"} & set(args.phases) else ():
+            key = f"runtime_{k}_{allocator}"
+            name = f"Runtime({k}, {allocator})"
+            log(f"== Runtime(supervisors={k}), {allocator}")
+            async with Runtime(supervisors=k, actor_options=ALLOCATORS[allocator]) as rt:
                 await warm_up(rt, args.warmup)
                 for r in range(repeat):
                     tag = f"[{r + 1}/{repeat}]"
                     if "throughput" in args.phases:
-                        res = await runtime_run(rt, n, None, f"Runtime({k}) noop {tag}")
+                        res = await runtime_run(rt, n, None, f"{name} noop {tag}")
                         results["throughput"].setdefault(key, []).append(res)
-                        log(
-                            f"  Runtime({k}) noop {tag}: {res['wall_s']:.2f} s,"
-                            f" {res['per_s']:,.0f}/s"
-                        )
+                        log(f"  {name} noop {tag}: {res['wall_s']:.2f} s, {res['per_s']:,.0f}/s")
                     if "sleep" in args.phases:
-                        res = await runtime_run(rt, n, args.delay, f"Runtime({k}) sleep {tag}")
+                        res = await runtime_run(rt, n, args.delay, f"{name} sleep {tag}")
                         results["sleep"].setdefault(key, []).append(res)
-                        log(f"  Runtime({k}) sleep {tag}: {res['wall_s']:.2f} s")
-        if "memory" in args.phases:
-            log(f"== memory, Runtime(supervisors={k}): {args.mem_n} sleeps of {args.hold}s")
+                        log(f"  {name} sleep {tag}: {res['wall_s']:.2f} s")
+        for allocator in args.allocators if "memory" in args.phases else ():
+            log(
+                f"== memory, Runtime(supervisors={k}), {allocator}:"
+                f" {args.mem_n} sleeps of {args.hold}s"
+            )
             for r in range(repeat):
                 tag = f"[{r + 1}/{repeat}]"
-                res = await memory_run(k, args.mem_n, args.hold, args.warmup, f"memory({k}) {tag}")
-                results["memory"].setdefault(key, []).append(res)
+                res = await memory_run(
+                    k, args.mem_n, args.hold, args.warmup, f"memory({k}) {tag}", allocator
+                )
+                results["memory"].setdefault(f"runtime_{k}_{allocator}", []).append(res)
                 log(
-                    f"  memory({k}) {tag}: supervisors start"
+                    f"  memory({k}, {allocator}) {tag}: supervisors start"
                     f" {mib(res['supervisor_start_rss'])} MiB,"
                     f" peak {mib(res['supervisor_peak_rss_sampled'])} MiB,"
                     f" after {mib(res['supervisor_after_rss'])} MiB"
@@ -434,8 +445,9 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def path_name(key: str) -> str:
     if key == "actor":
         return "plain actor (1 call/coroutine)"
-    k = key.split("_")[1]
-    return f"Runtime, {k} supervisor{'s' if k != '1' else ''}"
+    _, k, *allocator = key.split("_")
+    name = f"Runtime, {k} supervisor{'s' if k != '1' else ''}"
+    return f"{name}, {allocator[0]}" if allocator else name
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
@@ -599,12 +611,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(PHASES),
         help="comma-separated subset of " + ",".join(PHASES),
     )
+    parser.add_argument(
+        "--allocators",
+        type=lambda text: [a for a in text.split(",") if a],
+        default=list(ALLOCATORS),
+        help="memory phase: the supervisors' allocators, from " + ",".join(ALLOCATORS),
+    )
     parser.add_argument("--skip-actor", action="store_true", help="skip the plain-actor baseline")
     parser.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1:
         parser.error("--n and --repeat must be at least 1")
+    if unknown := set(args.allocators) - set(ALLOCATORS):
+        parser.error(f"unknown allocator(s) {sorted(unknown)}; choose from {', '.join(ALLOCATORS)}")
     if args.mem_n is None:
         args.mem_n = args.n
     return args
