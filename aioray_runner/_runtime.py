@@ -442,8 +442,15 @@ class RuntimeOptions:
 
 def _client_server_start_failed(exc: BaseException) -> bool:
     """Whether ``ray.init("ray://...")`` failed because the proxy could not start
-    the client's server process (not a bad address, version or runtime_env)."""
-    return "Starting Ray client server failed" in str(exc)
+    the client's server process (not a bad address, version or runtime_env).
+
+    The proxy says so, or (when the process died between two of its checks) fails
+    with psutil's ZombieProcess on it.
+    """
+    text = str(exc)
+    return "Starting Ray client server failed" in text or (
+        "start_specific_server" in text and "ZombieProcess" in text
+    )
 
 
 def _live_node_count() -> int:
