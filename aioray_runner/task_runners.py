@@ -441,24 +441,12 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: SerializationError
     ) -> PrefectAioRayFuture[Any]:
         """A parameter cannot be pickled: this task run fails, the flow goes on."""
-        from prefect._internal.engine import dynamic_key_for_task_run
-        from prefect.client.orchestration import get_client
         from prefect.states import Failed
 
         message = f"Task run {task.name!r} could not be sent to a supervisor: {exc}"
         state: State[Any] = Failed(message=message, data=exc)
+        _record_state(task, task_run_id, state, exists=False)
         flow_run = FlowRunContext.get()
-        try:
-            with get_client(sync_client=True) as client:
-                client.create_task_run(
-                    task=task,
-                    flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
-                    dynamic_key=str(dynamic_key_for_task_run(flow_run, task)) if flow_run else "0",
-                    id=task_run_id,
-                    state=state,
-                )
-        except Exception:
-            logger.exception("Could not record the failed task run %s in the API", task_run_id)
         if flow_run is not None:
             from prefect.logging.loggers import get_run_logger
 
@@ -484,7 +472,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 )
             reporter = self._reporter
         state = _prefect_remote.crashed_state(future._error)
-        reporter.submit(self._submit_context.copy().run, _set_state, task_run_id, state)
+        reporter.submit(self._submit_context.copy().run, _record_state, task, task_run_id, state)
 
 
 @contextmanager
@@ -513,14 +501,42 @@ def _share_ephemeral_api() -> Iterator[None]:
         yield
 
 
-def _set_state(task_run_id: uuid.UUID, state: State[Any]) -> None:
+def _record_state(
+    task: Task[Any, Any], task_run_id: uuid.UUID, state: State[Any], *, exists: bool = True
+) -> None:
+    """Give a task run this final state in the API, creating the run if the API
+    has not heard of it (never sent, or its supervisor died before the engine's
+    events reached the API: Prefect creates task runs from those events).
+
+    Runs in the flow's context (for the flow run and its API client settings).
+    """
+    from prefect._internal.engine import dynamic_key_for_task_run
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     try:
         with get_client(sync_client=True) as client:
-            client.set_task_run_state(task_run_id, state, force=True)
+            if exists:
+                try:
+                    client.set_task_run_state(task_run_id, state, force=True)
+                    return
+                except ObjectNotFound:
+                    pass
+                except PrefectHTTPStatusError as exc:  # what set_state raises for a 404
+                    if exc.response.status_code != 404:
+                        raise
+            flow_run = FlowRunContext.get()
+            client.create_task_run(
+                task=task,
+                flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
+                dynamic_key=str(dynamic_key_for_task_run(flow_run, task)) if flow_run else "0",
+                id=task_run_id,
+                state=state,
+            )
     except Exception:
-        logger.exception("Could not record the crash of task run %s in the API", task_run_id)
+        logger.exception(
+            "Could not record the %s state of task run %s in the API", state.type.value, task_run_id
+        )
 
 
 def _failed_future(error: BaseException) -> AioRayFuture[Any]:

@@ -64,8 +64,15 @@ def read_flow_run(flow_run_id: uuid.UUID) -> Any:
 
 
 def task_run_state_type(task_run_id: uuid.UUID) -> str | None:
-    """The type (``"COMPLETED"``, ``"CRASHED"``, ...) the API holds for a task run."""
-    state = read_task_run(task_run_id).state
+    """The type (``"COMPLETED"``, ``"CRASHED"``, ...) the API holds for a task run;
+    ``None`` while the API has not heard of it (Prefect creates task runs from the
+    engine's events, which reach the API a little later)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        state = read_task_run(task_run_id).state
+    except ObjectNotFound:
+        return None
     return state.type.value if state is not None else None
 
 

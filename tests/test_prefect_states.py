@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -394,3 +395,24 @@ async def test_a_dead_supervisor_crashes_its_runs_and_is_replaced(tmp_path: Path
     assert len(out["new_pids"]) == 1 and out["old_pid"] not in out["new_pids"]
     dependent = out["dependent"]
     assert (dependent["type"], dependent["name"]) == (StateType.PENDING, "NotReady"), dependent
+
+
+@flow(task_runner=AioRayTaskRunner())
+async def records_a_crash_the_api_never_heard_of() -> str:
+    # What the runner does when a supervisor dies before the engine's events
+    # (which create the task run in the API) left it: the run is created, crashed.
+    from aioray_runner.errors import SupervisorDiedError
+    from aioray_runner.task_runners import _prefect_remote, _record_state
+
+    task_run_id = uuid.uuid4()
+    error = SupervisorDiedError("supervisor 0 (pid 1) died before the run was reported")
+    _record_state(add, task_run_id, _prefect_remote.crashed_state(error))
+    return str(task_run_id)
+
+
+async def test_a_crash_is_recorded_even_for_a_run_the_api_never_heard_of() -> None:
+    task_run_id = uuid.UUID(await records_a_crash_the_api_never_heard_of())
+    run = read_task_run(task_run_id)
+    assert run.state.type == StateType.CRASHED
+    assert "died before the run was reported" in (run.state.message or "")
+    assert run.task_key == add.task_key
