@@ -49,6 +49,26 @@ def read_task_run(task_run_id: uuid.UUID) -> Any:
         return client.read_task_run(task_run_id)
 
 
+def read_task_run_when(
+    task_run_id: uuid.UUID, accept: Callable[[Any], bool], within: float = 30.0
+) -> Any:
+    """The task run as the API holds it, once ``accept(run)`` is true.
+
+    Prefect 3 builds task runs and their states in the API from the engine's
+    events, a little after they happen: reading once right after a flow can miss
+    the last state, or the run itself.
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    def fetch() -> Any:
+        try:
+            return read_task_run(task_run_id)
+        except ObjectNotFound:
+            return None
+
+    return poll(fetch, lambda run: run is not None and accept(run), within)
+
+
 def read_task_run_states(task_run_id: uuid.UUID) -> list[Any]:
     from prefect.client.orchestration import get_client
 

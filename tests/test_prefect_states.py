@@ -28,6 +28,7 @@ from tests._prefect_support import (
     read_flow_run,
     read_task_run,
     read_task_run_states,
+    read_task_run_when,
     supervisor_pids,
     task_run_state_type,
 )
@@ -225,11 +226,10 @@ async def test_dependencies_nested_wait_for_not_ready_and_allow_failure(tmp_path
         )
         assert str(states["failed"]["id"]) in states[name]["message"], states[name]
         # The API agrees: the run never started.
-        api_state = read_task_run(states[name]["id"]).state
-        assert (api_state.type, api_state.name) == (StateType.PENDING, "NotReady"), name
+        read_task_run_when(states[name]["id"], lambda run: run.state.name == "NotReady")
     for name in ("allowed_parameter", "allowed_wait_for"):
         assert states[name]["type"] == StateType.COMPLETED
-        assert task_run_state_type(states[name]["id"]) == "COMPLETED"
+        poll(lambda id=states[name]["id"]: task_run_state_type(id), lambda t: t == "COMPLETED")
 
 
 # -- timeouts, retries, interrupts -------------------------------------------------------
@@ -271,8 +271,7 @@ async def test_timeouts_retries_and_interrupts_end_as_prefect_says(ray_session: 
         got = states[name]
         assert (got["type"], got["name"]) == (StateType.FAILED, "TimedOut"), (name, got)
         assert "exceeded timeout of 1" in got["message"], got
-        api_state = read_task_run(got["id"]).state
-        assert (api_state.type, api_state.name) == (StateType.FAILED, "TimedOut"), name
+        read_task_run_when(got["id"], lambda run: run.state.name == "TimedOut")
     raised, is_timeout_error = states["timeout_async"]["raised"]
     assert is_timeout_error, raised
 
@@ -280,9 +279,8 @@ async def test_timeouts_retries_and_interrupts_end_as_prefect_says(ray_session: 
         got = states[name]
         assert got["type"] == StateType.COMPLETED, (name, got)
         assert got["result"] == 3
-        run = read_task_run(got["id"])
+        run = read_task_run_when(got["id"], lambda run: run.state.is_completed())
         assert run.run_count == 3, name
-        assert run.state.is_completed()
         history = _retry_history(got["id"])
         assert history.count("Retrying") == 2, (name, history)
         assert history[-1] == "Completed", (name, history)
@@ -290,7 +288,7 @@ async def test_timeouts_retries_and_interrupts_end_as_prefect_says(ray_session: 
     got = states["always_fails"]
     assert got["type"] == StateType.FAILED
     assert "never works" in got["message"]
-    assert read_task_run(got["id"]).run_count == 2
+    assert read_task_run_when(got["id"], lambda run: run.state.is_failed()).run_count == 2
     assert _retry_history(got["id"]).count("Retrying") == 1
 
     for name in ("interrupted_async", "interrupted_sync"):
@@ -332,9 +330,8 @@ async def test_an_unpicklable_parameter_fails_only_its_task_run() -> None:
         assert got["type"] == StateType.FAILED, (name, got)
         assert "guard_lock" in got["message"], got
         assert "lock" in got["message"].lower() and "pickle" in got["message"].lower()
-        api_state = read_task_run(got["id"]).state
-        assert api_state.type == StateType.FAILED, name
-        assert "guard_lock" in (api_state.message or "")
+        api_state = read_task_run_when(got["id"], lambda run: run.state.is_failed()).state
+        assert "guard_lock" in (api_state.message or ""), name
     # A run downstream of it does not start, as with any failed upstream.
     downstream = out["states"]["downstream"]
     assert (downstream["type"], downstream["name"]) == (StateType.PENDING, "NotReady"), downstream
