@@ -125,11 +125,17 @@ class Heartbeat:
         return sum(1 for t in self.ticks if start <= t <= end)
 
     def assert_kept_ticking(self, start: float, end: float) -> None:
-        """At least a fifth of the ticks the window had room for (a ratio, not a speed)."""
+        """At least a tenth of the ticks the window had room for (a ratio, not a speed).
+
+        A loop blocked while it waits ticks about never. A free one still spends
+        much of the window resolving the futures it awaits (10,000 in the scale
+        test) and shares the GIL with the runtime's I/O thread: on a loaded 2-core
+        CI machine 18% of the room was seen.
+        """
         room = (end - start) / self.interval
         ticks = self.ticks_between(start, end)
         assert ticks >= 3, f"heartbeat ticked {ticks} times in {end - start:.2f} s"
-        assert ticks >= 0.2 * room, f"heartbeat ticked {ticks} times, room for {room:.0f}"
+        assert ticks >= 0.1 * room, f"heartbeat ticked {ticks} times, room for {room:.0f}"
 
 
 async def wait_until(predicate, within: float = 20.0, interval: float = 0.02) -> None:
