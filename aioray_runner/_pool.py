@@ -219,7 +219,12 @@ class Pool:
             slot.info = info
 
     def group(self, options: dict[str, Any]) -> GroupKey:
-        """The group of supervisors started with these extra actor options (made on first use)."""
+        """The group of supervisors started with these extra actor options (made on first use).
+
+        No options: the default group, started with the pool.
+        """
+        if not options:
+            return DEFAULT_GROUP
         key: GroupKey = tuple(sorted((k, repr(v)) for k, v in options.items()))
         if key not in self.groups:
             with self._pending_lock:

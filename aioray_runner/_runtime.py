@@ -329,7 +329,8 @@ class Runtime:
         actor_options: dict[str, Any] | None = None,
     ) -> AioRayFuture[Any]:
         """``submit`` for integrations: a custom label, a group by actor options."""
-        return self.options(**(actor_options or {})).submit_labelled(label, fn, *args, **kwargs)
+        pool = self._require()
+        return pool.submit(fn, args, kwargs, group=pool.group(actor_options or {}), label=label)
 
     def _broadcast_all(self, fn: Callable[..., Any], /, *args: Any) -> list[AioRayFuture[Any]]:
         """Run ``fn`` once on every live supervisor of every group."""
@@ -358,7 +359,7 @@ class Runtime:
         ``runtime_env={...}``). That supervisor starts on first use and is shared
         by every submission with the same options."""
         pool = self._require()
-        return RuntimeOptions(pool, pool.group(actor_options) if actor_options else DEFAULT_GROUP)
+        return RuntimeOptions(pool, pool.group(actor_options))
 
     async def as_completed(
         self, futures: Iterable[AioRayFuture[T]]
@@ -432,12 +433,6 @@ class RuntimeOptions:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
         """Like :meth:`Runtime.submit`, on this group's supervisors."""
         return self._pool.submit(fn, args, kwargs, group=self._group)
-
-    def submit_labelled(
-        self, label: str | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> AioRayFuture[Any]:
-        """:meth:`submit` with the name used in labels and errors (``"fetch#17"``)."""
-        return self._pool.submit(fn, args, kwargs, group=self._group, label=label)
 
 
 def _client_server_start_failed(exc: BaseException) -> bool:

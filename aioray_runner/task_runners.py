@@ -198,7 +198,6 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self._flow_context: dict[str, Any] | None = None
         self._callables: dict[tuple[int, bool], tuple[Task[Any, Any], Callable[..., Any]]] = {}
         self._submit_context: contextvars.Context | None = None
-        self._flow_run_id: uuid.UUID | None = None
         self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         super().__init__()
@@ -402,8 +401,6 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 context.pop(key, None)
             self._flow_context = context
             self._submit_context = contextvars.copy_context()
-            flow_run = FlowRunContext.get()
-            self._flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
         return self._flow_context
 
     def _remote_callable(self, task: Task[Any, Any], *, is_async: bool) -> Callable[..., Any]:
