@@ -31,6 +31,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import platform
 import resource
@@ -220,7 +221,7 @@ def _sum_stats(stats: list[dict[str, Any]], key: str) -> int:
     return sum(int(s.get(key, 0)) for s in stats)
 
 
-#: The supervisors' allocator for the memory phase: CPython's own (pymalloc, the
+#: The supervisors' allocator (``--allocators``): CPython's own (pymalloc, the
 #: default) or the C library's, chosen with PYTHONMALLOC in the actor's environment.
 ALLOCATORS = {
     "pymalloc": {},
@@ -373,9 +374,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"  actor sleep {tag}: {res['wall_s']:.2f} s")
         ray.kill(actor)
 
-    for k in args.supervisors:
-        for allocator in args.allocators if {"throughput", "sleep"} & set(args.phases) else ():
-            key = f"runtime_{k}_{allocator}"
+    for k, allocator in itertools.product(args.supervisors, args.allocators):
+        key = f"runtime_{k}_{allocator}"
+        if {"throughput", "sleep"} & set(args.phases):
             name = f"Runtime({k}, {allocator})"
             log(f"== Runtime(supervisors={k}), {allocator}")
             async with Runtime(supervisors=k, actor_options=ALLOCATORS[allocator]) as rt:
@@ -390,7 +391,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         res = await runtime_run(rt, n, args.delay, f"{name} sleep {tag}")
                         results["sleep"].setdefault(key, []).append(res)
                         log(f"  {name} sleep {tag}: {res['wall_s']:.2f} s")
-        for allocator in args.allocators if "memory" in args.phases else ():
+        if "memory" in args.phases:
             log(
                 f"== memory, Runtime(supervisors={k}), {allocator}:"
                 f" {args.mem_n} sleeps of {args.hold}s"
@@ -400,7 +401,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res = await memory_run(
                     k, args.mem_n, args.hold, args.warmup, f"memory({k}) {tag}", allocator
                 )
-                results["memory"].setdefault(f"runtime_{k}_{allocator}", []).append(res)
+                results["memory"].setdefault(key, []).append(res)
                 log(
                     f"  memory({k}, {allocator}) {tag}: supervisors start"
                     f" {mib(res['supervisor_start_rss'])} MiB,"
