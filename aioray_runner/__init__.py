@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._futures import AioRayFuture
 from ._runtime import Runtime, RuntimeOptions
+from ._watchdog import BlockedLoop
 from .errors import (
     AioRayError,
     CancelledError,
@@ -35,6 +36,7 @@ __all__ = [
     "AioRayError",
     "AioRayFuture",
     "AioRayTaskRunner",
+    "BlockedLoop",
     "CancelledError",
     "PrefectAioRayFuture",
     "RemoteError",

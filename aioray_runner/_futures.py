@@ -61,7 +61,7 @@ class AioRayFuture(Generic[T]):
         slot: Slot,
         call_id: int,
         label: str,
-        upstream: list[AioRayFuture[Any]] | None = None,
+        upstream: list[AioRayFuture[Any] | None] | None = None,
     ) -> None:
         self._slot = slot
         self._call_id = call_id

@@ -10,9 +10,14 @@ as soon as its turn ends.
 
 The I/O thread runs an asyncio loop of its own. For each supervisor it keeps one
 ``poll`` call outstanding; each answer carries every outcome finished since the
-last, and sets the matching futures. A failed ``poll`` means the supervisor died:
-its calls in flight fail with :class:`SupervisorDiedError` and a replacement is
-started in its place.
+last, and sets the matching futures.
+
+A failed ``poll`` (or message) means the supervisor died. A replacement is put in
+its place, and its calls in flight split in two. A supervisor announces every
+call before it starts it (see ``_supervisor``), so the caller knows which calls
+may have started: those fail with :class:`SupervisorDiedError`. Every other one
+never ran, and is sent to a live supervisor as it is: nothing that never started
+is lost. The caller keeps each call's pickled parcel until it is announced.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import collections
 import concurrent.futures
 import itertools
 import logging
+import pickle
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,7 +40,8 @@ from . import _wire
 from ._bridge import end_of_turn_scheduler
 from ._futures import AioRayFuture
 from ._supervisor import Supervisor
-from .errors import RuntimeNotRunningError, SupervisorDiedError
+from ._watchdog import BlockedLoop
+from .errors import RuntimeNotRunningError, SupervisorDiedError, UpstreamError
 
 GroupKey = tuple[tuple[str, str], ...]
 DEFAULT_GROUP: GroupKey = ()
@@ -45,6 +52,15 @@ DEFAULT_GROUP: GroupKey = ()
 POLL_MAX = 5000
 BATCH_MAX = 2000
 RELEASE_EVERY_S = 0.2
+# A call whose upstream's supervisor died is sent again; a few times at most, in
+# case the upstream keeps moving (each move is a supervisor death).
+MAX_SENDS = 5
+# Everything needed to send one call (again): the future, the function's digest
+# and bytes, the pickled arguments, their dependencies and, parallel to those,
+# the futures behind them (None for an ObjectRef).
+Parcel = tuple[
+    AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep], "list[AioRayFuture[Any] | None]"
+]
 _RESOURCE_OPTIONS = frozenset({"num_gpus", "resources", "memory", "accelerator_type"})
 
 
@@ -59,7 +75,10 @@ class Slot:
         self.generation = generation
         self.alive = True
         self.info: dict[str, Any] = {}
+        self.actor_id: str = handle._actor_id.hex()
         self.in_flight: dict[int, AioRayFuture[Any]] = {}
+        # Sent here and not announced yet: safe to send elsewhere if this dies.
+        self.unstarted: dict[int, Parcel] = {}
         # The balancer reads load = assigned - finished. Callers' threads only
         # advance `assigned` (next() on a count is atomic), the I/O thread only
         # `finished`: no lock on the submit path, and no lost updates.
@@ -67,7 +86,6 @@ class Slot:
         self.assigned = 0
         self.finished = 0
         self.known_digests: set[bytes] = set()
-        self.replacement: Slot | None = None
 
     @property
     def load(self) -> int:
@@ -110,6 +128,8 @@ class Pool:
         start_timeout: float,
         logger: logging.Logger,
         preload: Sequence[str] = (),
+        blocked_loop_threshold: float | None = None,
+        on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
     ) -> None:
         self.count = count
         self.max_concurrency = max_concurrency
@@ -119,13 +139,16 @@ class Pool:
         self.start_timeout = start_timeout
         self.logger = logger
         self.preload = tuple(preload)
+        self.blocked_loop_threshold = blocked_loop_threshold
+        self.on_blocked_loop = on_blocked_loop
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[Slot]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
         self._nodes: list[str] = []
         self._functions = _wire.FunctionCache()
         self._ids = itertools.count(1)
-        self._pending: list[tuple[AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep]]] = []
+        self._pending: list[Parcel] = []
+        self._sends: dict[int, int] = {}  # call id -> times sent again
         self._pending_lock = threading.Lock()
         # A `_send_pending` is queued on the I/O loop (guarded by _pending_lock).
         self._io_scheduled = False
@@ -177,7 +200,14 @@ class Pool:
         handle = (
             ray.remote(Supervisor)
             .options(**options)
-            .remote(index, self.max_concurrency, self.backend, self.threads, self.preload)
+            .remote(
+                index,
+                self.max_concurrency,
+                self.backend,
+                self.threads,
+                self.preload,
+                self.blocked_loop_threshold,
+            )
         )
         return Slot(self, index, group, handle, generation)
 
@@ -293,6 +323,7 @@ class Pool:
             for slot in slots:
                 lost = list(slot.in_flight.values())
                 slot.in_flight.clear()
+                slot.unstarted.clear()
                 for future in lost:
                     future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
 
@@ -323,7 +354,7 @@ class Pool:
         slot.assign()
         future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
         with self._pending_lock:
-            self._pending.append((future, digest, fn_blob, blob, deps))
+            self._pending.append((future, digest, fn_blob, blob, deps, upstream))
         turn = end_of_turn_scheduler()
         if turn is None:
             self._handoff()  # a sync caller: no turn to wait for
@@ -431,21 +462,36 @@ class Pool:
         with self._pending_lock:
             pending, self._pending = self._pending, []
             self._io_scheduled = False
+        self._dispatch(pending)
+
+    def _dispatch(self, parcels: Sequence[Parcel], *, relift: bool = False) -> None:
+        """Send parcels to their supervisors, one message per supervisor and chunk.
+
+        A parcel whose supervisor died meanwhile goes to the least loaded live
+        one of its group. ``relift``: the parcels are being sent again, so each
+        dependency is lifted afresh from its future (its outcome may now be held
+        here, or on another supervisor, or be lost).
+        """
         by_slot: dict[Slot, list[tuple[Any, ...]]] = {}
         functions: dict[Slot, dict[bytes, bytes]] = {}
-        for future, digest, fn_blob, blob, deps in pending:
+        for parcel in parcels:
+            future, digest, fn_blob, blob, deps, upstream = parcel
             slot = future._slot
-            while not slot.alive and slot.replacement is not None:
-                slot = slot.replacement
             if not slot.alive:
-                future._set_error(
-                    RuntimeNotRunningError("the runtime closed before the call was sent")
-                )
-                continue
-            if slot is not future._slot:
-                slot.assign()
-                future._slot = slot
+                rerouted = self._reroute(future)
+                if rerouted is None:
+                    future._set_error(
+                        RuntimeNotRunningError(
+                            f"{future.label}: the runtime closed before the call was sent"
+                        )
+                    )
+                    continue
+                slot = rerouted
+            if relift:
+                deps = self._relift(deps, upstream)
+                parcel = (future, digest, fn_blob, blob, deps, upstream)
             slot.in_flight[future.call_id] = future
+            slot.unstarted[future.call_id] = parcel
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
                 functions.setdefault(slot, {})[digest] = fn_blob
@@ -456,6 +502,27 @@ class Pool:
                 fns = functions.pop(slot, {}) if start == 0 else {}
                 ref = slot.handle.submit.remote(fns, chunk)
                 self._spawn(self._watch(slot, ref, [c[0] for c in chunk], "a batch of calls"))
+
+    def _reroute(self, future: AioRayFuture[Any]) -> Slot | None:
+        """Move a call that never started to the least loaded live supervisor."""
+        slots = self.slots(future._slot.group)
+        if not slots or self._closed:
+            return None
+        slot = min(slots, key=lambda s: s.load)
+        slot.assign()
+        future._slot = slot
+        return slot
+
+    def _relift(
+        self, deps: list[_wire.Dep], upstream: list[AioRayFuture[Any] | None]
+    ) -> list[_wire.Dep]:
+        fresh = list(deps)
+        for index, future in enumerate(upstream):
+            if future is not None:
+                lifted = self._lift(future)
+                assert lifted is not None
+                fresh[index] = lifted[0]
+        return fresh
 
     async def _watch(
         self, slot: Slot, ref: Any, call_ids: Sequence[int] = (), what: str = "a message"
@@ -471,6 +538,7 @@ class Pool:
             self.logger.error("%s could not take %s: %s", slot.describe(), what, exc)
             for call_id in call_ids:
                 future = slot.in_flight.pop(call_id, None)
+                slot.unstarted.pop(call_id, None)
                 if future is not None:
                     slot.finished += 1
                     future._set_error(exc)
@@ -481,27 +549,93 @@ class Pool:
     async def _poll(self, slot: Slot) -> None:
         while slot.alive:
             try:
-                outcomes = await _wait_ref(slot.handle.poll.remote(POLL_MAX))
+                reply = await _wait_ref(slot.handle.poll.remote(POLL_MAX))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._on_failure(slot, exc)
                 return
-            self._deliver(slot, outcomes)
+            self._deliver(slot, *reply)
             # No local may keep the last future (or payload) alive while the next
             # poll waits: the future's release would wait with it.
-            del outcomes
+            del reply
 
-    def _deliver(self, slot: Slot, outcomes: list[tuple[int, int, bytes | None]]) -> None:
+    def _deliver(
+        self,
+        slot: Slot,
+        outcomes: list[tuple[int, int, bytes | None]],
+        announced: list[int],
+        stalls: list[tuple[float, tuple[tuple[int, str], ...], str]],
+    ) -> None:
+        unstarted = slot.unstarted
+        for call_id in announced:
+            unstarted.pop(call_id, None)  # may have started: never sent again
+        for stall in stalls:
+            self._report_stall(slot, *stall)
         release = self.release
         for call_id, kind, payload in outcomes:
             future = slot.in_flight.pop(call_id, None)
+            parcel = unstarted.pop(call_id, None)
             slot.finished += 1
             if future is None:
                 self._releases.append((slot, call_id))
                 continue
+            if kind == _wire.RESEND and parcel is not None:
+                self._releases.append((slot, call_id))
+                self._send_again(slot, parcel, payload)
+                continue
             future._release = release
             future._set_outcome(kind, payload)
+
+    def _send_again(self, slot: Slot, parcel: Parcel, payload: bytes | None) -> None:
+        """A call could not start on ``slot``: an upstream's supervisor died."""
+        future = parcel[0]
+        index, owner = pickle.loads(payload) if payload else (0, None)
+        sends = self._sends[future.call_id] = self._sends.get(future.call_id, 0) + 1
+        upstream = parcel[5][index] if index < len(parcel[5]) else None
+        if sends > MAX_SENDS:
+            self._sends.pop(future.call_id, None)
+            where = upstream.label if upstream is not None else "an upstream call"
+            future._set_error(
+                UpstreamError(
+                    f"{future.label} cannot start: the supervisor holding {where} died"
+                    f" {MAX_SENDS} times while it waited for it",
+                    where,
+                )
+            )
+            return
+        if owner is not None:
+            # Ray told that supervisor the owner is dead; our own poll on it may
+            # not have failed yet. Act on it now, so the upstream's outcome is
+            # settled (held here, moved, or lost) before this call is lifted again.
+            for dead in self._all_slots():
+                if dead.actor_id == owner:
+                    self._on_failure(dead, RuntimeError(f"reported dead by {slot.describe()}"))
+            self._dispatch([parcel], relift=True)
+        else:
+            # The upstream is itself being sent again; its news may reach us
+            # through another supervisor's poll a moment later.
+            self._loop.call_later(0.05, lambda: self._dispatch([parcel], relift=True))
+
+    def _all_slots(self) -> list[Slot]:
+        return [slot for slots in self.groups.values() for slot in slots]
+
+    def _report_stall(
+        self, slot: Slot, seconds: float, calls: tuple[tuple[int, str], ...], where: str
+    ) -> None:
+        blocked = BlockedLoop(
+            supervisor=slot.describe(),
+            seconds=seconds,
+            calls=tuple(label for _, label in calls),
+            call_ids=tuple(call_id for call_id, _ in calls),
+            where=where,
+        )
+        self.logger.warning("%s", blocked)
+        if self.on_blocked_loop is not None:
+            try:
+                self.on_blocked_loop(blocked)
+            except Exception:
+                self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
 
     def _on_failure(self, slot: Slot, exc: BaseException) -> None:
         if not slot.alive or self._closed:
@@ -514,21 +648,28 @@ class Pool:
         # Put the replacement in place before failing any future: a caller woken
         # by the failure may submit again at once.
         replacement = self._new_slot(slot.index, slot.group, slot.generation + 1)
-        slot.replacement = replacement
         group = self.groups[slot.group]
         group[group.index(slot)] = replacement
         self._start_poll(replacement)
         self._spawn(self._describe(replacement))
 
-        lost = list(slot.in_flight.values())
+        # Calls announced (may have started) are lost; the rest never ran.
+        resend = sorted(slot.unstarted.items())
+        lost = [f for call_id, f in slot.in_flight.items() if call_id not in slot.unstarted]
         slot.in_flight.clear()
+        slot.unstarted.clear()
         cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         self.logger.warning(
-            "%s died (%s); %d call(s) in flight on it failed. Starting a replacement.",
+            "%s died (%s). %d call(s) that had started on it failed; %d that had not"
+            " started were sent to %s. Starting a replacement.",
             slot.describe(),
             cause,
             len(lost),
+            len(resend),
+            "other supervisors" if len(self.slots(slot.group)) > 1 else "the replacement",
         )
+        # Fail the lost calls first: a dependent sent again below then carries
+        # its upstream's failure instead of waiting on the dead supervisor.
         for future in lost:
             future._set_error(
                 SupervisorDiedError(
@@ -537,6 +678,7 @@ class Pool:
                     " this one if it is safe to run again."
                 )
             )
+        self._dispatch([parcel for _, parcel in resend], relift=True)
 
     async def _describe(self, slot: Slot) -> None:
         try:

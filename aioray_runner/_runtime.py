@@ -22,6 +22,8 @@ import ray
 from ._bridge import loop_scheduler
 from ._futures import AioRayFuture
 from ._pool import DEFAULT_GROUP, GroupKey, Pool
+from ._watchdog import DEFAULT_THRESHOLD_S as DEFAULT_BLOCKED_LOOP_THRESHOLD
+from ._watchdog import BlockedLoop
 from .errors import RuntimeNotRunningError
 
 P = ParamSpec("P")
@@ -56,6 +58,12 @@ class Runtime:
         start_timeout: Seconds to wait for the supervisors to start.
         preload: Modules each supervisor imports when it starts, before it
             reports ready, so the first calls do not pay for slow imports.
+        blocked_loop_threshold: Seconds a supervisor's event loop may go without
+            turning before the runtime warns, naming the call that blocked it and
+            where (see ``docs/failures.md``). ``None`` or ``0`` switches the
+            watchdog off.
+        on_blocked_loop: Called with a :class:`BlockedLoop` for each such stall,
+            on the runtime's I/O thread (keep it short), besides the warning.
         logger: Where to log what the runtime does (where Ray runs, how many
             supervisors started, supervisors that died). Defaults to the
             ``"aioray_runner"`` logger.
@@ -77,6 +85,8 @@ class Runtime:
         start_timeout: float = 120.0,
         preload: Iterable[str] = (),
         logger: logging.Logger | None = None,
+        blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
+        on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
@@ -101,6 +111,13 @@ class Runtime:
         self.start_timeout = start_timeout
         self.preload = tuple(preload)
         self.logger = logger or logging.getLogger("aioray_runner")
+        if blocked_loop_threshold is not None and blocked_loop_threshold < 0:
+            raise ValueError(
+                "blocked_loop_threshold must be a number of seconds, or None to switch"
+                f" the watchdog off, not {blocked_loop_threshold!r}"
+            )
+        self.blocked_loop_threshold = blocked_loop_threshold or None
+        self.on_blocked_loop = on_blocked_loop
         self._pool: Pool | None = None
         self._owns_ray = False
         self._lock = threading.Lock()
@@ -134,6 +151,8 @@ class Runtime:
                     start_timeout=self.start_timeout,
                     logger=self.logger,
                     preload=self.preload,
+                    blocked_loop_threshold=self.blocked_loop_threshold,
+                    on_blocked_loop=self.on_blocked_loop,
                 )
                 started = time.monotonic()
                 try:

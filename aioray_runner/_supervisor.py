@@ -8,11 +8,19 @@ so a queue of dependents can never starve the upstream calls they wait for.
 Finished calls are collected and handed to the caller in groups by ``poll``; the
 outcome stays in memory until the caller says the future is gone (``release``),
 because a later call may still name it as a dependency.
+
+**A call starts only once the caller knows it will.** Before a call's code runs,
+its id is announced in a ``poll`` reply, and the call waits until the caller's
+*next* ``poll`` arrives: proof that the caller has read the announcement. So if
+this process dies, the caller knows exactly which calls may have started (those
+announced) and can safely send every other one elsewhere. The price is one
+round trip before a batch starts, paid per batch, not per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextvars
 import functools
@@ -28,7 +36,11 @@ from typing import Any
 import cloudpickle
 
 from . import _wire
+from ._watchdog import DEFAULT_THRESHOLD_S, Stall, Watchdog
 from .errors import SerializationError, SupervisorDiedError, UpstreamError
+
+# (call id, outcome kind, pickled value or exception), as ``poll`` returns them.
+Outcome = tuple[int, int, bytes | None]
 
 
 class _Call:
@@ -52,6 +64,7 @@ class Supervisor:
         backend: str = "asyncio",
         threads: int = 32,
         preload: Sequence[str] = (),
+        blocked_loop_threshold: float | None = DEFAULT_THRESHOLD_S,
     ) -> None:
         # Imported here, while the caller waits for the supervisors to start,
         # so the first calls do not pay for it (Prefect takes seconds).
@@ -66,10 +79,23 @@ class Supervisor:
         self._calls: dict[int, _Call] = {}
         self._arrivals: dict[int, asyncio.Future[_Call]] = {}
         self._cancel_early: set[int] = set()
-        self._ready: list[tuple[int, int, bytes | None]] = []
+        self._ready: list[Outcome] = []
+        # The start gate (see the module docstring): ids to announce in the next
+        # poll reply, the gate those calls wait at, and the gate of the ids sent
+        # in the last reply, opened when the next poll arrives.
+        self._announce: list[int] = []
+        self._gate: asyncio.Future[None] | None = None
+        self._sent_gate: asyncio.Future[None] | None = None
+        # Calls announced straight from ``submit`` (no dependencies, a slot taken
+        # there): their tasks are created when their gate opens.
+        self._starts: list[tuple[_Call, bytes, bytes]] = []
+        self._sent_starts: list[tuple[_Call, bytes, bytes]] = []
+        self._stalls: list[tuple[float, tuple[tuple[int, str], ...], str]] = []
+        self._blocked_loop_threshold = blocked_loop_threshold
+        self._watchdog: Watchdog | None = None
         # asyncio primitives bind to the running loop when first used (3.10+).
         self._ready_event = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = _Slots(max_concurrency)
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
@@ -85,6 +111,7 @@ class Supervisor:
         """Where this supervisor runs: pid, node and settings."""
         import ray
 
+        self._start_watchdog()
         context = ray.get_runtime_context()
         self._actor_id = context.get_actor_id()
         node_id = context.get_node_id() if hasattr(context, "get_node_id") else None
@@ -95,16 +122,51 @@ class Supervisor:
             "node_ip": ray.util.get_node_ip_address(),
             "backend": self._backend,
             "max_concurrency": self._max_concurrency,
+            "blocked_loop_threshold": self._blocked_loop_threshold,
             "actor_id": self._actor_id,
         }
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None and self._blocked_loop_threshold:
+            self._watchdog = Watchdog(
+                asyncio.get_running_loop(),
+                self._blocked_loop_threshold,
+                self._calls_holding,
+                self._on_stall,
+            )
+            self._watchdog.start()
+
+    def _calls_holding(self, task: asyncio.Task[Any] | None) -> tuple[tuple[int, str], ...]:
+        """The call whose code runs in ``task`` (watchdog thread, loop stuck).
+
+        A call's own task, or a task it awaits (Prefect runs each task run in a
+        task of its own): follow what each running call waits on, a few hops.
+        """
+        if task is None:
+            return ()
+        for record in list(self._calls.values()):
+            waiting_on: Any = record.task
+            for _ in range(4):
+                if waiting_on is None:
+                    break
+                if waiting_on is task:
+                    return ((record.call_id, record.label),)
+                waiting_on = getattr(waiting_on, "_fut_waiter", None)
+        return ()
+
+    def _on_stall(self, stall: Stall) -> None:
+        self._stalls.append((stall.seconds, stall.calls, stall.where))
+        self._ready_event.set()
 
     async def submit(self, functions: dict[bytes, bytes], calls: Sequence[tuple[Any, ...]]) -> int:
         """Accept a batch of calls: ``(call_id, digest, args, deps, label)`` each."""
         loop = asyncio.get_running_loop()
+        self._start_watchdog()
         if self._backend == "trio":
             await self._trio_started()
         for digest, blob in functions.items():
             self._add_function(digest, blob)
+        starts = self._starts
         for call_id, digest, blob, deps, label in calls:
             record = _Call(call_id, label, loop.create_future())
             self._calls[call_id] = record
@@ -115,14 +177,32 @@ class Supervisor:
                 self._cancel_early.discard(call_id)
                 self._finish(record, _wire.CANCELLED, None)
                 continue
-            record.task = task = loop.create_task(self._run(record, digest, blob, deps))
-            task.add_done_callback(functools.partial(self._on_task_done, record))
+            if not deps and self._slots.try_acquire():
+                # The common case, made cheap: nothing to wait for and a slot
+                # free (now held), so announce it now and create its task when
+                # the gate opens (no task parked at the gate per call).
+                self._announce.append(call_id)
+                starts.append((record, digest, blob))
+            else:
+                self._start(record, digest, blob, deps, admitted=False)
+        if starts:
+            self._ready_event.set()
         return len(calls)
 
-    def _on_task_done(self, record: _Call, task: asyncio.Task[None]) -> None:
+    def _start(
+        self, record: _Call, digest: bytes, blob: bytes, deps: Sequence[Any], *, admitted: bool
+    ) -> None:
+        record.task = task = asyncio.get_running_loop().create_task(
+            self._run(record, digest, blob, deps, admitted)
+        )
+        task.add_done_callback(functools.partial(self._on_task_done, record, admitted))
+
+    def _on_task_done(self, record: _Call, admitted: bool, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never runs ``_run``'s body,
         # so nothing else would report its outcome.
         if not record.outcome.done():
+            if admitted:
+                self._slots.release()
             self._finish(record, _wire.CANCELLED, None)
 
     async def _trio_started(self) -> None:
@@ -134,14 +214,44 @@ class Supervisor:
             self._trio_start = asyncio.ensure_future(self._trio.start())
         await asyncio.shield(self._trio_start)
 
-    async def poll(self, max_items: int = 5000) -> list[tuple[int, int, bytes | None]]:
-        """Wait until some calls have finished; return up to ``max_items`` outcomes."""
-        while not self._ready:
+    async def poll(self, max_items: int = 5000) -> tuple[list[Outcome], list[int], list[Any]]:
+        """Wait until there is news; return ``(outcomes, announced, stalls)``.
+
+        ``outcomes``: up to ``max_items`` finished calls; ``announced``: calls
+        about to start (they start when the next poll arrives); ``stalls``: times
+        this supervisor's loop was blocked (see ``_watchdog``).
+        """
+        # This poll proves the caller read the previous reply: the calls it
+        # announced may start now.
+        if self._sent_gate is not None:
+            self._sent_gate.set_result(None)
+            self._sent_gate = None
+        starts, self._sent_starts = self._sent_starts, []
+        for record, digest, blob in starts:
+            if record.outcome.done():  # cancelled while it waited here
+                self._slots.release()
+            else:
+                self._start(record, digest, blob, (), admitted=True)
+        del starts
+        while not (self._ready or self._announce or self._stalls):
             self._ready_event.clear()
             await self._ready_event.wait()
         batch = self._ready[:max_items]
         del self._ready[:max_items]
-        return batch
+        announced, self._announce = self._announce, []
+        self._sent_gate, self._gate = self._gate, None
+        self._sent_starts, self._starts = self._starts, []
+        stalls, self._stalls = self._stalls, []
+        return batch, announced, stalls
+
+    async def _admit(self, record: _Call) -> None:
+        """Wait until the caller knows this call starts (see the module docstring)."""
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = asyncio.get_running_loop().create_future()
+        self._announce.append(record.call_id)
+        self._ready_event.set()
+        await gate
 
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
@@ -157,6 +267,8 @@ class Supervisor:
                 self._cancel_early.add(call_id)  # still on its way here
             elif record.task is not None:
                 record.task.cancel()  # reaches trio too: see TrioHost.run
+            elif not record.outcome.done():
+                self._finish(record, _wire.CANCELLED, None)  # waiting at its gate
 
     async def release(self, call_ids: Sequence[int]) -> None:
         """The caller dropped these futures: forget their outcomes once finished."""
@@ -227,23 +339,38 @@ class Supervisor:
             self._arrivals[call_id] = arrival
         return await asyncio.shield(arrival)
 
-    async def _run(self, record: _Call, digest: bytes, blob: bytes, deps: Sequence[Any]) -> None:
+    async def _run(
+        self, record: _Call, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
+    ) -> None:
         kind: int
         value: Any
         try:
-            fn = await self._function(digest)
-            values = await self._resolve(deps, record.label) if deps else ()
-            args, kwargs = _wire.loads_arguments(blob, values)
-            async with self._slots:
+            try:
+                fn = await self._function(digest)
+                values = await self._resolve(deps, record.label) if deps else ()
+                args, kwargs = _wire.loads_arguments(blob, values)
+                if not admitted:
+                    await self._slots.acquire()
+            except BaseException:
+                if admitted:  # its slot was taken in submit
+                    self._slots.release()
+                raise
+            try:
+                if not admitted:
+                    await self._admit(record)
                 self._running += 1
                 self._started_total += 1
                 try:
                     value = await self._invoke(digest, fn, args, kwargs)
                 finally:
                     self._running -= 1
+            finally:
+                self._slots.release()
             kind = _wire.OK
         except asyncio.CancelledError:
             kind, value = _wire.CANCELLED, None
+        except _Resend as resend:
+            kind, value = _wire.RESEND, resend
         except BaseException as exc:
             kind, value = _wire.ERROR, exc
         self._finish(record, kind, value)
@@ -274,6 +401,8 @@ class Supervisor:
             kind, payload = _wire.dumps_value(value, record.label)
         elif kind == _wire.ERROR:
             payload = _wire.dumps_exception(value)
+        elif kind == _wire.RESEND:
+            payload = pickle.dumps((value.index, value.owner))
         # Kept pickled, not as the live object: every dependent, here or on
         # another supervisor, gets its own copy, as the caller does.
         record.outcome.set_result((kind, payload))
@@ -285,10 +414,12 @@ class Supervisor:
 
     async def _resolve(self, deps: Sequence[Any], label: str) -> list[Any]:
         if len(deps) == 1:
-            return [await self._resolve_one(deps[0], label)]
-        return list(await asyncio.gather(*(self._resolve_one(dep, label) for dep in deps)))
+            return [await self._resolve_one(deps[0], label, 0)]
+        return list(
+            await asyncio.gather(*(self._resolve_one(dep, label, i) for i, dep in enumerate(deps)))
+        )
 
-    async def _resolve_one(self, dep: Sequence[Any], label: str) -> Any:
+    async def _resolve_one(self, dep: Sequence[Any], label: str, index: int) -> Any:
         kind, handle, call_id, upstream = dep
         if kind == _wire.VALUE_DEP:
             return pickle.loads(handle)
@@ -301,7 +432,8 @@ class Supervisor:
                 raise UpstreamError(
                     f"{label} cannot start: its argument {upstream} failed: {exc}", upstream
                 ) from None
-        if self._actor_id is not None and handle._actor_id.hex() == self._actor_id:
+        owner = handle._actor_id.hex()
+        if owner == self._actor_id:
             record = await self._arrived(call_id)
             outcome_kind, payload = await asyncio.shield(record.outcome)
         else:
@@ -311,12 +443,17 @@ class Supervisor:
                 import ray
 
                 if isinstance(exc, ray.exceptions.RayActorError):
-                    reason = f"its supervisor died ({type(exc).__name__}). Resubmit {upstream}."
-                else:
-                    reason = f"it could not be fetched: {type(exc).__name__}: {exc}"
+                    # The upstream's supervisor died. This call has not started,
+                    # so the caller can send it again once it knows where the
+                    # upstream's outcome is now (see _Resend).
+                    raise _Resend(index, owner) from None
                 raise UpstreamError(
-                    f"{label} cannot start: the result of {upstream} is lost: {reason}", upstream
+                    f"{label} cannot start: the result of {upstream} could not be fetched:"
+                    f" {type(exc).__name__}: {exc}",
+                    upstream,
                 ) from None
+        if outcome_kind == _wire.RESEND:
+            raise _Resend(index, None)  # the upstream itself is being sent again
         if outcome_kind == _wire.OK:
             return pickle.loads(payload) if payload else None
         error = (
@@ -332,6 +469,59 @@ class Supervisor:
             f"{label} cannot start: {upstream} failed with {type(error).__name__}: {error}",
             upstream,
         )
+
+
+class _Slots:
+    """``max_concurrency`` as a count of free slots, first come first served.
+
+    Like ``asyncio.Semaphore``, plus a synchronous ``try_acquire`` so that
+    ``submit`` can take a slot for a call it announces at once.
+    """
+
+    def __init__(self, free: int) -> None:
+        self._free = free
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the next waiter
+                return
+        self._free += 1
+
+
+class _Resend(Exception):
+    """This call cannot start here, but never started: the caller sends it again.
+
+    Raised while resolving dependencies when the supervisor holding upstream
+    number ``index`` died (``owner``: its actor id), or when the upstream was
+    itself sent again (``owner`` None). The caller knows where that upstream's
+    outcome lives now: in its own hands, on another supervisor, or lost.
+    """
+
+    def __init__(self, index: int, owner: str | None) -> None:
+        super().__init__(index, owner)
+        self.index = index
+        self.owner = owner
 
 
 def _is_async_callable(fn: Any) -> bool:

@@ -29,10 +29,14 @@ from .errors import RemoteError, SerializationError
 if TYPE_CHECKING:
     from ._futures import AioRayFuture
 
-# Outcome kinds, as they travel from supervisor to caller.
+# Outcome kinds, as they travel from supervisor to caller. RESEND: the call never
+# started and cannot start there (an upstream's supervisor died); its payload is
+# ``(dependency index, dead owner's actor id or None)``, and the caller sends the
+# call again with fresh dependencies.
 OK = 0
 ERROR = 1
 CANCELLED = 2
+RESEND = 3
 
 # A dependency as it travels: (CALL_DEP, owner actor handle, call id, label)
 # or (REF_DEP, ObjectRef, 0, label) or (VALUE_DEP, pickled value, 0, label)
@@ -109,7 +113,7 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
         file: io.BytesIO,
         lift: Lift,
         deps: list[Dep],
-        upstream: list[AioRayFuture[Any]],
+        upstream: list[AioRayFuture[Any] | None],
     ) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._lift = lift
@@ -143,8 +147,9 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
             index = len(self._deps)
             self._seen[key] = index
             self._deps.append(dep)
-            if future is not None:
-                self._upstream.append(future)
+            # Parallel to the deps: a call sent again re-lifts each dependency
+            # from its future (its outcome may have moved since).
+            self._upstream.append(future)
         return index
 
 
@@ -153,13 +158,15 @@ def dumps_arguments(
     args: Sequence[Any],
     kwargs: dict[str, Any],
     lift: Lift,
-) -> tuple[bytes, list[Dep], list[AioRayFuture[Any]]]:
+) -> tuple[bytes, list[Dep], list[AioRayFuture[Any] | None]]:
     """Pickle ``(args, kwargs)`` with dependencies lifted out.
 
-    Raises :class:`SerializationError` naming the first argument that fails.
+    Returns the bytes, the dependencies, and for each dependency the future
+    behind it (``None`` for an ObjectRef). Raises :class:`SerializationError`
+    naming the first argument that fails.
     """
     deps: list[Dep] = []
-    upstream: list[AioRayFuture[Any]] = []
+    upstream: list[AioRayFuture[Any] | None] = []
     if not args and not kwargs:
         return b"", deps, upstream
     buffer = io.BytesIO()

@@ -1,0 +1,184 @@
+"""Faults, core runtime: supervisors killed with SIGKILL under load, blocked loops.
+
+What the user sees is asserted: which calls fail and with what message, which
+calls run anyway, and what reaches the ``aioray_runner`` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import anyio
+import pytest
+
+from aioray_runner import BlockedLoop, Runtime, SupervisorDiedError, UpstreamError
+from tests._support import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+async def sleep_then_pid(seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+async def add_pid(value: int) -> tuple[int, int]:
+    return value + 1, os.getpid()
+
+
+def blocking_sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def blocks_the_loop(seconds: float) -> str:
+    blocking_sleep(seconds)  # the mistake: a blocking call inside async def
+    return "done"
+
+
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+async def running_on(rt: Runtime, pid: int, at_least: int) -> bool:
+    return any(s["running"] >= at_least for s in await rt.stats() if s["pid"] == pid)
+
+
+async def test_calls_that_never_started_survive_a_supervisor_kill(ray_session: None) -> None:
+    # The issue's scenario: 1,000 calls sleep on two supervisors, one is killed,
+    # 200 more are submitted at once. Half of those went to the dead one
+    # before its death was noticed; they never started, so none may fail.
+    async with Runtime(supervisors=2) as rt:
+        sleepers = [rt.submit(sleep_then_pid, 20) for _ in range(1000)]
+        victim = rt.supervisor_info()[0]
+        victim_pid, victim_ip = victim["pid"], victim["node_ip"]
+        await wait_until(lambda: running_on(rt, victim_pid, 400), within=60)
+        killed_at = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
+        fresh = [rt.submit(sleep_then_pid, 0.2) for _ in range(200)]
+
+        with anyio.fail_after(60):
+            fresh_pids = [await f for f in fresh]
+        assert victim_pid not in fresh_pids  # none ran on the dead one
+
+        lost = [f for f in sleepers if f.supervisor == 0]
+        with anyio.fail_after(60):
+            for future in lost:
+                with pytest.raises(SupervisorDiedError) as info:
+                    await future
+        message = str(info.value)
+        assert lost[-1].label in message
+        assert f"pid {victim_pid}" in message and victim_ip in message
+        assert "resubmit" in message
+        print(
+            f"\n{len(lost)} started calls lost, 0 of 200 fresh calls failed;"
+            f" last outcome {time.monotonic() - killed_at:.1f} s after the kill"
+        )
+        # The sleepers on the other supervisor were never touched.
+        kept = [f for f in sleepers if f.supervisor == 1]
+        with anyio.fail_after(60):
+            assert all(pid != victim_pid for pid in [await f for f in kept])
+
+
+async def test_calls_queued_behind_the_cap_run_on_the_replacement(ray_session: None) -> None:
+    async with Runtime(supervisors=1, max_concurrency=4) as rt:
+        old_pid = rt.supervisor_info()[0]["pid"]
+        futures = [rt.submit(sleep_then_pid, 3600 if i < 4 else 0.1) for i in range(20)]
+        await wait_until(lambda: running_on(rt, old_pid, 4))
+        os.kill(old_pid, signal.SIGKILL)
+        with anyio.fail_after(60):
+            for future in futures[:4]:  # started: lost
+                with pytest.raises(SupervisorDiedError):
+                    await future
+            pids = [await f for f in futures[4:]]  # queued: never started, run elsewhere
+        assert len(pids) == 16 and old_pid not in pids
+
+
+async def test_dependents_of_a_lost_call_fail_with_upstream_error(ray_session: None) -> None:
+    async with Runtime(supervisors=1) as rt:
+        pid = rt.supervisor_info()[0]["pid"]
+        upstream = rt.submit(sleep_then_pid, 3600)
+        finished = rt.submit(sleep_then_pid, 0)
+        await finished  # its outcome is held here now
+        await wait_until(lambda: running_on(rt, pid, 1))
+        waiting = rt.submit(add_pid, upstream)  # waits on the supervisor for upstream
+        uses_finished = rt.submit(add_pid, finished)
+        assert await uses_finished == (pid + 1, pid)
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(60):
+            with pytest.raises(SupervisorDiedError):
+                await upstream
+            with pytest.raises(UpstreamError) as info:
+                await waiting
+        assert info.value.upstream == upstream.label
+        assert "SupervisorDiedError" in str(info.value) and "died" in str(info.value)
+        # An outcome the caller already holds still feeds a new call.
+        value, new_pid = await rt.submit(add_pid, finished)
+        assert (value, new_pid != pid) == (pid + 1, True)
+
+
+async def test_a_dependent_elsewhere_follows_an_upstream_that_was_sent_again(
+    ray_session: None,
+) -> None:
+    # The upstream waits behind the cap on supervisor 0 (never started); its
+    # dependent waits for it on supervisor 1. Killing supervisor 0 must move
+    # the upstream, and the dependent must find it where it went.
+    async with Runtime(supervisors=2, max_concurrency=1) as rt:
+        infos = {i["index"]: i["pid"] for i in rt.supervisor_info()}
+        blockers = [rt.submit(nap, 3600) for _ in range(2)]  # one on each
+        await wait_until(lambda: running_on(rt, infos[0], 1))
+        await wait_until(lambda: running_on(rt, infos[1], 1))
+        upstream = rt.submit(sleep_then_pid, 0.1)
+        upstream_home = upstream.supervisor
+        dependent = rt.submit(add_pid, upstream)
+        assert dependent.supervisor != upstream_home
+        await anyio.sleep(0.5)  # both have reached their supervisors
+        os.kill(infos[upstream_home], signal.SIGKILL)
+        with anyio.fail_after(60):
+            moved_pid = await upstream
+            assert moved_pid != infos[upstream_home]
+            # The dependent's own supervisor is still busy with its blocker (cap 1):
+            # free it so the dependent can run.
+            blockers[1 - upstream_home].cancel()
+            value, _ = await dependent
+        assert value == moved_pid + 1
+
+
+async def test_a_blocked_loop_is_reported_with_the_call_and_the_line(
+    ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
+    async with runtime as rt:
+        with caplog.at_level(logging.WARNING, logger="aioray_runner"):
+            naps = [rt.submit(nap, 0.1) for _ in range(3)]
+            culprit = rt.submit(blocks_the_loop, 1.5)
+            assert await culprit == "done"
+            assert [await f for f in naps] == ["woke"] * 3
+            await wait_until(lambda: seen, within=10)
+    stall = seen[0]
+    assert stall.calls == (culprit.label,)
+    assert 1.0 <= stall.seconds < 10
+    assert stall.call_ids == (culprit.call_id,)
+    assert "blocking_sleep" in stall.where and "test_faults.py" in stall.where
+    messages = [r.getMessage() for r in caplog.records]
+    warnings = [m for m in messages if "event loop was blocked" in m]
+    assert warnings and culprit.label in warnings[0] and "asyncio.to_thread" in warnings[0]
+
+
+async def test_the_watchdog_can_be_switched_off(
+    ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(supervisors=1, blocked_loop_threshold=None, on_blocked_loop=seen.append)
+    async with runtime as rt:
+        assert rt.supervisor_info()[0]["blocked_loop_threshold"] is None
+        with caplog.at_level(logging.WARNING, logger="aioray_runner"):
+            assert await rt.submit(blocks_the_loop, 1.0) == "done"
+            await anyio.sleep(0.5)
+    assert seen == []
+    assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
