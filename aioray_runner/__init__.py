@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._futures import AioRayFuture
 from ._runtime import Runtime, RuntimeOptions
+from ._supervisor import Attempt, current_attempt
 from ._watchdog import BlockedLoop
 from .errors import (
     AioRayError,
@@ -36,6 +37,7 @@ __all__ = [
     "AioRayError",
     "AioRayFuture",
     "AioRayTaskRunner",
+    "Attempt",
     "BlockedLoop",
     "CancelledError",
     "PrefectAioRayFuture",
@@ -46,6 +48,7 @@ __all__ = [
     "SerializationError",
     "SupervisorDiedError",
     "UpstreamError",
+    "current_attempt",
     "remote_options",
 ]
 

@@ -79,6 +79,8 @@ class Slot:
         self.in_flight: dict[int, AioRayFuture[Any]] = {}
         # Sent here and not announced yet: safe to send elsewhere if this dies.
         self.unstarted: dict[int, Parcel] = {}
+        # Announced, and allowed to run again elsewhere if this dies (reruns).
+        self.rerunnable: dict[int, Parcel] = {}
         # The balancer reads load = assigned - finished. Callers' threads only
         # advance `assigned` (next() on a count is atomic), the I/O thread only
         # `finished`: no lock on the submit path, and no lost updates.
@@ -148,7 +150,11 @@ class Pool:
         self._functions = _wire.FunctionCache()
         self._ids = itertools.count(1)
         self._pending: list[Parcel] = []
-        self._sends: dict[int, int] = {}  # call id -> times sent again
+        self._sends: dict[int, int] = {}  # call id -> times sent again (RESEND)
+        # Calls that may run again after a supervisor death: reruns left, and
+        # for those already run again, (attempt number, why the last was lost).
+        self._reruns: dict[int, int] = {}
+        self._attempts: dict[int, tuple[int, str]] = {}
         self._pending_lock = threading.Lock()
         # A `_send_pending` is queued on the I/O loop (guarded by _pending_lock).
         self._io_scheduled = False
@@ -324,6 +330,7 @@ class Pool:
                 lost = list(slot.in_flight.values())
                 slot.in_flight.clear()
                 slot.unstarted.clear()
+                slot.rerunnable.clear()
                 for future in lost:
                     future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
 
@@ -338,8 +345,13 @@ class Pool:
         group: GroupKey = DEFAULT_GROUP,
         slot: Slot | None = None,
         label: str | None = None,
+        reruns: int = 0,
     ) -> AioRayFuture[Any]:
-        """Queue one call; see the module docstring."""
+        """Queue one call; see the module docstring.
+
+        ``reruns``: how many times the call is sent again if its supervisor dies
+        after it may have started (it sees ``current_attempt()`` grow).
+        """
         if self._closed or not self._started:
             raise RuntimeNotRunningError(
                 "this runtime is not running: submit inside `async with Runtime() as rt:`"
@@ -353,6 +365,8 @@ class Pool:
             slot = self._pick(group)
         slot.assign()
         future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
+        if reruns:
+            self._reruns[call_id] = reruns
         with self._pending_lock:
             self._pending.append((future, digest, fn_blob, blob, deps, upstream))
         turn = end_of_turn_scheduler()
@@ -495,7 +509,10 @@ class Pool:
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
                 functions.setdefault(slot, {})[digest] = fn_blob
-            by_slot.setdefault(slot, []).append((future.call_id, digest, blob, deps, future.label))
+            rerun = self._attempts.get(future.call_id)
+            by_slot.setdefault(slot, []).append(
+                (future.call_id, digest, blob, deps, future.label, rerun)
+            )
         for slot, calls in by_slot.items():
             for start in range(0, len(calls), BATCH_MAX):
                 chunk = calls[start : start + BATCH_MAX]
@@ -539,6 +556,7 @@ class Pool:
             for call_id in call_ids:
                 future = slot.in_flight.pop(call_id, None)
                 slot.unstarted.pop(call_id, None)
+                slot.rerunnable.pop(call_id, None)
                 if future is not None:
                     slot.finished += 1
                     future._set_error(exc)
@@ -568,14 +586,22 @@ class Pool:
         stalls: list[tuple[float, tuple[tuple[int, str], ...], str]],
     ) -> None:
         unstarted = slot.unstarted
+        reruns = self._reruns
         for call_id in announced:
-            unstarted.pop(call_id, None)  # may have started: never sent again
+            parcel = unstarted.pop(call_id, None)  # may have started: not sent again...
+            if parcel is not None and call_id in reruns:
+                slot.rerunnable[call_id] = parcel  # ...unless it may run again
         for stall in stalls:
             self._report_stall(slot, *stall)
         release = self.release
         for call_id, kind, payload in outcomes:
             future = slot.in_flight.pop(call_id, None)
             parcel = unstarted.pop(call_id, None)
+            if reruns:
+                slot.rerunnable.pop(call_id, None)
+                if kind != _wire.RESEND:
+                    reruns.pop(call_id, None)
+                    self._attempts.pop(call_id, None)
             slot.finished += 1
             if future is None:
                 self._releases.append((slot, call_id))
@@ -630,12 +656,14 @@ class Pool:
             call_ids=tuple(call_id for call_id, _ in calls),
             where=where,
         )
-        self.logger.warning("%s", blocked)
-        if self.on_blocked_loop is not None:
-            try:
-                self.on_blocked_loop(blocked)
-            except Exception:
-                self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
+        if self.on_blocked_loop is None:
+            self.logger.warning("%s", blocked)
+            return
+        try:
+            self.on_blocked_loop(blocked)
+        except Exception:
+            self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
+            self.logger.warning("%s", blocked)
 
     def _on_failure(self, slot: Slot, exc: BaseException) -> None:
         if not slot.alive or self._closed:
@@ -653,20 +681,32 @@ class Pool:
         self._start_poll(replacement)
         self._spawn(self._describe(replacement))
 
-        # Calls announced (may have started) are lost; the rest never ran.
-        resend = sorted(slot.unstarted.items())
-        lost = [f for call_id, f in slot.in_flight.items() if call_id not in slot.unstarted]
+        # Calls announced (may have started) are lost, unless they may run
+        # again; the rest never ran.
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        resend = dict(slot.unstarted)
+        for call_id, parcel in slot.rerunnable.items():
+            self._reruns[call_id] -= 1
+            if not self._reruns[call_id]:
+                del self._reruns[call_id]
+            attempt = self._attempts.get(call_id, (1, ""))[0] + 1
+            self._attempts[call_id] = (attempt, f"{slot.describe()} died ({cause})")
+            resend[call_id] = parcel
+        lost = [f for call_id, f in slot.in_flight.items() if call_id not in resend]
+        never_started, rerun = len(slot.unstarted), len(slot.rerunnable)
         slot.in_flight.clear()
         slot.unstarted.clear()
-        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        slot.rerunnable.clear()
         self.logger.warning(
-            "%s died (%s). %d call(s) that had started on it failed; %d that had not"
-            " started were sent to %s. Starting a replacement.",
+            "%s died (%s). %d call(s) that had started on it failed; %d were sent to"
+            " %s (%d that had not started, %d allowed to run again). Starting a replacement.",
             slot.describe(),
             cause,
             len(lost),
             len(resend),
             "other supervisors" if len(self.slots(slot.group)) > 1 else "the replacement",
+            never_started,
+            rerun,
         )
         # Fail the lost calls first: a dependent sent again below then carries
         # its upstream's failure instead of waiting on the dead supervisor.
@@ -678,7 +718,7 @@ class Pool:
                     " this one if it is safe to run again."
                 )
             )
-        self._dispatch([parcel for _, parcel in resend], relift=True)
+        self._dispatch([resend[call_id] for call_id in sorted(resend)], relift=True)
 
     async def _describe(self, slot: Slot) -> None:
         try:

@@ -11,15 +11,26 @@ exits.
 Per task run only what differs travels, in ``serialize_context``'s format: the
 tags, the parent task run (for tasks submitted from inside tasks) and the asset
 context.
+
+**After a supervisor died.** The runner submits every task run with
+``reruns=retries + 1``: if the supervisor running it dies, the runtime runs the
+same call again on a live one, and :func:`_after_loss` decides there what that
+run does, from what the API recorded of the lost one: a run that had already
+finished keeps its final state (nothing runs twice, and the API never sees a
+finished run start again); a run with retries left is retried (the crash counts
+as one attempt, as a failure would); any other ends ``Crashed``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime
 from contextlib import ExitStack
 from typing import Any
 from uuid import UUID
+
+from ._supervisor import Attempt, current_attempt
 
 _scopes: dict[str, _FlowRunScope] = {}
 
@@ -32,7 +43,11 @@ class _FlowRunScope:
         self.flow_context = flow_context
         self.ready: asyncio.Future[contextvars.Context] = asyncio.get_running_loop().create_future()
         self.closing = asyncio.Event()
-        self.holder = asyncio.get_running_loop().create_task(self._hold())
+        # A context of its own: the first call's context (its attempt number,
+        # say) must not leak into every task run of the flow run.
+        self.holder = asyncio.get_running_loop().create_task(
+            self._hold(), context=contextvars.Context()
+        )
 
     async def _hold(self) -> None:
         from prefect.context import AsyncClientContext, hydrated_context
@@ -96,6 +111,7 @@ async def run_async_task(
     from prefect.task_engine import run_task_async
 
     task_run_id, wait_for, dependencies, call_context = meta
+    attempt = current_attempt()
 
     context = await _scope_for(key, flow_context)
 
@@ -103,9 +119,13 @@ async def run_async_task(
         with ExitStack() as stack:
             _enter_call_context(stack, call_context)
             try:
+                settled, run_task, task_run = await _after_loss(task, task_run_id, attempt)
+                if settled is not None:
+                    return settled
                 return await run_task_async(
-                    task=task,
+                    task=run_task,
                     task_run_id=task_run_id,
+                    task_run=task_run,
                     parameters=parameters,
                     wait_for=wait_for,
                     dependencies=dependencies,
@@ -120,6 +140,92 @@ async def run_async_task(
                 return crashed_state(exc)
 
     return await asyncio.get_running_loop().create_task(run(), context=context.copy())
+
+
+async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[Any, Any, Any]:
+    """``(final state, task to run, task run to continue)`` for this run.
+
+    On a first run: ``(None, task, None)``, run as usual. On a run after its
+    supervisor died (see the module docstring): the final state to return at
+    once, or the task (with the retries it has left) and the task run to go on.
+    Runs inside the flow run's context (its API client); ``attempt`` is the
+    call's, read in the call's own context.
+    """
+    if attempt.number == 1:
+        return None, task, None
+
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import AwaitingRetry
+
+    from .errors import SupervisorDiedError
+
+    client = get_client()
+    # The lost run's last events (a Completed state, say) may still be on their
+    # way into the API: give them a moment, so a finished run is seen as such.
+    await asyncio.sleep(1.0)
+    try:
+        task_run = await client.read_task_run(task_run_id)
+    except ObjectNotFound:
+        task_run = None  # lost before the API heard of it
+    recorded = task_run.state if task_run is not None else None
+    # Finished before its supervisor died: keep that outcome. Crashed is no
+    # outcome of the task's own: a sync task's Ray worker dies with the
+    # supervisor that started it, and says Crashed on its way out.
+    if recorded is not None and recorded.is_final() and not recorded.is_crashed():
+        return recorded, None, None
+
+    loss = SupervisorDiedError(f"Task run {task.name!r} was lost: {attempt.previous_loss}")
+    crashed = crashed_state(loss)
+    attempts_so_far = max(task_run.run_count if task_run else 0, attempt.number - 1)
+    retries = int(task.retries or 0)
+    retry = attempts_so_far <= retries and _retry_condition_allows(task, task_run, crashed)
+    if retry:
+        delay = _retry_delay(task, attempts_so_far - 1)
+        state: Any = AwaitingRetry(
+            scheduled_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay),
+            message=f"Retry {attempts_so_far} of {retries} after a crash: {loss}",
+        )
+    else:
+        state = crashed
+    if task_run is not None:
+        await client.set_task_run_state(task_run_id, state, force=True)
+        task_run.state = state
+    else:
+        flow_run = FlowRunContext.get()
+        task_run = await client.create_task_run(
+            task=task,
+            flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
+            dynamic_key=f"{task.task_key}-{task_run_id.hex[:8]}",
+            id=task_run_id,
+            state=state,
+        )
+    if not retry:
+        return crashed, None, None
+    if delay:
+        await asyncio.sleep(delay)
+    # The engine counts retries from zero in each run: give it only what is left.
+    return None, task.with_options(retries=retries - attempts_so_far), task_run
+
+
+def _retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
+    condition = getattr(task, "retry_condition_fn", None)
+    if condition is None or task_run is None:
+        return True
+    try:
+        return bool(condition(task, task_run, state))
+    except Exception:
+        return False  # as Prefect does: a failing condition means no retry
+
+
+def _retry_delay(task: Any, retry_index: int) -> float:
+    delays = getattr(task, "retry_delay_seconds", None)
+    if not delays:
+        return 0.0
+    if isinstance(delays, list | tuple):
+        return float(delays[min(retry_index, len(delays) - 1)])
+    return float(delays)
 
 
 def crashed_state(exc: BaseException) -> Any:
@@ -165,6 +271,15 @@ async def run_sync_task(
     import ray
 
     task_run_id, wait_for, dependencies, call_context, ray_options = meta
+    task_run = None
+    attempt = current_attempt()
+    if attempt.number > 1:  # run again after a supervisor died
+        scope_context = await _scope_for(key, flow_context)
+        settled, task, task_run = await asyncio.get_running_loop().create_task(
+            _after_loss(task, task_run_id, attempt), context=scope_context.copy()
+        )
+        if settled is not None:
+            return settled
 
     global _sync_runner
     if _sync_runner is None:
@@ -175,6 +290,7 @@ async def run_sync_task(
         task,
         task_run_id,
         context,
+        task_run=task_run,
         parameters=parameters,
         wait_for=wait_for,
         dependencies=dependencies,

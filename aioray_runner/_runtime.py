@@ -22,8 +22,7 @@ import ray
 from ._bridge import loop_scheduler
 from ._futures import AioRayFuture
 from ._pool import DEFAULT_GROUP, GroupKey, Pool
-from ._watchdog import DEFAULT_THRESHOLD_S as DEFAULT_BLOCKED_LOOP_THRESHOLD
-from ._watchdog import BlockedLoop
+from ._watchdog import DEFAULT_THRESHOLD_S, BlockedLoop
 from .errors import RuntimeNotRunningError
 
 P = ParamSpec("P")
@@ -31,6 +30,8 @@ T = TypeVar("T")
 
 #: Default cap on calls running at once in one supervisor (see docs/choosing-settings.md).
 DEFAULT_MAX_CONCURRENCY = 10_000
+#: Default seconds a supervisor's loop may stall before the runtime warns.
+DEFAULT_BLOCKED_LOOP_THRESHOLD = DEFAULT_THRESHOLD_S
 
 
 class Runtime:
@@ -63,7 +64,8 @@ class Runtime:
             where (see ``docs/failures.md``). ``None`` or ``0`` switches the
             watchdog off.
         on_blocked_loop: Called with a :class:`BlockedLoop` for each such stall,
-            on the runtime's I/O thread (keep it short), besides the warning.
+            on the runtime's I/O thread (keep it short), instead of the warning
+            on ``logger`` (the Prefect runner puts it in the task run's logs).
         logger: Where to log what the runtime does (where Ray runs, how many
             supervisors started, supervisors that died). Defaults to the
             ``"aioray_runner"`` logger.
@@ -338,18 +340,41 @@ class Runtime:
         """
         return self._require().submit(fn, args, kwargs)
 
-    def _submit(
+    def submit_call(
         self,
         fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
         *,
         label: str | None = None,
         actor_options: dict[str, Any] | None = None,
+        reruns: int = 0,
     ) -> AioRayFuture[Any]:
-        """``submit`` for integrations: a custom label, a group by actor options."""
+        """``submit`` with every knob, for integrations (the Prefect runner uses it).
+
+        Args:
+            fn, args, kwargs: The call, as ``fn(*args, **kwargs)``.
+            label: The name in the call's label (``"<label>#<call id>"``) and in
+                errors; defaults to the function's name.
+            actor_options: Run on the group of supervisors started with these
+                extra Ray actor options (as :meth:`options`).
+            reruns: How many times to run the call again if its supervisor dies
+                while it may have been running. By default such a call fails
+                with :class:`SupervisorDiedError` (a call that had certainly not
+                started is always sent elsewhere, whatever this says). Inside,
+                :func:`current_attempt` tells which run it is.
+        """
+        if reruns < 0:
+            raise ValueError(f"reruns must be 0 or more, not {reruns}")
         pool = self._require()
-        return pool.submit(fn, args, kwargs, group=pool.group(actor_options or {}), label=label)
+        return pool.submit(
+            fn,
+            tuple(args),
+            kwargs or {},
+            group=pool.group(actor_options or {}),
+            label=label,
+            reruns=reruns,
+        )
 
     def _broadcast_all(self, fn: Callable[..., Any], /, *args: Any) -> list[AioRayFuture[Any]]:
         """Run ``fn`` once on every live supervisor of every group."""

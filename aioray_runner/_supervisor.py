@@ -31,6 +31,7 @@ import os
 import pickle
 import resource
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -159,7 +160,11 @@ class Supervisor:
         self._ready_event.set()
 
     async def submit(self, functions: dict[bytes, bytes], calls: Sequence[tuple[Any, ...]]) -> int:
-        """Accept a batch of calls: ``(call_id, digest, args, deps, label)`` each."""
+        """Accept a batch of calls: ``(call_id, digest, args, deps, label, rerun)`` each.
+
+        ``rerun`` is ``None``, or ``(attempt, why the last attempt was lost)`` for
+        a call run again after its supervisor died.
+        """
         loop = asyncio.get_running_loop()
         self._start_watchdog()
         if self._backend == "trio":
@@ -167,7 +172,7 @@ class Supervisor:
         for digest, blob in functions.items():
             self._add_function(digest, blob)
         starts = self._starts
-        for call_id, digest, blob, deps, label in calls:
+        for call_id, digest, blob, deps, label, rerun in calls:
             record = _Call(call_id, label, loop.create_future())
             self._calls[call_id] = record
             arrival = self._arrivals.pop(call_id, None)
@@ -177,7 +182,9 @@ class Supervisor:
                 self._cancel_early.discard(call_id)
                 self._finish(record, _wire.CANCELLED, None)
                 continue
-            if not deps and self._slots.try_acquire():
+            if rerun is not None:
+                self._start(record, digest, blob, deps, admitted=False, rerun=rerun)
+            elif not deps and self._slots.try_acquire():
                 # The common case, made cheap: nothing to wait for and a slot
                 # free (now held), so announce it now and create its task when
                 # the gate opens (no task parked at the gate per call).
@@ -190,10 +197,21 @@ class Supervisor:
         return len(calls)
 
     def _start(
-        self, record: _Call, digest: bytes, blob: bytes, deps: Sequence[Any], *, admitted: bool
+        self,
+        record: _Call,
+        digest: bytes,
+        blob: bytes,
+        deps: Sequence[Any],
+        *,
+        admitted: bool,
+        rerun: tuple[int, str] | None = None,
     ) -> None:
+        context = None
+        if rerun is not None:  # the task sees its attempt through current_attempt()
+            context = contextvars.copy_context()
+            context.run(_attempt.set, Attempt(*rerun))
         record.task = task = asyncio.get_running_loop().create_task(
-            self._run(record, digest, blob, deps, admitted)
+            self._run(record, digest, blob, deps, admitted), context=context
         )
         task.add_done_callback(functools.partial(self._on_task_done, record, admitted))
 
@@ -469,6 +487,38 @@ class Supervisor:
             f"{label} cannot start: {upstream} failed with {type(error).__name__}: {error}",
             upstream,
         )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which run of a call this is: see :func:`current_attempt`.
+
+    Attributes:
+        number: 1 for the first run; 2 and up for runs after a supervisor died
+            while an earlier run may have been under way.
+        previous_loss: Why the previous run was lost (which supervisor died, and
+            how), or ``""`` on the first run.
+    """
+
+    number: int = 1
+    previous_loss: str = ""
+
+
+_FIRST_ATTEMPT = Attempt()
+_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
+    "aioray_attempt", default=None
+)
+
+
+def current_attempt() -> Attempt:
+    """Which run of the current call this is (inside a call on a supervisor).
+
+    A call runs once, unless it was submitted with ``reruns=`` (see
+    :meth:`Runtime.submit_call`) and its supervisor died while it may have been
+    running: it then runs again elsewhere, and ``current_attempt().number`` is
+    2 or more. Code with side effects can check what the earlier run did.
+    """
+    return _attempt.get() or _FIRST_ATTEMPT
 
 
 class _Slots:

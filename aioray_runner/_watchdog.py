@@ -153,12 +153,10 @@ class Watchdog:
         late = now - self._last_tick - self._interval
         seen, self._seen = self._seen, None
         previous, self._last_tick = self._last_tick, now
-        if late > self._threshold:
-            if seen is not None and seen[0] == previous:
-                stall = Stall(late, seen[1], seen[2])
-            else:  # the thread did not look in time: the length is all we know
-                stall = Stall(late, (), "")
-            self._on_stall(stall)
+        # Reported only when the thread saw who held the loop, and it was a call
+        # or the user's code.
+        if late > self._threshold and seen and seen[0] == previous and (seen[1] or seen[2]):
+            self._on_stall(Stall(late, seen[1], seen[2]))
         if not self._stopped.is_set():
             self._loop.call_later(self._interval, self._tick)
 
@@ -174,11 +172,19 @@ class Watchdog:
             seen = self._seen
             if seen is None or seen[0] != tick:
                 task = asyncio.current_task(self._loop)
-                self._seen = seen = (tick, self._culprits(task), self._where())
+                calls = self._culprits(task)
+                where, in_user_code = self._where()
+                if not (calls or in_user_code):
+                    # Neither a call nor the user's code (an import while a
+                    # function is unpickled, a garbage collection): not
+                    # something a user can fix, so not worth a warning.
+                    _log.debug("loop blocked %.2f s in %s", stuck_for, where)
+                    where = ""
+                self._seen = seen = (tick, calls, where)
                 logged_at = 0.0
             # A stall that never ends never reaches the caller: say it here,
             # where Ray forwards it to the driver's console, every few seconds.
-            if stuck_for - logged_at >= 5.0:
+            if (seen[1] or seen[2]) and stuck_for - logged_at >= 5.0:
                 logged_at = stuck_for
                 _log.warning(
                     "this supervisor's event loop has been blocked for %.0f s so far%s",
@@ -186,19 +192,22 @@ class Watchdog:
                     f" in {seen[2]}" if seen[2] else "",
                 )
 
-    def _where(self) -> str:
+    def _where(self) -> tuple[str, bool]:
+        """Where the loop's thread is stuck, and whether that is the user's code.
+
+        Innermost first: the first frame outside the loop machinery is where
+        the code is stuck (a C call such as time.sleep shows as its caller). If
+        that is inside a library, the nearest frame of the user's own code is
+        the one to fix: name both.
+        """
         frame: FrameType | None = sys._current_frames().get(self._loop_thread)
-        # Innermost first: the first frame outside the loop machinery is where
-        # the code is stuck (a C call such as time.sleep shows as its caller).
-        # If that is inside a library, the nearest frame of the user's own code
-        # is the one to fix: name both.
         stuck = ""
         while frame is not None:
             filename = frame.f_code.co_filename
             if not any(part in filename for part in _MACHINERY):
                 here = f"{frame.f_code.co_name} ({filename}:{frame.f_lineno})"
                 if not filename.startswith(_LIBRARY_PREFIXES):
-                    return f"{stuck}, called from {here}" if stuck else here
+                    return (f"{stuck}, called from {here}" if stuck else here), True
                 stuck = stuck or here
             frame = frame.f_back
-        return stuck
+        return stuck, False

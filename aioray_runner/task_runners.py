@@ -60,7 +60,8 @@ from typing_extensions import ParamSpec
 
 from . import _prefect_remote
 from ._futures import AioRayFuture
-from ._runtime import DEFAULT_MAX_CONCURRENCY, Runtime
+from ._runtime import DEFAULT_BLOCKED_LOOP_THRESHOLD, DEFAULT_MAX_CONCURRENCY, Runtime
+from ._watchdog import BlockedLoop
 from .context import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 from .errors import SerializationError, SupervisorDiedError, UpstreamError
 
@@ -171,6 +172,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         supervisors: Supervisor actors to start; ``None`` = one per Ray node.
         max_concurrency: Async task runs running at once per supervisor.
         threads: Thread pool size of each supervisor (for plain functions).
+        blocked_loop_threshold: Seconds a supervisor's loop may stall before the
+            runner warns, in the flow's logs and the blocking task run's logs
+            (``None`` switches the watchdog off); see :class:`Runtime`.
         actor_options: Extra Ray actor options for the supervisors.
 
     Ray is shut down on exit only if this runner started it.
@@ -185,6 +189,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         threads: int = 32,
         actor_options: dict[str, Any] | None = None,
+        blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
     ) -> None:
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
@@ -193,6 +198,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self.max_concurrency = max_concurrency
         self.threads = threads
         self.actor_options = dict(actor_options or {})
+        self.blocked_loop_threshold = blocked_loop_threshold
         self._runtime: Runtime | None = None
         self._key = uuid.uuid4().hex
         self._flow_context: dict[str, Any] | None = None
@@ -200,6 +206,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self._submit_context: contextvars.Context | None = None
         self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # Call id -> (task run id, flow run id) of runs in flight: a blocked-loop
+        # warning names a call, and belongs in that task run's logs.
+        self._runs_by_call: dict[int, tuple[uuid.UUID, Any, str]] = {}
         super().__init__()
 
     def duplicate(self) -> Self:
@@ -211,6 +220,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             max_concurrency=self.max_concurrency,
             threads=self.threads,
             actor_options=self.actor_options,
+            blocked_loop_threshold=self.blocked_loop_threshold,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -223,6 +233,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             and self.max_concurrency == other.max_concurrency
             and self.threads == other.threads
             and self.actor_options == other.actor_options
+            and self.blocked_loop_threshold == other.blocked_loop_threshold
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable settings, compared by value
@@ -237,6 +248,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             _callables={},
             _submit_context=None,
             _reporter=None,
+            _runs_by_call={},
             _lock=None,
             _started=False,
         )
@@ -272,6 +284,8 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                     init_kwargs=self.init_kwargs,
                     actor_options=self.actor_options,
                     logger=self.logger,  # Prefect's console shows it
+                    blocked_loop_threshold=self.blocked_loop_threshold,
+                    on_blocked_loop=self._on_blocked_loop,
                     # Importing Prefect takes a supervisor seconds: do it while
                     # it starts, not when the first task run arrives.
                     preload=("prefect.task_engine", "aioray_runner._prefect_remote"),
@@ -341,29 +355,41 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         call_context = self._call_context(task, task_run_id, parameters)
         options = current_remote_options()
         meta: tuple[Any, ...] = (task_run_id, wait_for, dependencies, call_context)
+        # A run whose supervisor dies is run again elsewhere: once to settle its
+        # state from what the API recorded, and once more per retry it has left
+        # (see _prefect_remote._after_loss).
+        reruns = int(task.retries or 0) + 1
         try:
             if task.isasync:
                 placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
-                wrapped = runtime._submit(
+                wrapped = runtime.submit_call(
                     self._remote_callable(task, is_async=True),
                     (meta,),
                     parameters,
                     label=task.name,
                     actor_options=placement,
+                    reruns=reruns,
                 )
             else:
-                wrapped = runtime._submit(
+                wrapped = runtime.submit_call(
                     self._remote_callable(task, is_async=False),
                     ((*meta, options),),
                     parameters,
                     label=task.name,
+                    reruns=reruns,
                 )
         except SerializationError as exc:
             return self._failed_at_submit(task, task_run_id, exc)
         future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
             task_run_id=task_run_id, wrapped_future=wrapped
         )
-        wrapped.add_done_callback(functools.partial(self._report_if_lost, task, task_run_id))
+        flow_run = FlowRunContext.get()
+        self._runs_by_call[wrapped.call_id] = (
+            task_run_id,
+            flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
+            task.name,
+        )
+        wrapped.add_done_callback(functools.partial(self._on_done, task, task_run_id))
         return future
 
     @overload
@@ -456,10 +482,32 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         future._final_state = state
         return future
 
-    def _report_if_lost(
+    def _on_blocked_loop(self, blocked: BlockedLoop) -> None:
+        """Warn about a blocked supervisor loop in the logs of the task run that
+        blocked it, which Prefect shows in the console and sends to the API
+        (I/O thread). A stall no task run is known for goes to the runner's log."""
+        runs = [self._runs_by_call[c] for c in blocked.call_ids if c in self._runs_by_call]
+        if not runs:
+            self.logger.warning("%s", blocked)
+            return
+        task_run_id, flow_run_id, task_name = runs[0]
+        # Prefect sends only its run loggers' records to the API.
+        logging.getLogger("prefect.task_runs").warning(
+            "%s",
+            blocked,
+            extra={
+                "task_run_id": task_run_id,
+                "flow_run_id": flow_run_id,
+                "task_run_name": task_name,
+                "task_name": task_name,
+            },
+        )
+
+    def _on_done(
         self, task: Task[Any, Any], task_run_id: uuid.UUID, future: AioRayFuture[Any]
     ) -> None:
-        """A supervisor died under this run: record the crash in the API too (I/O thread)."""
+        """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
+        self._runs_by_call.pop(future.call_id, None)
         if not isinstance(future._error, SupervisorDiedError) or self._submit_context is None:
             return
         with self._lock:

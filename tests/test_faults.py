@@ -152,22 +152,34 @@ async def test_a_blocked_loop_is_reported_with_the_call_and_the_line(
     ray_session: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[BlockedLoop] = []
-    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
-    async with runtime as rt:
-        with caplog.at_level(logging.WARNING, logger="aioray_runner"):
+    with caplog.at_level(logging.WARNING, logger="aioray_runner"):
+        async with Runtime(supervisors=1, blocked_loop_threshold=0.2) as rt:
             naps = [rt.submit(nap, 0.1) for _ in range(3)]
             culprit = rt.submit(blocks_the_loop, 1.5)
             assert await culprit == "done"
             assert [await f for f in naps] == ["woke"] * 3
-            await wait_until(lambda: seen, within=10)
-    stall = seen[0]
+
+            def warned() -> bool:
+                return any("event loop was blocked" in r.getMessage() for r in caplog.records)
+
+            await wait_until(warned, within=10)
+            logged = culprit
+        # The same, handed to a callback instead of the log.
+        runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
+        async with runtime as rt:
+            assert await rt.submit(blocks_the_loop, 1.5) == "done"
+            culprit = rt.submit(blocks_the_loop, 1.5)
+            assert await culprit == "done"
+            await wait_until(lambda: len(seen) >= 2, within=10)
+    stall = seen[-1]
     assert stall.calls == (culprit.label,)
     assert 1.0 <= stall.seconds < 10
     assert stall.call_ids == (culprit.call_id,)
     assert "blocking_sleep" in stall.where and "test_faults.py" in stall.where
     messages = [r.getMessage() for r in caplog.records]
     warnings = [m for m in messages if "event loop was blocked" in m]
-    assert warnings and culprit.label in warnings[0] and "asyncio.to_thread" in warnings[0]
+    assert warnings and logged.label in warnings[0] and "asyncio.to_thread" in warnings[0]
+    assert len(warnings) == 1  # the second runtime's stalls went to its callback only
 
 
 async def test_the_watchdog_can_be_switched_off(

@@ -1,0 +1,175 @@
+"""Faults under AioRayTaskRunner: supervisors killed mid-run, blocked loops.
+
+Judged by what a user sees: the futures' final states and results in the flow,
+the states and logs the Prefect API records, and that no finished run is ever
+run again (the API never sees Completed followed by Running).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow, task
+from prefect.states import StateType
+
+from aioray_runner import AioRayTaskRunner
+from tests._prefect_support import (
+    poll,
+    read_logs,
+    read_task_run_states,
+    read_task_run_when,
+    supervisor_pids,
+    task_run_state_type,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session", "prefect_api")]
+
+
+def assert_never_restarted_after_finishing(task_run_id: uuid.UUID) -> list[str]:
+    """The API's state history of a run: nothing follows a final state but its end."""
+    names = [f"{s.type.value}:{s.name}" for s in read_task_run_states(task_run_id)]
+    finals = [i for i, n in enumerate(names) if n.split(":")[0] in ("COMPLETED", "FAILED")]
+    assert not finals or finals[0] == len(names) - 1, names
+    return names
+
+
+# -- a task whose supervisor dies, with retries --------------------------------------------
+
+
+@task(retries=1)
+async def dies_once(marker: str) -> str:
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)  # the supervisor running it dies
+    return f"second run, pid {os.getpid()}"
+
+
+@task(retries=1)
+def sync_dies_once(marker: str, supervisor_pid: int) -> str:
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("first")
+        os.kill(supervisor_pid, signal.SIGKILL)  # the supervisor that started it
+        time.sleep(30)  # if Ray lets this run on, it must not be the one that counts
+    return "second run"
+
+
+@task
+async def dies_without_retries(marker: str) -> str:
+    Path(marker).write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "unreachable"
+
+
+@flow(task_runner=AioRayTaskRunner())
+async def crash_and_retry(tmp: str) -> dict[str, Any]:
+    retried = dies_once.submit(str(Path(tmp) / "async.marker"))
+    result = await retried
+    (pid,) = supervisor_pids()
+    sync_retried = sync_dies_once.submit(str(Path(tmp) / "sync.marker"), pid)
+    sync_result = await sync_retried
+    crashed = dies_without_retries.submit(str(Path(tmp) / "no-retries.marker"))
+    await crashed.wait_async(timeout=120)
+    return {
+        "result": result,
+        "id": retried.task_run_id,
+        "sync_result": sync_result,
+        "sync_id": sync_retried.task_run_id,
+        "crashed_type": crashed.state.type,
+        "crashed_message": crashed.state.message or "",
+        "crashed_id": crashed.task_run_id,
+    }
+
+
+async def test_a_crashed_run_with_retries_is_retried_on_the_replacement(tmp_path: Path) -> None:
+    state = await crash_and_retry(str(tmp_path), return_state=True)
+    assert state.is_completed(), state
+    out = await state.result()
+    first_pid = int((tmp_path / "async.marker").read_text())
+    assert out["result"].startswith("second run") and str(first_pid) not in out["result"]
+    assert out["sync_result"] == "second run"
+    for key in ("id", "sync_id"):
+        run = read_task_run_when(out[key], lambda r: r.state.is_completed(), within=60)
+        names = assert_never_restarted_after_finishing(run.id)
+        assert "SCHEDULED:AwaitingRetry" in names, names  # the crash was a retry
+    # Without retries, the run ends Crashed, naming the dead supervisor.
+    assert out["crashed_type"] == StateType.CRASHED
+    assert "died" in out["crashed_message"] and "supervisor" in out["crashed_message"]
+    poll(lambda: task_run_state_type(out["crashed_id"]), lambda t: t == "CRASHED", within=60)
+
+
+# -- a run that finished before its supervisor died keeps its outcome ----------------------------
+
+
+@task(persist_result=True)
+def finishes_while_its_supervisor_is_frozen(supervisor_pid: int) -> int:
+    # Freeze the supervisor that waits for this run: it cannot hear that the
+    # run finished. The run itself completes here, in its Ray worker.
+    os.kill(supervisor_pid, signal.SIGSTOP)
+    return 42
+
+
+@flow(task_runner=AioRayTaskRunner())
+async def finished_then_lost() -> dict[str, Any]:
+    (pid,) = supervisor_pids()
+    future = finishes_while_its_supervisor_is_frozen.submit(pid)
+    try:
+        # The API hears that the run completed; only then does the supervisor die.
+        read_task_run_when(future.task_run_id, lambda r: r.state.is_completed(), within=90)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    value = await future
+    return {"value": value, "type": future.state.type, "id": future.task_run_id}
+
+
+async def test_a_run_that_finished_keeps_its_result_when_its_supervisor_dies() -> None:
+    state = await finished_then_lost(return_state=True)
+    assert state.is_completed(), state
+    out = await state.result()
+    assert out["value"] == 42
+    assert out["type"] == StateType.COMPLETED
+    time.sleep(2)  # any late state the runner might write would have landed
+    assert task_run_state_type(out["id"]) == "COMPLETED"
+    names = assert_never_restarted_after_finishing(out["id"])
+    assert not [n for n in names if n.startswith("CRASHED")], names
+
+
+# -- a blocked supervisor loop --------------------------------------------------------------------
+
+
+@task
+async def blocks_its_supervisor() -> str:
+    time.sleep(1.5)  # the classic mistake: blocking code inside async def
+    return "done"
+
+
+@flow(task_runner=AioRayTaskRunner())
+async def blocked_flow() -> dict[str, Any]:
+    future = blocks_its_supervisor.submit()
+    await future
+    return {"id": future.task_run_id}
+
+
+async def test_a_blocked_loop_is_reported_in_the_task_runs_logs() -> None:
+    state = await blocked_flow(return_state=True)
+    out = await state.result()
+    flow_run_id = state.state_details.flow_run_id
+
+    def warnings() -> list[Any]:
+        return [
+            log
+            for log in read_logs(flow_run_id)
+            if "event loop was blocked" in log.message and log.task_run_id == out["id"]
+        ]
+
+    found = poll(warnings, bool, within=30)
+    assert "blocks_its_supervisor" in found[0].message
+    assert "test_prefect_faults.py" in found[0].message
+    assert found[0].level == 30  # WARNING
