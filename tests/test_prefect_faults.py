@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from prefect import flow, task
 from prefect.states import StateType
@@ -44,9 +45,9 @@ def assert_never_restarted_after_finishing(task_run_id: uuid.UUID) -> list[str]:
 
 @task(retries=1)
 async def dies_once(marker: str) -> str:
-    path = Path(marker)
-    if not path.exists():
-        path.write_text(str(os.getpid()))
+    path = anyio.Path(marker)
+    if not await path.exists():
+        await path.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)  # the supervisor running it dies
     return f"second run, pid {os.getpid()}"
 
@@ -63,7 +64,7 @@ def sync_dies_once(marker: str, supervisor_pid: int) -> str:
 
 @task
 async def dies_without_retries(marker: str) -> str:
-    Path(marker).write_text(str(os.getpid()))
+    await anyio.Path(marker).write_text(str(os.getpid()))
     os.kill(os.getpid(), signal.SIGKILL)
     return "unreachable"
 
@@ -135,7 +136,7 @@ async def test_a_run_that_finished_keeps_its_result_when_its_supervisor_dies() -
     out = await state.result()
     assert out["value"] == 42
     assert out["type"] == StateType.COMPLETED
-    time.sleep(2)  # any late state the runner might write would have landed
+    await anyio.sleep(2)  # any late state the runner might write would have landed
     assert task_run_state_type(out["id"]) == "COMPLETED"
     names = assert_never_restarted_after_finishing(out["id"])
     assert not [n for n in names if n.startswith("CRASHED")], names
@@ -146,7 +147,7 @@ async def test_a_run_that_finished_keeps_its_result_when_its_supervisor_dies() -
 
 @task
 async def blocks_its_supervisor() -> str:
-    time.sleep(1.5)  # the classic mistake: blocking code inside async def
+    time.sleep(1.5)  # noqa: ASYNC251 - the classic mistake this test is about
     return "done"
 
 
