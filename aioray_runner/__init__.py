@@ -18,6 +18,7 @@ from ._runtime import Runtime, RuntimeOptions
 from .errors import (
     AioRayError,
     CancelledError,
+    InvalidCallError,
     RemoteError,
     RuntimeNotRunningError,
     SerializationError,
@@ -36,6 +37,7 @@ __all__ = [
     "AioRayFuture",
     "AioRayTaskRunner",
     "CancelledError",
+    "InvalidCallError",
     "PrefectAioRayFuture",
     "RemoteError",
     "Runtime",
