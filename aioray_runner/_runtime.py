@@ -66,6 +66,9 @@ class Runtime:
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
+
+    Bad settings raise ``ValueError`` or ``TypeError`` here, naming the setting
+    and what is valid (see ``docs/failures.md``).
     """
 
     def __init__(
@@ -124,7 +127,13 @@ class Runtime:
         return self._owns_ray
 
     def start(self) -> Self:
-        """Connect to Ray and start the supervisors (blocking). Returns ``self``."""
+        """Connect to Ray and start the supervisors (blocking). Returns ``self``.
+
+        Raises:
+            ConnectionError: nothing answers at ``address`` (within a few seconds),
+                or Ray there does not let this process in (a missing auth token);
+                the message names the address and what to do.
+        """
         with self._lock:
             if self._pool is not None:
                 raise RuntimeError("this runtime is already running")
@@ -348,6 +357,8 @@ class Runtime:
         the current event-loop turn together with the other calls made in it.
 
         Raises:
+            InvalidCallError: ``fn`` is not something a supervisor can run (not
+                callable, a coroutine object, a generator); nothing is sent.
             SerializationError: ``fn`` or an argument cannot be pickled (the
                 message names which); nothing is sent.
             RuntimeNotRunningError: the runtime is not running.

@@ -172,7 +172,7 @@ async def test_runtime_env_values_stay_out_of_logs_and_names(ray_session: None) 
     secret = new_secret("env")
     digest = hashlib.sha256(secret.encode()).hexdigest()
     with logs_at_info() as records:
-        with Runtime() as rt:
+        async with Runtime() as rt:
             group = rt.options(runtime_env={"env_vars": {"API_TOKEN": secret}})
             # Non-vacuous: the value did reach the supervisor's environment.
             assert await group.submit(env_var_matches, "API_TOKEN", digest)
