@@ -20,6 +20,7 @@ from ._watchdog import BlockedLoop
 from .errors import (
     AioRayError,
     CancelledError,
+    InvalidCallError,
     RemoteError,
     RuntimeNotRunningError,
     SerializationError,
@@ -40,6 +41,7 @@ __all__ = [
     "Attempt",
     "BlockedLoop",
     "CancelledError",
+    "InvalidCallError",
     "PrefectAioRayFuture",
     "RemoteError",
     "Runtime",

@@ -154,9 +154,9 @@ class AioRayFuture(Generic[T]):
                 except Exception as exc:
                     raise SerializationError(
                         f"the result of {self._label} arrived but cannot be unpickled here:"
-                        f" {type(exc).__name__}: {exc}. Is the module that defines it"
+                        f" {_wire.describe_error(exc)}. Is the module that defines it"
                         " importable in this process?"
-                    ) from exc
+                    ) from None  # the error's own text may quote the value
                 self._payload = None
             return self._value  # type: ignore[no-any-return]
         if state == _wire.ERROR:

@@ -247,7 +247,7 @@ class Pool:
             raise RuntimeError(
                 f"{len(refs) - len(ready)} of {len(refs)} supervisors did not start within"
                 f" {self.start_timeout:.0f} s. Ray may be unable to place them with the"
-                f" options {options or '(defaults)'}; resources available now:"
+                f" options {redact_options(options) or '(defaults)'}; resources available now:"
                 f" {ray.available_resources()}. Lower `supervisors`, change the actor"
                 " options, or raise `start_timeout`."
             )
@@ -267,7 +267,9 @@ class Pool:
                 if key in self.groups:
                     return key
                 slots = self._create_group(key, 1, options)
-            self.logger.info("Starting a supervisor with Ray actor options %s", options)
+            self.logger.info(
+                "Starting a supervisor with Ray actor options %s", redact_options(options)
+            )
             try:
                 self._wait_ready(slots)
             except BaseException:
@@ -749,6 +751,19 @@ class Pool:
                 by_slot.setdefault(slot, []).append(call_id)
         for slot, call_ids in by_slot.items():
             self._spawn(self._watch(slot, slot.handle.release.remote(call_ids)))
+
+
+def redact_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Ray actor options as they may be shown: ``runtime_env`` env var values hidden.
+
+    Environment variables are where credentials are passed to workers
+    (``runtime_env={"env_vars": {"API_TOKEN": ...}}``); their names are kept.
+    """
+    runtime_env = options.get("runtime_env")
+    if not isinstance(runtime_env, dict) or not isinstance(runtime_env.get("env_vars"), dict):
+        return options
+    env_vars = {name: "<redacted>" for name in runtime_env["env_vars"]}
+    return {**options, "runtime_env": {**runtime_env, "env_vars": env_vars}}
 
 
 async def _wait_ref(ref: Any) -> Any:

@@ -8,8 +8,12 @@ The machinery lives in ``_pool`` (caller side) and ``_supervisor`` (actor side).
 from __future__ import annotations
 
 import collections
+import difflib
 import logging
+import math
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -72,6 +76,9 @@ class Runtime:
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
+
+    Bad settings raise ``ValueError`` or ``TypeError`` here, naming the setting
+    and what is valid (see ``docs/failures.md``).
     """
 
     def __init__(
@@ -90,12 +97,15 @@ class Runtime:
         blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
         on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
     ) -> None:
-        if backend not in ("asyncio", "trio"):
-            raise ValueError(f"backend must be 'asyncio' or 'trio', not {backend!r}")
-        if supervisors is not None and supervisors < 1:
-            raise ValueError(f"supervisors must be at least 1, not {supervisors}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        check_settings(
+            address=address,
+            supervisors=supervisors,
+            max_concurrency=max_concurrency,
+            threads=threads,
+            start_timeout=start_timeout,
+            backend=backend,
+            blocked_loop_threshold=blocked_loop_threshold,
+        )
         if backend == "trio":
             try:
                 import trio  # noqa: F401
@@ -113,11 +123,6 @@ class Runtime:
         self.start_timeout = start_timeout
         self.preload = tuple(preload)
         self.logger = logger or logging.getLogger("aioray_runner")
-        if blocked_loop_threshold is not None and blocked_loop_threshold < 0:
-            raise ValueError(
-                "blocked_loop_threshold must be a number of seconds, or None to switch"
-                f" the watchdog off, not {blocked_loop_threshold!r}"
-            )
         self.blocked_loop_threshold = blocked_loop_threshold or None
         self.on_blocked_loop = on_blocked_loop
         self._pool: Pool | None = None
@@ -137,7 +142,13 @@ class Runtime:
         return self._owns_ray
 
     def start(self) -> Self:
-        """Connect to Ray and start the supervisors (blocking). Returns ``self``."""
+        """Connect to Ray and start the supervisors (blocking). Returns ``self``.
+
+        Raises:
+            ConnectionError: nothing answers at ``address`` (within a few seconds),
+                or Ray there does not let this process in (a missing auth token);
+                the message names the address and what to do.
+        """
         with self._lock:
             if self._pool is not None:
                 raise RuntimeError("this runtime is already running")
@@ -190,7 +201,13 @@ class Runtime:
             self.logger.info("Connecting to Ray at %s", where)
         else:
             self.logger.info("Starting a temporary local Ray instance")
-        context = self._init_ray(kwargs, where)
+        endpoint = _endpoint(where)
+        if endpoint is not None:
+            # ray.init waits 20-30 s for an address where nothing listens, then
+            # fails without naming it: a plain TCP connect answers in moments.
+            _probe(where or "", *endpoint)
+            self._warn_if_no_token(where or "")
+        context = self._init_ray(kwargs, where, probed=endpoint is not None)
         self._owns_ray = True
         nodes = _live_node_count()
         dashboard = getattr(context, "dashboard_url", None)
@@ -201,12 +218,29 @@ class Runtime:
             f", dashboard at http://{dashboard}" if dashboard else "",
         )
 
-    def _init_ray(self, kwargs: dict[str, Any], where: str | None) -> Any:
+    def _warn_if_no_token(self, where: str) -> None:
+        """Say up front why the connection may hang for half a minute."""
+        if _has_token_auth() and os.environ.get(_AUTH_MODE_VAR) is None:
+            self.logger.warning(
+                "%s is not set in this process, so Ray will not send an authentication"
+                " token to %s: a cluster with token authentication (the default since"
+                " Ray 2.52) will not answer, and connecting fails after 20-30 s. Set"
+                " %s=token (or %s=disabled for a cluster without it).",
+                _AUTH_MODE_VAR,
+                where,
+                _AUTH_MODE_VAR,
+                _AUTH_MODE_VAR,
+            )
+
+    def _init_ray(self, kwargs: dict[str, Any], where: str | None, *, probed: bool = False) -> Any:
         """``ray.init``, tried twice when a Ray client server fails to start a session.
 
         Ray's client proxy forks a server process per client and sometimes loses
         it (ray-project/ray#63202: gRPC's fork handlers race with its threads;
         seen often on Ray 2.10 and 2.40). The next attempt forks a new one.
+
+        ``probed``: something listens at ``where`` (see ``_probe``); if Ray still
+        cannot connect, the likely cause is a missing or wrong auth token.
         """
         is_client = bool(where) and str(where).startswith("ray://")
         for attempt in (1, 2):
@@ -230,6 +264,12 @@ class Runtime:
                     "ray-project/ray#63202); trying once more",
                     where,
                 )
+            except ConnectionError as exc:
+                if not (probed and _ray_did_not_answer(exc)):
+                    raise
+                # Ray's own error names neither the address nor a cause, and its
+                # chain is gRPC internals: replace it.
+                raise ConnectionError(_refused_message(str(where), exc)) from None
         raise AssertionError("unreachable")
 
     def _disconnect(self) -> None:
@@ -334,6 +374,8 @@ class Runtime:
         the current event-loop turn together with the other calls made in it.
 
         Raises:
+            InvalidCallError: ``fn`` is not something a supervisor can run (not
+                callable, a coroutine object, a generator); nothing is sent.
             SerializationError: ``fn`` or an argument cannot be pickled (the
                 message names which); nothing is sent.
             RuntimeNotRunningError: the runtime is not running.
@@ -477,6 +519,201 @@ class RuntimeOptions:
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
         """Like :meth:`Runtime.submit`, on this group's supervisors."""
         return self._pool.submit(fn, args, kwargs, group=self._group)
+
+
+_BACKENDS = ("asyncio", "trio")
+# Names people write for the asyncio backend.
+_BACKEND_ALIASES = {"anyio": "asyncio", "uvloop": "asyncio", "async": "asyncio", "aio": "asyncio"}
+_AUTH_MODE_VAR = "RAY_AUTH_MODE"
+# Seconds a TCP connect may take before an address counts as unreachable.
+PROBE_TIMEOUT_S = 3.0
+
+
+def check_settings(
+    *,
+    address: str | None = None,
+    supervisors: int | None = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    threads: int = 32,
+    start_timeout: float = 120.0,
+    backend: str = "asyncio",
+    blocked_loop_threshold: float | None = None,
+) -> None:
+    """Refuse bad runtime settings at once, naming the setting and what is valid.
+
+    Used by :class:`Runtime` and by the Prefect task runner's constructor, so a
+    bad setting fails where it is written, not when the flow starts.
+
+    Raises:
+        TypeError: a setting has the wrong type.
+        ValueError: a setting has a value that cannot work.
+    """
+    if backend not in _BACKENDS:
+        guess = _BACKEND_ALIASES.get(str(backend).lower()) or next(
+            iter(difflib.get_close_matches(str(backend).lower(), _BACKENDS, n=1, cutoff=0.5)),
+            None,
+        )
+        hint = f"; did you mean {guess!r}?" if guess else ""
+        raise ValueError(
+            f"backend must be 'asyncio' or 'trio' (the library your coroutines are"
+            f" written for; anyio code runs on either), not {backend!r}{hint}"
+        )
+    if supervisors is not None:
+        _check_count("supervisors", supervisors, " (or None for one per Ray node)")
+    _check_count("max_concurrency", max_concurrency)
+    _check_count("threads", threads)
+    if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
+        raise TypeError(
+            "start_timeout must be a number of seconds, got an object of type"
+            f" {type(start_timeout).__name__}"
+        )
+    if not (0 < start_timeout < math.inf):
+        raise ValueError(f"start_timeout must be a number of seconds above 0, not {start_timeout}")
+    if blocked_loop_threshold is not None and (
+        isinstance(blocked_loop_threshold, bool)
+        or not isinstance(blocked_loop_threshold, int | float)
+        or not 0 <= blocked_loop_threshold < math.inf
+    ):
+        raise ValueError(
+            "blocked_loop_threshold must be a number of seconds, or None (or 0) to switch"
+            f" the watchdog off, not {blocked_loop_threshold!r}"
+        )
+    check_address(address)
+
+
+def _check_count(name: str, value: object, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be a whole number of at least 1{extra}, got an object of type"
+            f" {type(value).__name__}"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1{extra}, not {value}")
+
+
+_VALID_ADDRESSES = (
+    "None (a temporary local Ray, or the one already initialized in this process),"
+    " 'auto' or 'local' (the cluster `ray start` runs on this machine), 'host:port'"
+    " (a cluster's GCS, port 6379 by default) or 'ray://host:port' (a Ray client"
+    " server, port 10001 by default)"
+)
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def check_address(address: object) -> None:
+    """Refuse an address ``ray.init`` cannot use, saying which forms are valid.
+
+    Other ``scheme://`` addresses are Ray client builders of other packages
+    (``ray.init`` imports the module named by the scheme): they are passed on.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    if not isinstance(address, str):
+        raise TypeError(
+            f"address must be a string or None, got an object of type {type(address).__name__}."
+            f" Valid: {_VALID_ADDRESSES}."
+        )
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme in ("http", "https"):
+        raise ValueError(
+            f"address {address!r} is a web address (the Ray dashboard's?), not one Ray"
+            f" can connect to. Valid: {_VALID_ADDRESSES}."
+        )
+    if sep and scheme != "ray":
+        return
+    if _split_host_port(rest if sep else address) is None:
+        raise ValueError(f"address {address!r} is not valid. Valid: {_VALID_ADDRESSES}.")
+
+
+def _split_host_port(text: str) -> tuple[str, int] | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _endpoint(where: str | None) -> tuple[str, int] | None:
+    """The host and port a ``ray://host:port`` or ``host:port`` address names."""
+    if not where:
+        return None
+    scheme, sep, rest = where.partition("://")
+    if sep:
+        return _split_host_port(rest) if scheme == "ray" else None
+    return _split_host_port(where)
+
+
+def _probe(where: str, host: str, port: int) -> None:
+    """Fail at once, naming the address, if nothing accepts a connection there."""
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = (
+            f"no answer within {PROBE_TIMEOUT_S:.0f} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or type(exc).__name__).lower()
+        )
+        raise ConnectionError(
+            f"Cannot reach Ray at {where} ({reason}). {_address_advice(where)}"
+        ) from None
+
+
+def _address_advice(where: str) -> str:
+    return (
+        "Start a cluster there (`ray start --head --node-ip-address=127.0.0.1` on that"
+        f" machine), or correct the address: {_port_advice(where)}"
+    )
+
+
+def _port_advice(where: str) -> str:
+    if where.startswith("ray://"):
+        return (
+            "a ray:// address takes the port of the cluster's Ray client server (10001"
+            " unless `ray start` was given --ray-client-server-port), not its GCS port (6379)."
+        )
+    return (
+        "host:port takes the cluster's GCS port (6379 unless `ray start` was given"
+        " --port); to connect as a Ray client use ray://host:10001."
+    )
+
+
+def _has_token_auth() -> bool:
+    """Whether this Ray has token authentication (Ray 2.52 and newer)."""
+    return hasattr(ray.exceptions, "AuthenticationError")
+
+
+def _ray_did_not_answer(exc: BaseException) -> bool:
+    """What ``ray.init`` raises when the port answers but Ray will not talk: a Ray
+    client times out, a driver cannot reach the GCS (seen with no auth token)."""
+    text = str(exc)
+    return text.startswith("ray client connection timeout") or text.startswith(
+        "Failed to connect to Ray cluster"
+    )
+
+
+def _refused_message(where: str, exc: BaseException) -> str:
+    said = f"Ray said: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    if not _has_token_auth():
+        return (
+            f"Something listens at {where}, but Ray could not connect to it ({said})."
+            f" Check the port: {_port_advice(where)}"
+        )
+    mode = os.environ.get(_AUTH_MODE_VAR)
+    if mode is None or mode.lower() != "token":
+        first = (
+            f"{_AUTH_MODE_VAR} is {'not set' if mode is None else repr(mode)} in this process,"
+            " so Ray sent no authentication token, and clusters started by Ray 2.52 or"
+            " newer require one. Set"
+        )
+    else:
+        first = "Check the token: it must be the cluster's. Also check that you set"
+    return (
+        f"Ray at {where} did not let this process in ({said}). {first}"
+        f" {_AUTH_MODE_VAR}=token in this process's environment and make the cluster's"
+        " token available: ~/.ray/auth_token on this machine (`ray start --head` saves it"
+        " there; copy it from the head node), or the RAY_AUTH_TOKEN (or"
+        " RAY_AUTH_TOKEN_PATH) environment variable. If the cluster has no token"
+        f" authentication, check the port: {_port_advice(where)}"
+    )
 
 
 def _client_server_start_failed(exc: BaseException) -> bool:

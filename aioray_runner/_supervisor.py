@@ -328,7 +328,7 @@ class Supervisor:
         except Exception as exc:
             fn = SerializationError(
                 f"a function could not be unpickled on supervisor {self._index}:"
-                f" {type(exc).__name__}: {exc}. Install the module that defines it on"
+                f" {_wire.describe_error(exc)}. Install the module that defines it on"
                 " every Ray node, or ship it with runtime_env={'py_modules': [...]}"
             )
         self._functions[digest] = fn

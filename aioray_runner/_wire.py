@@ -13,9 +13,13 @@
 
 from __future__ import annotations
 
+import collections.abc
+import functools
 import hashlib
+import inspect
 import io
 import pickle
+import re
 import threading
 import traceback
 import weakref
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .errors import RemoteError, SerializationError
+from .errors import InvalidCallError, RemoteError, SerializationError
 
 if TYPE_CHECKING:
     from ._futures import AioRayFuture
@@ -68,8 +72,100 @@ def callable_name(fn: Any) -> str:
     return str(name or type(fn).__name__)
 
 
+def check_callable(fn: Any) -> None:
+    """Raise :class:`InvalidCallError` if ``fn`` is not something a supervisor can run.
+
+    Called once per callable (by :class:`FunctionCache`, when it first meets
+    one), not once per call: the checks below cost microseconds, ``submit``
+    must cost less. Errors name the culprit by name or type, never by value:
+    a value can hold a credential.
+    """
+    if isinstance(fn, collections.abc.Coroutine):
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        # Nobody will await it now: close it, so Python does not also warn
+        # "coroutine ... was never awaited" about the caller's mistake.
+        fn.close()
+        raise InvalidCallError(
+            f"submit was given a coroutine object ({name}(...) was already called), not a"
+            f" function. Pass the function and its arguments: submit({name}, *args),"
+            f" not submit({name}(*args))."
+        )
+    if inspect.isgenerator(fn):
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise InvalidCallError(
+            f"submit was given a generator object ({name}(...) was already called), not a"
+            " function. Its values cannot travel back as one result: submit a function"
+            f" that returns them as a list instead (`def collect(*args): return"
+            f" list({name}(*args))`)."
+        )
+    if inspect.isasyncgen(fn):
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise InvalidCallError(
+            f"submit was given an async generator object ({name}(...) was already called),"
+            " not a function. Its values cannot travel back as one result: collect them"
+            " inside an async def and submit that (`async def collect(*args): return"
+            f" [x async for x in {name}(*args)]`)."
+        )
+    if not callable(fn):
+        hint = " (a name is not enough: pass the function itself)" if isinstance(fn, str) else ""
+        raise InvalidCallError(
+            "submit expects a function to run (async def or def), got an object of type"
+            f" {type(fn).__qualname__}{hint}. Pass the function first, then its arguments:"
+            " submit(fn, *args)."
+        )
+    if isinstance(fn, type):
+        return  # a class: calling it builds an instance, which travels as one value
+    # inspect sees through partials and methods; an instance is checked by its
+    # class's __call__ (and named by its class).
+    call: Any = None
+    name = callable_name(fn)
+    if not (inspect.isroutine(fn) or isinstance(fn, functools.partial)):
+        call = type(fn).__call__
+        name = type(fn).__qualname__
+    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call):
+        raise InvalidCallError(
+            f"{name} is an async generator function: its values cannot travel back as one"
+            f" result. Collect them inside an async def and submit that:"
+            f" `async def collect(*args): return [x async for x in {name}(*args)]`."
+        )
+    if inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(call):
+        raise InvalidCallError(
+            f"{name} is a generator function: its values cannot travel back as one result."
+            f" Make it return a list instead, or submit a function that does:"
+            f" `def collect(*args): return list({name}(*args))`."
+        )
+
+
+# Error texts that name only types, modules or code, never a value: these are
+# kept in the errors the runtime raises. Any other text (a custom __reduce__'s
+# message, pickle quoting an object's repr) may quote a value that holds a
+# secret, so it is left out.
+_SAFE_ERROR_TEXTS = (
+    re.compile(r"cannot pickle '[\w.<>]+' object"),
+    re.compile(r"Can't pickle local object '[\w.<>]+'"),
+    re.compile(r"No module named '[\w.]+'"),
+    re.compile(r"Can't get attribute '[\w.<>]+' on <module '[\w.]+'( from '[^']*')?>"),
+)
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeError: cannot pickle '_thread.lock' object"``, or only the type
+    name when the message could quote a value (see ``_SAFE_ERROR_TEXTS``)."""
+    text = str(exc)
+    if any(pattern.fullmatch(text) for pattern in _SAFE_ERROR_TEXTS):
+        return f"{type(exc).__name__}: {text}"
+    return (
+        f"{type(exc).__name__} (its message is left out, as it may quote the value;"
+        " call cloudpickle.dumps on the value yourself to see it)"
+    )
+
+
 class FunctionCache:
-    """Pickles each callable once; keyed weakly so a dropped callable is forgotten."""
+    """Pickles each callable once; keyed weakly so a dropped callable is forgotten.
+
+    A callable is checked (:func:`check_callable`) when it is first met, so a
+    bad one is refused before anything is pickled or sent.
+    """
 
     def __init__(self) -> None:
         self._by_fn: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
@@ -82,8 +178,10 @@ class FunctionCache:
         try:
             cached = self._by_fn.get(fn)
         except TypeError:  # not weak-referenceable or not hashable: pickle every time
+            check_callable(fn)
             return _pickle_function(fn)
         if cached is None:
+            check_callable(fn)
             cached = _pickle_function(fn)
             with self._lock:
                 try:
@@ -97,11 +195,13 @@ def _pickle_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     try:
         blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
+        # `from None`: the pickling error's own text may quote a value the
+        # function closes over (see describe_error).
         raise SerializationError(
             f"function {callable_name(fn)!r} cannot be pickled, so it cannot be sent to a"
-            f" supervisor: {type(exc).__name__}: {exc}. Define it at module level or"
+            f" supervisor: {describe_error(exc)}. Define it at module level or"
             " make sure everything it closes over can be pickled."
-        ) from exc
+        ) from None
     return hashlib.blake2b(blob, digest_size=16).digest(), blob
 
 
@@ -173,7 +273,8 @@ def dumps_arguments(
     try:
         _ArgPickler(buffer, lift, deps, upstream).dump((tuple(args), kwargs))
     except Exception as exc:
-        raise _name_bad_argument(fn_label, args, kwargs, lift, exc) from exc
+        # `from None`: the pickling error may quote the argument's value.
+        raise _name_bad_argument(fn_label, args, kwargs, lift, exc) from None
     return buffer.getvalue(), deps, upstream
 
 
@@ -184,7 +285,11 @@ def _name_bad_argument(
     lift: Lift,
     exc: Exception,
 ) -> SerializationError:
-    """Find which argument failed, so the error can name it (slow path only)."""
+    """Find which argument failed, so the error can name it (slow path only).
+
+    The error names the argument and its type, never its value: arguments may
+    hold credentials, and errors end up in logs.
+    """
     named: list[tuple[str, Any]] = [(f"positional argument {i}", a) for i, a in enumerate(args)]
     named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
     for where, value in named:
@@ -193,12 +298,12 @@ def _name_bad_argument(
         except Exception as inner:
             return SerializationError(
                 f"{where} of {fn_label} cannot be pickled ({type(value).__name__}):"
-                f" {type(inner).__name__}: {inner}. Arguments travel to a Ray actor, so"
+                f" {describe_error(inner)}. Arguments travel to a Ray actor, so"
                 " they must be picklable; pass what the coroutine needs to rebuild the"
                 " object instead (a path, a URL, settings)."
             )
     return SerializationError(
-        f"the arguments of {fn_label} cannot be pickled: {type(exc).__name__}: {exc}"
+        f"the arguments of {fn_label} cannot be pickled: {describe_error(exc)}"
     )
 
 
@@ -235,7 +340,7 @@ def dumps_value(value: Any, label: str) -> tuple[int, bytes]:
     except Exception as exc:
         error = SerializationError(
             f"the result of {label} ({type(value).__name__}) cannot be pickled, so it"
-            f" cannot be sent back: {type(exc).__name__}: {exc}"
+            f" cannot be sent back: {describe_error(exc)}"
         )
         return ERROR, dumps_exception(error)
 

@@ -12,6 +12,7 @@ import concurrent.futures
 __all__ = [
     "AioRayError",
     "CancelledError",
+    "InvalidCallError",
     "RemoteError",
     "RuntimeNotRunningError",
     "SerializationError",
@@ -30,6 +31,17 @@ class SerializationError(AioRayError, TypeError):
     Raised by :meth:`Runtime.submit` before anything is sent, so the call never
     starts; the message names the argument that failed. A result that cannot be
     pickled fails only its own call.
+    """
+
+
+class InvalidCallError(AioRayError, TypeError):
+    """``submit`` (or ``map``, ``broadcast``) was given something it cannot run.
+
+    Raised at once, before anything is sent: for a value that is not callable, a
+    coroutine object (``submit(fetch(1))`` instead of ``submit(fetch, 1)``), a
+    generator or async generator, or a function that makes one (its results
+    cannot travel back as one value). The message names the culprit by its type
+    or name, never by its value, and says what to pass instead.
     """
 
 

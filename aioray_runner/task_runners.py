@@ -60,7 +60,12 @@ from typing_extensions import ParamSpec
 
 from . import _prefect_remote
 from ._futures import AioRayFuture
-from ._runtime import DEFAULT_BLOCKED_LOOP_THRESHOLD, DEFAULT_MAX_CONCURRENCY, Runtime
+from ._runtime import (
+    DEFAULT_BLOCKED_LOOP_THRESHOLD,
+    DEFAULT_MAX_CONCURRENCY,
+    Runtime,
+    check_settings,
+)
 from ._watchdog import BlockedLoop
 from .context import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 from .errors import SerializationError, SupervisorDiedError, UpstreamError
@@ -156,7 +161,10 @@ def _state_of(future: AioRayFuture[Any]) -> State[Any]:
     except BaseException as exc:
         return _prefect_remote.crashed_state(exc)  # type: ignore[no-any-return]
     if not isinstance(state, State):
-        raise TypeError(f"expected a Prefect State from the supervisor, got {state!r}")
+        # The type only: the value may be a task's result, which may hold secrets.
+        raise TypeError(
+            f"expected a Prefect State from the supervisor, got a {type(state).__name__}"
+        )
     return state
 
 
@@ -191,6 +199,14 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         actor_options: dict[str, Any] | None = None,
         blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
     ) -> None:
+        # Bad settings fail here, where they are written, not when a flow starts.
+        check_settings(
+            address=address,
+            supervisors=supervisors,
+            max_concurrency=max_concurrency,
+            threads=threads,
+            blocked_loop_threshold=blocked_loop_threshold,
+        )
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
         self.init_kwargs.setdefault("namespace", "prefect")
