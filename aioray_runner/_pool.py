@@ -39,9 +39,10 @@ import ray
 from . import _wire
 from ._bridge import end_of_turn_scheduler
 from ._futures import AioRayFuture
+from ._raywatch import PROBE_EVERY_S, Probe
 from ._supervisor import Supervisor
 from ._watchdog import BlockedLoop
-from .errors import RuntimeNotRunningError, SupervisorDiedError, UpstreamError
+from .errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
 
 GroupKey = tuple[tuple[str, str], ...]
 DEFAULT_GROUP: GroupKey = ()
@@ -132,6 +133,7 @@ class Pool:
         preload: Sequence[str] = (),
         blocked_loop_threshold: float | None = None,
         on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
+        ray_probe: Probe | None = None,
     ) -> None:
         self.count = count
         self.max_concurrency = max_concurrency
@@ -143,6 +145,8 @@ class Pool:
         self.preload = tuple(preload)
         self.blocked_loop_threshold = blocked_loop_threshold
         self.on_blocked_loop = on_blocked_loop
+        self.ray_probe = ray_probe
+        self.ray_lost: str | None = None  # why Ray went away, once it has
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[Slot]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
@@ -178,6 +182,7 @@ class Pool:
         self._started = True
         self._wait_ready(slots)
         self._call_in_loop(self._start_release_timer)
+        self._call_in_loop(self._schedule_probe)
 
     def _create_group(self, key: GroupKey, count: int, options: dict[str, Any]) -> list[Slot]:
         self._group_options[key] = options
@@ -307,6 +312,8 @@ class Pool:
         for slots in self.groups.values():
             for slot in slots:
                 slot.alive = False
+                if self.ray_lost:
+                    continue  # nobody left to ask, and asking would wait for Ray
                 try:
                     ray.kill(slot.handle, no_restart=True)
                 except Exception:
@@ -354,6 +361,11 @@ class Pool:
         ``reruns``: how many times the call is sent again if its supervisor dies
         after it may have started (it sees ``current_attempt()`` grow).
         """
+        if self.ray_lost:
+            raise RayLostError(
+                f"Ray went away ({self.ray_lost}): this runtime cannot run more calls."
+                " Close it and start a new one once Ray is back."
+            )
         if self._closed or not self._started:
             raise RuntimeNotRunningError(
                 "this runtime is not running: submit inside `async with Runtime() as rt:`"
@@ -735,6 +747,51 @@ class Pool:
         slot = future._slot
         if slot.alive:
             self._spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
+
+    def _schedule_probe(self) -> None:
+        if self.ray_probe is not None and not (self._closed or self.ray_lost):
+            self._loop.call_later(PROBE_EVERY_S, self._spawn, self._probe_ray())
+
+    async def _probe_ray(self) -> None:
+        assert self.ray_probe is not None
+        if self._closed:
+            return
+        # In a thread: a probe of a remote GCS may wait up to two seconds.
+        reason = await self._loop.run_in_executor(None, self.ray_probe)
+        if reason is None:
+            self._schedule_probe()
+        else:
+            self.on_ray_lost(reason)
+
+    def on_ray_lost(self, reason: str) -> None:
+        """Ray went away: fail every call at once (I/O thread); see ``_raywatch``."""
+        if self.ray_lost or self._closed:
+            return
+        self.ray_lost = reason
+        lost: list[AioRayFuture[Any]] = []
+        for slot in self._all_slots():
+            slot.alive = False
+            lost.extend(slot.in_flight.values())
+            slot.in_flight.clear()
+            slot.unstarted.clear()
+            slot.rerunnable.clear()
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        lost.extend(parcel[0] for parcel in pending)
+        self.logger.error(
+            "Ray went away: %s. %d call(s) in flight failed with RayLostError. This"
+            " runtime can run nothing more: close it, and start a new one once Ray is"
+            " back.",
+            reason,
+            len(lost),
+        )
+        for future in lost:
+            future._set_error(
+                RayLostError(
+                    f"{future.label} was lost: Ray went away ({reason}). Resubmit it to a"
+                    " new runtime if it is safe to run again."
+                )
+            )
 
     def _start_release_timer(self) -> None:
         self._flush_releases()

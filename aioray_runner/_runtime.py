@@ -26,6 +26,7 @@ import ray
 from ._bridge import loop_scheduler
 from ._futures import AioRayFuture
 from ._pool import DEFAULT_GROUP, GroupKey, Pool
+from ._raywatch import probe_for_current_ray, processes_of_local_ray, stop_leftovers
 from ._watchdog import DEFAULT_THRESHOLD_S, BlockedLoop
 from .errors import RuntimeNotRunningError
 
@@ -166,6 +167,7 @@ class Runtime:
                     preload=self.preload,
                     blocked_loop_threshold=self.blocked_loop_threshold,
                     on_blocked_loop=self.on_blocked_loop,
+                    ray_probe=probe_for_current_ray(self._owns_ray),
                 )
                 started = time.monotonic()
                 try:
@@ -272,10 +274,15 @@ class Runtime:
                 raise ConnectionError(_refused_message(str(where), exc)) from None
         raise AssertionError("unreachable")
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, ray_lost: str | None = None) -> None:
         if self._owns_ray:
             self._owns_ray = False
+            # With part of Ray dead, its shutdown leaves the raylet's agents
+            # running: note every process of our local Ray first, stop the rest.
+            ours = processes_of_local_ray() if ray_lost else set()
             ray.shutdown()
+            if stopped := stop_leftovers(ours):
+                self.logger.info("Stopped %d process(es) the lost Ray left behind", len(stopped))
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the supervisors and disconnect from Ray if this runtime connected.
@@ -324,7 +331,7 @@ class Runtime:
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()
-            self._disconnect()
+            self._disconnect(pool.ray_lost if pool is not None else None)
 
     def __enter__(self) -> Self:
         return self.start()

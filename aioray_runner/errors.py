@@ -13,6 +13,7 @@ __all__ = [
     "AioRayError",
     "CancelledError",
     "InvalidCallError",
+    "RayLostError",
     "RemoteError",
     "RuntimeNotRunningError",
     "SerializationError",
@@ -66,6 +67,17 @@ class SupervisorDiedError(AioRayError):
     Every call in flight on that supervisor fails with this error; later
     submissions run on a replacement supervisor. Resubmit the call if it is safe
     to run again.
+    """
+
+
+class RayLostError(SupervisorDiedError):
+    """Ray itself went away (its GCS server or this machine's raylet died).
+
+    Every call in flight fails with this error within about a second, instead
+    of hanging until Ray ends the process; the message says what went away.
+    The runtime cannot run anything more: close it, and start a new one once
+    Ray is back. A subclass of :class:`SupervisorDiedError`: the supervisors
+    went with Ray.
     """
 
 
