@@ -750,7 +750,7 @@ class Pool:
 
     def _schedule_probe(self) -> None:
         if self.ray_probe is not None and not (self._closed or self.ray_lost):
-            self._loop.call_later(PROBE_EVERY_S, self._spawn, self._probe_ray())
+            self._loop.call_later(PROBE_EVERY_S, lambda: self._spawn(self._probe_ray()))
 
     async def _probe_ray(self) -> None:
         assert self.ray_probe is not None
