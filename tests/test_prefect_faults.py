@@ -29,7 +29,11 @@ from tests._prefect_support import (
     task_run_state_type,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ray_session", "prefect_api")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.usefixtures("ray_session", "prefect_api"),
+]
 
 
 def assert_never_restarted_after_finishing(task_run_id: uuid.UUID) -> list[str]:

@@ -95,6 +95,7 @@ def test_ray_killed_under_a_runtime_fails_every_call_at_once(which: str) -> None
     assert out["started_pids"], "the scenario reported no processes to check"
 
 
+@pytest.mark.slow
 def test_ray_killed_under_a_prefect_flow_ends_the_flow_and_its_api(tmp_path: Path) -> None:
     out = run_scenario("prefect-ray-lost")
     assert out["flow_state"] == "COMPLETED", out  # the flow itself returned
@@ -106,6 +107,7 @@ def test_ray_killed_under_a_prefect_flow_ends_the_flow_and_its_api(tmp_path: Pat
     assert out["process_s"] < 90, out["process_s"]
 
 
+@pytest.mark.slow
 def test_a_removed_node_ends_its_calls_and_new_work_runs_on_the_other() -> None:
     out = run_scenario("node-lost", timeout=300)
     assert out["lost"] > 0
