@@ -65,6 +65,19 @@ Parcel = tuple[
 _RESOURCE_OPTIONS = frozenset({"num_gpus", "resources", "memory", "accelerator_type"})
 
 
+class _Extras:
+    """What the caller tracks for a call beyond its parcel (few calls need it)."""
+
+    __slots__ = ("attempt", "cancelled", "loss", "reruns", "sends")
+
+    def __init__(self) -> None:
+        self.reruns = 0  # runs allowed after a death while it may have been running
+        self.attempt = 1  # which run the next send is
+        self.loss = ""  # why the previous run was lost
+        self.sends = 0  # times handed back (RESEND) and sent again
+        self.cancelled = False  # cancel() was called: never send it again
+
+
 class Slot:
     """One supervisor actor, as the caller sees it."""
 
@@ -154,11 +167,9 @@ class Pool:
         self._functions = _wire.FunctionCache()
         self._ids = itertools.count(1)
         self._pending: list[Parcel] = []
-        self._sends: dict[int, int] = {}  # call id -> times sent again (RESEND)
-        # Calls that may run again after a supervisor death: reruns left, and
-        # for those already run again, (attempt number, why the last was lost).
-        self._reruns: dict[int, int] = {}
-        self._attempts: dict[int, tuple[int, str]] = {}
+        # Call id -> what else is tracked for it, for the few calls that need
+        # it; dropped by _forget when the call's outcome is settled.
+        self._extras: dict[int, _Extras] = {}
         self._pending_lock = threading.Lock()
         # A `_send_pending` is queued on the I/O loop (guarded by _pending_lock).
         self._io_scheduled = False
@@ -195,7 +206,11 @@ class Pool:
     def _new_slot(self, index: int, group: GroupKey, generation: int) -> Slot:
         options = {
             "num_cpus": 0,
-            "max_concurrency": 1000,  # control calls only: submit, poll, result_of, ...
+            # Ray's limit on actor methods running at once: submit, poll, cancel,
+            # release, and result_of, one per dependent waiting on another
+            # supervisor. The next poll must always get in (calls start only
+            # when it arrives), so this is far above any plausible fan-in.
+            "max_concurrency": 100_000,
             **self.actor_options,
             **self._group_options.get(group, {}),
         }
@@ -328,12 +343,14 @@ class Pool:
         self._fail_in_flight("the runtime closed while it was running")
 
     def _fail_unsent(self, reason: str) -> None:
+        self._extras.clear()
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for future, *_ in pending:
             future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
 
     def _fail_in_flight(self, reason: str) -> None:
+        self._extras.clear()
         for slots in self.groups.values():
             for slot in slots:
                 lost = list(slot.in_flight.values())
@@ -380,7 +397,7 @@ class Pool:
         slot.assign()
         future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
         if reruns:
-            self._reruns[call_id] = reruns
+            self._extras_of(call_id).reruns = reruns
         with self._pending_lock:
             self._pending.append((future, digest, fn_blob, blob, deps, upstream))
         turn = end_of_turn_scheduler()
@@ -502,12 +519,19 @@ class Pool:
         """
         by_slot: dict[Slot, list[tuple[Any, ...]]] = {}
         functions: dict[Slot, dict[bytes, bytes]] = {}
+        extras = self._extras
         for parcel in parcels:
             future, digest, fn_blob, blob, deps, upstream = parcel
+            extra = extras.get(future.call_id) if extras else None
+            if extra is not None and extra.cancelled:  # cancelled while it moved
+                self._forget(future.call_id)
+                future._set_outcome(_wire.CANCELLED, None)
+                continue
             slot = future._slot
             if not slot.alive:
                 rerouted = self._reroute(future)
                 if rerouted is None:
+                    self._forget(future.call_id)
                     future._set_error(
                         RuntimeNotRunningError(
                             f"{future.label}: the runtime closed before the call was sent"
@@ -523,7 +547,7 @@ class Pool:
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
                 functions.setdefault(slot, {})[digest] = fn_blob
-            rerun = self._attempts.get(future.call_id)
+            rerun = (extra.attempt, extra.loss) if extra and extra.attempt > 1 else None
             by_slot.setdefault(slot, []).append(
                 (future.call_id, digest, blob, deps, future.label, rerun)
             )
@@ -573,6 +597,7 @@ class Pool:
                 slot.rerunnable.pop(call_id, None)
                 if future is not None:
                     slot.finished += 1
+                    self._forget(call_id)
                     future._set_error(exc)
 
     def _start_poll(self, slot: Slot) -> None:
@@ -587,7 +612,10 @@ class Pool:
             except Exception as exc:
                 self._on_failure(slot, exc)
                 return
-            self._deliver(slot, *reply)
+            try:
+                self._deliver(slot, *reply)
+            except Exception:  # a bug here must not stop this supervisor's results
+                self.logger.exception("delivering outcomes from %s failed", slot.describe())
             # No local may keep the last future (or payload) alive while the next
             # poll waits: the future's release would wait with it.
             del reply
@@ -600,10 +628,10 @@ class Pool:
         stalls: list[tuple[float, tuple[tuple[int, str], ...], str]],
     ) -> None:
         unstarted = slot.unstarted
-        reruns = self._reruns
+        extras = self._extras
         for call_id in announced:
             parcel = unstarted.pop(call_id, None)  # may have started: not sent again...
-            if parcel is not None and call_id in reruns:
+            if parcel is not None and extras and (extra := extras.get(call_id)) and extra.reruns:
                 slot.rerunnable[call_id] = parcel  # ...unless it may run again
         for stall in stalls:
             self._report_stall(slot, *stall)
@@ -611,17 +639,17 @@ class Pool:
         for call_id, kind, payload in outcomes:
             future = slot.in_flight.pop(call_id, None)
             parcel = unstarted.pop(call_id, None)
-            if reruns:
+            if extras:
                 slot.rerunnable.pop(call_id, None)
                 if kind != _wire.RESEND:
-                    reruns.pop(call_id, None)
-                    self._attempts.pop(call_id, None)
+                    extras.pop(call_id, None)
             slot.finished += 1
             if future is None:
                 self._releases.append((slot, call_id))
                 continue
             if kind == _wire.RESEND and parcel is not None:
-                self._releases.append((slot, call_id))
+                # No release: the supervisor dropped the record itself, and a
+                # release could reach it after the call was sent there again.
                 self._send_again(slot, parcel, payload)
                 continue
             future._release = release
@@ -631,10 +659,11 @@ class Pool:
         """A call could not start on ``slot``: an upstream's supervisor died."""
         future = parcel[0]
         index, owner = pickle.loads(payload) if payload else (0, None)
-        sends = self._sends[future.call_id] = self._sends.get(future.call_id, 0) + 1
+        extra = self._extras_of(future.call_id)
+        extra.sends += 1
         upstream = parcel[5][index] if index < len(parcel[5]) else None
-        if sends > MAX_SENDS:
-            self._sends.pop(future.call_id, None)
+        if extra.sends > MAX_SENDS:
+            self._forget(future.call_id)
             where = upstream.label if upstream is not None else "an upstream call"
             future._set_error(
                 UpstreamError(
@@ -644,6 +673,8 @@ class Pool:
                 )
             )
             return
+        if slot.alive:
+            slot.assign()  # it may go back to the same supervisor: count it again
         if owner is not None:
             # Ray told that supervisor the owner is dead; our own poll on it may
             # not have failed yet. Act on it now, so the upstream's outcome is
@@ -656,6 +687,16 @@ class Pool:
             # The upstream is itself being sent again; its news may reach us
             # through another supervisor's poll a moment later.
             self._loop.call_later(0.05, lambda: self._dispatch([parcel], relift=True))
+
+    def _extras_of(self, call_id: int) -> _Extras:
+        extra = self._extras.get(call_id)
+        if extra is None:
+            extra = self._extras[call_id] = _Extras()
+        return extra
+
+    def _forget(self, call_id: int) -> None:
+        """The call's outcome is settled: drop what was tracked for it."""
+        self._extras.pop(call_id, None)
 
     def _all_slots(self) -> list[Slot]:
         return [slot for slots in self.groups.values() for slot in slots]
@@ -700,11 +741,10 @@ class Pool:
         cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         resend = dict(slot.unstarted)
         for call_id, parcel in slot.rerunnable.items():
-            self._reruns[call_id] -= 1
-            if not self._reruns[call_id]:
-                del self._reruns[call_id]
-            attempt = self._attempts.get(call_id, (1, ""))[0] + 1
-            self._attempts[call_id] = (attempt, f"{slot.describe()} died ({cause})")
+            extra = self._extras_of(call_id)
+            extra.reruns -= 1
+            extra.attempt += 1
+            extra.loss = f"{slot.describe()} died ({cause})"
             resend[call_id] = parcel
         lost = [f for call_id, f in slot.in_flight.items() if call_id not in resend]
         never_started, rerun = len(slot.unstarted), len(slot.rerunnable)
@@ -725,6 +765,7 @@ class Pool:
         # Fail the lost calls first: a dependent sent again below then carries
         # its upstream's failure instead of waiting on the dead supervisor.
         for future in lost:
+            self._forget(future.call_id)
             future._set_error(
                 SupervisorDiedError(
                     f"{future.label} was lost: {slot.describe()} died while running it"
@@ -744,8 +785,11 @@ class Pool:
     def _send_cancel(self, future: AioRayFuture[Any]) -> None:
         if future.done():
             return
+        # Remembered, so a supervisor death cannot send the call on afterwards.
+        self._extras_of(future.call_id).cancelled = True
         slot = future._slot
-        if slot.alive:
+        # Not sent yet: it will not be (see _dispatch), so nothing to tell.
+        if slot.alive and future.call_id in slot.in_flight:
             self._spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
 
     def _schedule_probe(self) -> None:
@@ -757,7 +801,11 @@ class Pool:
         if self._closed:
             return
         # In a thread: a probe of a remote GCS may wait up to two seconds.
-        reason = await self._loop.run_in_executor(None, self.ray_probe)
+        try:
+            reason = await self._loop.run_in_executor(None, self.ray_probe)
+        except Exception:  # a probe that breaks must not stop the probing
+            self.logger.debug("the Ray probe failed", exc_info=True)
+            reason = None
         if reason is None:
             self._schedule_probe()
         else:
@@ -778,6 +826,7 @@ class Pool:
         with self._pending_lock:
             pending, self._pending = self._pending, []
         lost.extend(parcel[0] for parcel in pending)
+        self._extras.clear()
         self.logger.error(
             "Ray went away: %s. %d call(s) in flight failed with RayLostError. This"
             " runtime can run nothing more: close it, and start a new one once Ray is"

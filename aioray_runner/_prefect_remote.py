@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime
+import inspect
 from contextlib import ExitStack
 from typing import Any
 from uuid import UUID
@@ -156,19 +157,12 @@ async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[A
 
     from prefect.client.orchestration import get_client
     from prefect.context import FlowRunContext
-    from prefect.exceptions import ObjectNotFound
     from prefect.states import AwaitingRetry
 
     from .errors import SupervisorDiedError
 
     client = get_client()
-    # The lost run's last events (a Completed state, say) may still be on their
-    # way into the API: give them a moment, so a finished run is seen as such.
-    await asyncio.sleep(1.0)
-    try:
-        task_run = await client.read_task_run(task_run_id)
-    except ObjectNotFound:
-        task_run = None  # lost before the API heard of it
+    task_run = await _settled_task_run(client, task_run_id)
     recorded = task_run.state if task_run is not None else None
     # Finished before its supervisor died: keep that outcome. Crashed is no
     # outcome of the task's own: a sync task's Ray worker dies with the
@@ -180,7 +174,7 @@ async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[A
     crashed = crashed_state(loss)
     attempts_so_far = max(task_run.run_count if task_run else 0, attempt.number - 1)
     retries = int(task.retries or 0)
-    retry = attempts_so_far <= retries and _retry_condition_allows(task, task_run, crashed)
+    retry = attempts_so_far <= retries and await _retry_condition_allows(task, task_run, crashed)
     if retry:
         delay = _retry_delay(task, attempts_so_far - 1)
         state: Any = AwaitingRetry(
@@ -209,12 +203,47 @@ async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[A
     return None, task.with_options(retries=retries - attempts_so_far), task_run
 
 
-def _retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
+async def _settled_task_run(client: Any, task_run_id: UUID) -> Any:
+    """The task run as the API records it, once the lost run's news has landed.
+
+    Prefect 3 records task-run states from the engine's events, a little after
+    they happen: the lost run's last events (a Completed state, say) may still be
+    on their way. Read until the state is final or has not changed for two
+    reads a second apart, five seconds at most. Events the dead process had not
+    sent yet are lost with it: then the run counts as not finished (best effort).
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    previous: Any = None
+    task_run: Any = None
+    for _ in range(5):
+        await asyncio.sleep(1.0)
+        try:
+            task_run = await client.read_task_run(task_run_id)
+        except ObjectNotFound:
+            task_run = None  # not heard of (yet)
+        state = task_run.state if task_run is not None else None
+        if state is not None and state.is_final() and not state.is_crashed():
+            return task_run
+        key = (state.type, state.timestamp) if state is not None else None
+        if key is not None and key == previous:
+            return task_run
+        previous = key
+    return task_run
+
+
+async def _retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``, as its engine calls it (sync or async)."""
     condition = getattr(task, "retry_condition_fn", None)
-    if condition is None or task_run is None:
+    if task_run is None or condition is None:
         return True
+    if not inspect.isfunction(condition) and not inspect.iscoroutinefunction(condition):
+        return not condition  # as Prefect's engine reads a non-function value
     try:
-        return bool(condition(task, task_run, state))
+        allowed = condition(task, task_run, state)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        return bool(allowed)
     except Exception:
         return False  # as Prefect does: a failing condition means no retry
 

@@ -93,42 +93,56 @@ def _gcs_probe(host: str, port: int) -> Probe:
     return probe
 
 
-def processes_of_local_ray() -> set[int]:
-    """Pids of the local Ray this process started, and of their descendants.
+def processes_of_local_ray() -> set[tuple[int, str]]:
+    """The local Ray this process started, and its descendants: ``(pid, start time)``.
 
     After Ray lost its GCS or raylet, ``ray.shutdown()`` stops the processes it
     started itself but not the agents the raylet started (dashboard agent,
     runtime-env agent): they are left running, adopted by init. Taken before the
-    shutdown, this list lets the runtime stop them too. Linux only (it reads
-    ``/proc``); elsewhere it finds the direct processes alone.
+    shutdown, this list lets the runtime stop them too; the start time makes
+    sure a pid the system reused meanwhile is left alone. Linux only (it reads
+    ``/proc``); elsewhere it finds nothing.
     """
     node: Any = getattr(ray._private.worker, "_global_node", None)
     if node is None:
         return set()
-    found: set[int] = set()
+    found: dict[int, str] = {}
     todo = [
         info.process.pid for infos in getattr(node, "all_processes", {}).values() for info in infos
     ]
     while todo:
         pid = todo.pop()
-        if pid in found:
+        if pid in found or not (started := _start_time(pid)):
             continue
-        found.add(pid)
+        found[pid] = started
         for children in Path(f"/proc/{pid}/task").glob("*/children"):
             try:
                 todo.extend(int(child) for child in children.read_text().split())
             except (OSError, ValueError):
                 pass
-    return found
+    return set(found.items())
 
 
-def stop_leftovers(pids: set[int]) -> list[int]:
-    """SIGKILL those of ``pids`` still running; returns the ones it stopped."""
+def stop_leftovers(processes: set[tuple[int, str]]) -> list[int]:
+    """SIGKILL those of ``processes`` still running (same pid, same start time)."""
     stopped = []
-    for pid in pids:
+    for pid, started in processes:
+        if _start_time(pid) != started:
+            continue  # gone, or the pid now belongs to another process
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
         stopped.append(pid)
     return stopped
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or "" if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces: count fields after its ")".
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""

@@ -225,9 +225,10 @@ class Runtime:
         if _has_token_auth() and os.environ.get(_AUTH_MODE_VAR) is None:
             self.logger.warning(
                 "%s is not set in this process, so Ray will not send an authentication"
-                " token to %s: a cluster with token authentication (the default since"
-                " Ray 2.52) will not answer, and connecting fails after 20-30 s. Set"
-                " %s=token (or %s=disabled for a cluster without it).",
+                " token to %s. If that cluster uses token authentication (clusters"
+                " started by Ray 2.60 do by default), it will not answer and connecting"
+                " fails after 20-30 s: set %s=token. For a cluster without it, set"
+                " %s=disabled to silence this warning.",
                 _AUTH_MODE_VAR,
                 where,
                 _AUTH_MODE_VAR,
@@ -412,7 +413,18 @@ class Runtime:
                 with :class:`SupervisorDiedError` (a call that had certainly not
                 started is always sent elsewhere, whatever this says). Inside,
                 :func:`current_attempt` tells which run it is.
+
+        Raises:
+            InvalidCallError: ``fn`` is not something a supervisor can run.
+            SerializationError: ``fn`` or an argument cannot be pickled.
+            TypeError, ValueError: ``reruns`` is not a whole number of 0 or more.
+            RuntimeNotRunningError: the runtime is not running.
+            RayLostError: Ray went away; the runtime cannot run more calls.
         """
+        if isinstance(reruns, bool) or not isinstance(reruns, int):
+            raise TypeError(
+                f"reruns must be a whole number, got an object of type {type(reruns).__name__}"
+            )
         if reruns < 0:
             raise ValueError(f"reruns must be 0 or more, not {reruns}")
         pool = self._require()
@@ -576,15 +588,20 @@ def check_settings(
         )
     if not (0 < start_timeout < math.inf):
         raise ValueError(f"start_timeout must be a number of seconds above 0, not {start_timeout}")
-    if blocked_loop_threshold is not None and (
-        isinstance(blocked_loop_threshold, bool)
-        or not isinstance(blocked_loop_threshold, int | float)
-        or not 0 <= blocked_loop_threshold < math.inf
-    ):
-        raise ValueError(
-            "blocked_loop_threshold must be a number of seconds, or None (or 0) to switch"
-            f" the watchdog off, not {blocked_loop_threshold!r}"
-        )
+    if blocked_loop_threshold is not None:
+        if isinstance(blocked_loop_threshold, bool) or not isinstance(
+            blocked_loop_threshold, int | float
+        ):
+            raise TypeError(
+                "blocked_loop_threshold must be a number of seconds (or None to switch the"
+                f" watchdog off), got an object of type {type(blocked_loop_threshold).__name__}"
+            )
+        # Below 10 ms the heartbeat (every threshold/4) would itself load the loop.
+        if blocked_loop_threshold != 0 and not 0.01 <= blocked_loop_threshold < math.inf:
+            raise ValueError(
+                "blocked_loop_threshold must be at least 0.01 s (or None or 0 to switch"
+                f" the watchdog off), not {blocked_loop_threshold!r}"
+            )
     check_address(address)
 
 
@@ -708,8 +725,8 @@ def _refused_message(where: str, exc: BaseException) -> str:
     if mode is None or mode.lower() != "token":
         first = (
             f"{_AUTH_MODE_VAR} is {'not set' if mode is None else repr(mode)} in this process,"
-            " so Ray sent no authentication token, and clusters started by Ray 2.52 or"
-            " newer require one. Set"
+            " so Ray sent no authentication token, which a cluster with token"
+            " authentication (the default for clusters started by Ray 2.60) requires. Set"
         )
     else:
         first = "Check the token: it must be the cluster's. Also check that you set"

@@ -242,7 +242,8 @@ class Supervisor:
         # This poll proves the caller read the previous reply: the calls it
         # announced may start now.
         if self._sent_gate is not None:
-            self._sent_gate.set_result(None)
+            if not self._sent_gate.done():
+                self._sent_gate.set_result(None)
             self._sent_gate = None
         starts, self._sent_starts = self._sent_starts, []
         for record, digest, blob in starts:
@@ -269,7 +270,9 @@ class Supervisor:
             gate = self._gate = asyncio.get_running_loop().create_future()
         self._announce.append(record.call_id)
         self._ready_event.set()
-        await gate
+        # Shielded: the gate is shared by every call of the batch, and
+        # cancelling one call must not cancel the others' gate.
+        await asyncio.shield(gate)
 
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
@@ -427,7 +430,9 @@ class Supervisor:
         record.task = None
         self._ready.append((record.call_id, kind, payload))
         self._ready_event.set()
-        if record.released:
+        if record.released or kind == _wire.RESEND:
+            # A call handed back is sent again under the same id, maybe to this
+            # supervisor: its old record must not stand in for the new one.
             self._calls.pop(record.call_id, None)
 
     async def _resolve(self, deps: Sequence[Any], label: str) -> list[Any]:

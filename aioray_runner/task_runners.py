@@ -80,6 +80,10 @@ R = TypeVar("R")
 
 logger = logging.getLogger("aioray_runner")
 
+#: Retries a task run is given after its supervisor died, at most (its own
+#: ``retries`` permitting): see docs/failures.md.
+MAX_CRASH_RETRIES = 2
+
 # The parts of Prefect's serialized context that differ from task run to task run.
 _PER_CALL_CONTEXT = ("task_run_context", "tags_context", "asset_context")
 
@@ -373,8 +377,10 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         meta: tuple[Any, ...] = (task_run_id, wait_for, dependencies, call_context)
         # A run whose supervisor dies is run again elsewhere: once to settle its
         # state from what the API recorded, and once more per retry it has left
-        # (see _prefect_remote._after_loss).
-        reruns = int(task.retries or 0) + 1
+        # (see _prefect_remote._after_loss), at most MAX_CRASH_RETRIES: a task
+        # that kills its supervisor each time (memory, a segfault) takes the
+        # other runs there with it, so it is not given every retry it has.
+        reruns = min(int(task.retries or 0), MAX_CRASH_RETRIES) + 1
         try:
             if task.isasync:
                 placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}

@@ -150,6 +150,9 @@ def test_wrong_backend_lists_the_valid_ones_and_guesses(backend: str, guess: str
         ("start_timeout", 0, ValueError, "start_timeout must be a number of seconds above 0"),
         ("start_timeout", float("nan"), ValueError, "start_timeout must be a number"),
         ("start_timeout", "60", TypeError, "start_timeout must be a number of seconds"),
+        ("blocked_loop_threshold", "0.5", TypeError, "blocked_loop_threshold must be a number"),
+        ("blocked_loop_threshold", -1, ValueError, "blocked_loop_threshold must be at least"),
+        ("blocked_loop_threshold", 0.001, ValueError, "blocked_loop_threshold must be at least"),
     ],
 )
 def test_bad_numbers_are_refused_naming_the_setting(
@@ -157,6 +160,15 @@ def test_bad_numbers_are_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(error, match=says):
         Runtime(**{setting: value})
+
+
+@pytest.mark.parametrize(
+    ("reruns", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_bad_reruns_are_refused(runtime: Runtime, reruns: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="reruns must be"):
+        runtime.submit_call(len, ("abc",), reruns=reruns)
+    assert runtime.submit_call(len, ("abc",), reruns=1).result(timeout=60) == 3
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,19 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 
-from aioray_runner import BlockedLoop, Runtime, SupervisorDiedError, UpstreamError
+from aioray_runner import (
+    Attempt,
+    BlockedLoop,
+    Runtime,
+    SupervisorDiedError,
+    UpstreamError,
+    current_attempt,
+)
 from tests._support import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -180,9 +188,10 @@ async def test_a_blocked_loop_is_reported_with_the_call_and_the_line(
     assert stall.call_ids == (culprit.call_id,)
     assert "blocking_sleep" in stall.where and "test_faults.py" in stall.where
     messages = [r.getMessage() for r in caplog.records]
-    warnings = [m for m in messages if "event loop was blocked" in m]
-    assert warnings and logged.label in warnings[0] and "asyncio.to_thread" in warnings[0]
-    assert len(warnings) == 1  # the second runtime's stalls went to its callback only
+    warnings = [m for m in messages if "event loop was blocked" in m and logged.label in m]
+    assert len(warnings) == 1 and "asyncio.to_thread" in warnings[0]
+    # The second runtime's stalls went to its callback only.
+    assert not [m for m in messages if culprit.label in m and "event loop was blocked" in m]
 
 
 async def test_the_watchdog_can_be_switched_off(
@@ -197,3 +206,48 @@ async def test_the_watchdog_can_be_switched_off(
             await anyio.sleep(0.5)
     assert seen == []
     assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+
+
+async def dies_on_first_run(marker: str) -> Attempt:
+    path = anyio.Path(marker)
+    if not await path.exists():
+        await path.write_text("first run")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return current_attempt()
+
+
+async def test_a_call_allowed_to_rerun_runs_again_and_knows_it(
+    ray_session: None, tmp_path: Path
+) -> None:
+    async with Runtime(supervisors=1) as rt:
+        assert await rt.submit(current_attempt) == Attempt(1, "")
+        with anyio.fail_after(60):
+            attempt = await rt.submit_call(dies_on_first_run, (str(tmp_path / "a"),), reruns=1)
+        assert attempt.number == 2
+        assert "died" in attempt.previous_loss and "supervisor 0" in attempt.previous_loss
+        # Without reruns the same call is lost, as any call that had started.
+        with anyio.fail_after(60), pytest.raises(SupervisorDiedError):
+            await rt.submit(dies_on_first_run, str(tmp_path / "b"))
+
+
+async def test_cancelling_calls_waiting_to_start_leaves_the_others_alone(
+    ray_session: None,
+) -> None:
+    # Calls with a dependency wait at the start gate (announced, not started)
+    # for a moment: cancelling some then must cancel only those, and must not
+    # upset the supervisor.
+    async with Runtime(supervisors=1) as rt:
+        pid = rt.supervisor_info()[0]["pid"]
+        for _ in range(5):
+            upstream = rt.submit(sleep_then_pid, 0)
+            dependents = [rt.submit(add_pid, upstream) for _ in range(200)]
+            for future in dependents[::2]:
+                future.cancel()
+            with anyio.fail_after(60):
+                for future in dependents[1::2]:
+                    assert await future == (pid + 1, pid)
+                for future in dependents[::2]:
+                    await future.wait()
+                    assert future.cancelled() or future.result(0) == (pid + 1, pid)
+        assert rt.supervisor_info()[0]["pid"] == pid  # never replaced
+        assert await rt.submit(add_pid, 1) == (2, pid)

@@ -35,24 +35,35 @@ def run_scenario(*args: str, timeout: float = 240) -> dict[str, Any]:
         PYTHONUNBUFFERED="1",
     )
     started = time.monotonic()
-    proc = subprocess.run(
+    # A session of its own, so that whatever happens every process it started
+    # can be stopped (Ray's, Prefect's temporary server, a Cluster's nodes).
+    child = subprocess.Popen(
         [sys.executable, "-m", "tests._fault_scripts", *args],
         cwd=REPO,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
+    try:
+        return _outcome(child, started, timeout)
+    finally:
+        # Only now, after the checks: stop whatever a failed scenario left.
+        _stop_session(child.pid)
+
+
+def _outcome(child: subprocess.Popen[str], started: float, timeout: float) -> dict[str, Any]:
+    stdout, stderr = child.communicate(timeout=timeout)
     took = time.monotonic() - started
     found = {
         kind: json.loads(line.removeprefix(f"{kind} "))
-        for line in proc.stdout.splitlines()
+        for line in stdout.splitlines()
         for kind in ("PIDS", "RESULT")
         if line.startswith(f"{kind} ")
     }
-    assert proc.returncode == 0 and "RESULT" in found, (
-        f"exit code {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
-        f"\n--- stderr\n{proc.stderr[-6000:]}"
+    assert child.returncode == 0 and "RESULT" in found, (
+        f"exit code {child.returncode}\n--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-6000:]}"
     )
     # Nothing the scenario started outlives it (Ray's processes, Prefect's server).
     pids = found.get("PIDS", {}).get("pids", [])
@@ -63,8 +74,18 @@ def run_scenario(*args: str, timeout: float = 240) -> dict[str, Any]:
         time.sleep(0.2)
     assert not alive, [_describe(p) for p in alive]
     out: dict[str, Any] = found["RESULT"]
-    out.update(process_s=took, stderr=proc.stderr, started_pids=pids)
+    out.update(process_s=took, stderr=stderr, started_pids=pids)
     return out
+
+
+def _stop_session(sid: int) -> None:
+    """SIGKILL every process left in the scenario's session (none, if all went well)."""
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == sid:
+                process.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
 
 
 def _is_zombie(pid: int) -> bool:
