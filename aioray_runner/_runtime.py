@@ -128,6 +128,8 @@ class Runtime:
         self.on_blocked_loop = on_blocked_loop
         self._pool: Pool | None = None
         self._owns_ray = False
+        # The local Ray this runtime started, as (pid, start time): see _disconnect.
+        self._ray_processes: set[tuple[int, str]] = set()
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -211,6 +213,7 @@ class Runtime:
             self._warn_if_no_token(where or "")
         context = self._init_ray(kwargs, where, probed=endpoint is not None)
         self._owns_ray = True
+        self._ray_processes = processes_of_local_ray()
         nodes = _live_node_count()
         dashboard = getattr(context, "dashboard_url", None)
         self.logger.info(
@@ -279,8 +282,9 @@ class Runtime:
         if self._owns_ray:
             self._owns_ray = False
             # With part of Ray dead, its shutdown leaves the raylet's agents
-            # running: note every process of our local Ray first, stop the rest.
-            ours = processes_of_local_ray() if ray_lost else set()
+            # running: note every process of our local Ray (as at the start, when
+            # the raylet was alive to be their parent, and now), stop the rest.
+            ours = (self._ray_processes | processes_of_local_ray()) if ray_lost else set()
             ray.shutdown()
             if stopped := stop_leftovers(ours):
                 self.logger.info("Stopped %d process(es) the lost Ray left behind", len(stopped))
