@@ -41,13 +41,14 @@ import asyncio
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from _common import git_commit, log
 
 RUNNERS = ("aioray", "ray", "threadpool", "gather")
 SLOW_RUNNERS = ("ray",)
@@ -61,10 +62,6 @@ RUNNER_NAMES = {
 # Counters the flows update and the progress thread prints. A plain dict: the
 # flow is pickled into the context the Ray runners send to their workers.
 COUNTERS: dict[str, int] = {"submitted": 0, "done": 0}
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -472,20 +469,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     caps.update(dict(args.cap))
     args.caps = {k: v for k, v in caps.items() if v > 0}
     return args
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

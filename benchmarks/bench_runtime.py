@@ -36,17 +36,16 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import ray
+from _common import git_commit, log, ray_instance
 
 import aioray_runner
 from aioray_runner import Runtime
@@ -78,10 +77,6 @@ class PlainActor:
 
 
 # -- progress -------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -629,33 +624,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.mem_n is None:
         args.mem_n = args.n
     return args
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-@contextmanager
-def ray_instance(num_cpus: int) -> Iterator[None]:
-    log(f"== starting Ray (num_cpus={num_cpus})")
-    started = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
-    log(f"   Ray up in {time.perf_counter() - started:.1f} s")
-    try:
-        yield
-    finally:
-        log("== shutting Ray down")
-        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,17 +51,16 @@ import asyncio
 import gc
 import json
 import platform
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import ray
+from _common import git_commit, log, ray_instance
 
 import aioray_runner
 from aioray_runner import AioRayFuture, Runtime
@@ -86,11 +85,6 @@ async def nap() -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    """Progress, to stderr."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def caller_rss() -> int:
@@ -551,35 +545,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.load_calls is None:
         args.load_calls = 10_000 if args.quick else 100_000
     return args
-
-
-def git_commit() -> str | None:
-    """The short commit of this checkout, if git can tell."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-@contextmanager
-def ray_instance(num_cpus: int) -> Iterator[None]:
-    """Start a local Ray for the runtimes to join, and shut it down afterwards."""
-    log(f"== starting Ray (num_cpus={num_cpus})")
-    started = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
-    log(f"   Ray up in {time.perf_counter() - started:.1f} s")
-    try:
-        yield
-    finally:
-        log("== shutting Ray down")
-        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: progress lines, the commit measured, a local Ray.
+
+Each script runs as ``python benchmarks/bench_*.py``, so this folder is on
+``sys.path`` and ``import _common`` finds this module.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def log(message: str) -> None:
+    """Progress, to stderr (the figures go to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def git_commit() -> str | None:
+    """The short commit of this checkout, if git can tell."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@contextmanager
+def ray_instance(num_cpus: int) -> Iterator[None]:
+    """Start a local Ray for the runtimes to join, and shut it down afterwards."""
+    import ray  # here: some scripts run Ray only in child processes
+
+    log(f"== starting Ray (num_cpus={num_cpus})")
+    started = time.perf_counter()
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    log(f"   Ray up in {time.perf_counter() - started:.1f} s")
+    try:
+        yield
+    finally:
+        log("== shutting Ray down")
+        ray.shutdown()
