@@ -12,7 +12,11 @@ thread that wakes as often; measured in ``docs/failures.md``):
   still stuck, it reads who holds the loop: the innermost Python frame of the
   loop's thread (where the code is stuck) and the asyncio task running there,
   which the supervisor maps to its call. That can only be seen *during* the
-  stall: once the loop turns again, the culprit is gone.
+  stall: once the loop turns again, the culprit is gone. Only stalls stuck in
+  the user's own code are reported (a library call counts when the user's code
+  made it): stalls inside libraries alone, this package or the interpreter
+  (garbage collection, imports, a process short of CPU) are not the user's to
+  fix.
 
 When the loop turns again the heartbeat measures the whole stall and hands a
 :class:`Stall` to the supervisor, which sends it to the caller with its next
@@ -49,13 +53,15 @@ _MACHINERY = (
     os.sep + "concurrent" + os.sep,
 )
 
-# Installed libraries and the standard library: code a user rarely means to fix.
+# Installed libraries, the standard library and this package (wherever it is
+# imported from): code a user rarely means to fix.
 _LIBRARY_PREFIXES = tuple(
     {
         path
         for name in ("stdlib", "platstdlib", "purelib", "platlib")
         if (path := sysconfig.get_paths().get(name))
     }
+    | {os.path.dirname(os.path.abspath(__file__)) + os.sep, "<frozen "}
 )
 
 _log = logging.getLogger("aioray_runner.supervisor")
@@ -172,12 +178,13 @@ class Watchdog:
             seen = self._seen
             if seen is None or seen[0] != tick:
                 task = asyncio.current_task(self._loop)
-                calls = self._culprits(task)
                 where, in_user_code = self._where()
-                if not (calls or in_user_code):
-                    # Neither a call nor the user's code (an import while a
-                    # function is unpickled, a garbage collection): not
-                    # something a user can fix, so not worth a warning.
+                calls = self._culprits(task) if in_user_code else ()
+                if not in_user_code:
+                    # Not stuck in the user's own code (an import while a
+                    # function is unpickled, a garbage collection, a process
+                    # short of CPU, Prefect's engine): nothing a user can fix
+                    # in their code, so not worth a warning.
                     _log.debug("loop blocked %.2f s in %s", stuck_for, where)
                     where = ""
                 self._seen = seen = (tick, calls, where)
