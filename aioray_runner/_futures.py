@@ -80,6 +80,18 @@ class AioRayFuture(Generic[T]):
         # tells the supervisor it may forget the result.
         self._release: Callable[[Slot, int], None] | None = None
 
+    @classmethod
+    def failed(cls, error: BaseException, label: str = "unsent") -> AioRayFuture[Any]:
+        """A future that was never sent anywhere and has already failed with ``error``.
+
+        For integrations that must hand back a future for a call they could not
+        submit (the Prefect runner, for a parameter that cannot be pickled).
+        Passed to another call, it fails that call with :class:`UpstreamError`.
+        """
+        future: AioRayFuture[Any] = cls(_NOWHERE, 0, label, None)
+        future._set_error(error)
+        return future
+
     # -- read-only facts ---------------------------------------------------------
 
     @property
@@ -282,6 +294,25 @@ class AioRayFuture(Generic[T]):
                 release(self._slot, self._call_id)
             except Exception:
                 pass  # interpreter shutdown: nothing to release to
+
+
+class _Nowhere:
+    """The home of futures that were never sent (see :meth:`AioRayFuture.failed`)."""
+
+    index = -1
+    alive = False  # so a dependent gets the failure itself, not a lookup
+
+    def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
+        pass
+
+    def send_now(self) -> None:
+        pass
+
+    def check_can_block(self) -> None:
+        pass
+
+
+_NOWHERE: Any = _Nowhere()
 
 
 def _run_callback(fn: Callable[[AioRayFuture[Any]], object], future: AioRayFuture[Any]) -> None:

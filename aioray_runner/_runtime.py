@@ -297,13 +297,18 @@ class Runtime:
         """
         if self._pool is None:
             return
-        self._settle(cancel=not wait)
+        self.drain(cancel=not wait)
         self._shutdown()
 
-    def _settle(self, *, cancel: bool, grace: float = 5.0) -> None:
-        """Wait for the calls still in flight; or cancel them and give them
-        ``grace`` seconds in all to unwind (their ``finally`` blocks run)."""
-        outstanding = self._outstanding()
+    def drain(self, *, cancel: bool = False, grace: float = 5.0) -> None:
+        """Block until no call is in flight (sync code; :meth:`close` uses it).
+
+        With ``cancel``, the calls in flight are cancelled first and given
+        ``grace`` seconds in all to unwind (their ``finally`` blocks run); without
+        it, they are waited for however long they take. Calls submitted while
+        draining are not waited for.
+        """
+        outstanding = self.outstanding()
         if cancel:
             for future in outstanding:
                 future.cancel()
@@ -316,7 +321,7 @@ class Runtime:
         pool = self._pool
         if pool is None:
             return
-        outstanding = self._outstanding()
+        outstanding = self.outstanding()
         if not wait:
             for future in outstanding:
                 future.cancel()
@@ -328,7 +333,8 @@ class Runtime:
                 await future.wait()
         await anyio.to_thread.run_sync(self._shutdown)
 
-    def _outstanding(self) -> list[AioRayFuture[Any]]:
+    def outstanding(self) -> list[AioRayFuture[Any]]:
+        """Every call submitted and not finished yet (queued calls are sent first)."""
         return self._require().outstanding()
 
     def _shutdown(self) -> None:
@@ -441,26 +447,26 @@ class Runtime:
             reruns=reruns,
         )
 
-    def _broadcast_all(self, fn: Callable[..., Any], /, *args: Any) -> list[AioRayFuture[Any]]:
-        """Run ``fn`` once on every live supervisor of every group."""
-        pool = self._require()
-        return [
-            pool.submit(fn, args, {}, slot=slot)
-            for group in list(pool.groups)
-            for slot in pool.slots(group)
-        ]
-
     def map(self, fn: Callable[..., Any], /, *iterables: Iterable[Any]) -> list[AioRayFuture[Any]]:
         """Submit ``fn`` once per item (``zip`` of the iterables); return the futures in order."""
         pool = self._require()
         return [pool.submit(fn, args, {}) for args in zip(*iterables)]
 
     def broadcast(
-        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, fn: Callable[..., Any], /, *args: Any, every_group: bool = False, **kwargs: Any
     ) -> list[AioRayFuture[Any]]:
-        """Run ``fn`` once on every live supervisor of the default group (set-up, flushing)."""
+        """Run ``fn`` once on every live supervisor (set-up, flushing).
+
+        By default on the supervisors of the default group; with
+        ``every_group``, also on those started by :meth:`options`.
+        """
         pool = self._require()
-        return [pool.submit(fn, args, kwargs, slot=slot) for slot in pool.slots(DEFAULT_GROUP)]
+        groups = list(pool.groups) if every_group else [DEFAULT_GROUP]
+        return [
+            pool.submit(fn, args, kwargs, slot=slot)
+            for group in groups
+            for slot in pool.slots(group)
+        ]
 
     def options(self, **actor_options: Any) -> RuntimeOptions:
         """A view of this runtime whose submissions run on a supervisor started with

@@ -205,6 +205,21 @@ def _pickle_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     return hashlib.blake2b(blob, digest_size=16).digest(), blob
 
 
+# Types whose instances arguments must be pickled in a way of their own; filled
+# by integrations through register_reducer (the runtime knows no library).
+_REDUCERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def register_reducer(cls: type, reduce: Callable[[Any], tuple[Any, ...]]) -> None:
+    """Pickle instances of exactly ``cls`` in call arguments as ``reduce(obj)`` says.
+
+    ``reduce`` returns what ``__reduce__`` would: ``(callable, args)``. For types
+    whose default pickling does not round-trip; the Prefect runner registers
+    Prefect's annotations this way.
+    """
+    _REDUCERS[cls] = reduce
+
+
 class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, with futures and ObjectRefs lifted out as dependencies."""
 
@@ -222,16 +237,9 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._seen: dict[int, int] = {}
 
     def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        if (
-            cls not in PLAIN_TYPES
-            and isinstance(obj, tuple)
-            and cls.__module__ == "prefect.utilities.annotations"
-        ):
-            # Prefect's annotations (allow_failure, quote, ...) are tuples whose
-            # __new__ wraps its argument: pickled the default way they come back
-            # wrapped twice, allow_failure((x,)). Rebuild them from their value.
-            return cls, (obj[0],)
+        reduce = _REDUCERS.get(type(obj)) if _REDUCERS else None
+        if reduce is not None:
+            return reduce(obj)
         return super().reducer_override(obj)
 
     def persistent_id(self, obj: Any) -> int | None:

@@ -55,6 +55,7 @@ from prefect.context import (
 from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFuture
 from prefect.states import Pending
 from prefect.task_runners import TaskRunner
+from prefect.utilities import annotations as prefect_annotations
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from typing_extensions import ParamSpec
 
@@ -67,6 +68,7 @@ from ._runtime import (
     check_settings,
 )
 from ._watchdog import BlockedLoop
+from ._wire import register_reducer
 from .context import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 from .errors import SerializationError, SupervisorDiedError, UpstreamError
 
@@ -86,6 +88,22 @@ MAX_CRASH_RETRIES = 2
 
 # The parts of Prefect's serialized context that differ from task run to task run.
 _PER_CALL_CONTEXT = ("task_run_context", "tags_context", "asset_context")
+
+
+def _rebuild_annotation(annotation: Any) -> tuple[Any, ...]:
+    # Prefect's annotations (allow_failure, quote, ...) are tuples whose __new__
+    # wraps its argument: pickled the default way they come back wrapped twice,
+    # allow_failure((x,)). Rebuild them from their value.
+    return type(annotation), (annotation[0],)
+
+
+for _annotation in vars(prefect_annotations).values():
+    if (
+        isinstance(_annotation, type)
+        and issubclass(_annotation, prefect_annotations.BaseAnnotation)
+        and _annotation is not prefect_annotations.BaseAnnotation
+    ):
+        register_reducer(_annotation, _rebuild_annotation)
 
 
 class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
@@ -324,10 +342,10 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             super().__exit__(exc_type, exc_value, traceback)
 
     def _close_runtime(self, runtime: Runtime, *, cancel: bool) -> None:
-        runtime._settle(cancel=cancel, grace=10)
+        runtime.drain(cancel=cancel, grace=10)
         # Close each supervisor's flow run scope and flush Prefect's log and
         # event queues there, before the supervisors are stopped.
-        closers = runtime._broadcast_all(_prefect_remote.close_flow_run, self._key)
+        closers = runtime.broadcast(_prefect_remote.close_flow_run, self._key, every_group=True)
         for closer in closers:
             if not closer.wait_sync(30):
                 logger.warning("A supervisor did not flush its Prefect logs within 30 s")
@@ -337,7 +355,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         """Cancel every task run still in flight (Prefect calls this on cancellation)."""
         runtime = self._runtime
         if runtime is not None and runtime.running:
-            for future in runtime._outstanding():
+            for future in runtime.outstanding():
                 future.cancel()
 
     # -- submitting ---------------------------------------------------------------------
@@ -499,7 +517,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         else:
             logger.error(message)
         future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
-            task_run_id=task_run_id, wrapped_future=_failed_future(exc)
+            task_run_id=task_run_id, wrapped_future=AioRayFuture.failed(exc, task.name)
         )
         future._final_state = state
         return future
@@ -530,7 +548,8 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
     ) -> None:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(future.call_id, None)
-        if not isinstance(future._error, SupervisorDiedError) or self._submit_context is None:
+        error = future.exception(0)
+        if not isinstance(error, SupervisorDiedError) or self._submit_context is None:
             return
         with self._lock:
             if self._reporter is None:
@@ -538,7 +557,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                     1, thread_name_prefix="aioray-crash-reporter"
                 )
             reporter = self._reporter
-        state = _prefect_remote.crashed_state(future._error)
+        state = _prefect_remote.crashed_state(error)
         reporter.submit(self._submit_context.copy().run, _record_state, task, task_run_id, state)
 
 
@@ -604,32 +623,6 @@ def _record_state(
         logger.exception(
             "Could not record the %s state of task run %s in the API", state.type.value, task_run_id
         )
-
-
-def _failed_future(error: BaseException) -> AioRayFuture[Any]:
-    """A runtime future that was never sent: already failed with ``error``."""
-    future: AioRayFuture[Any] = AioRayFuture(_NO_SLOT, 0, "unsent", None)
-    future._set_error(error)
-    return future
-
-
-class _NoSlot:
-    """Stands in for a supervisor for futures that were never sent."""
-
-    index = -1
-    alive = False  # so a dependent gets the failure itself, not a lookup
-
-    def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
-        pass
-
-    def send_now(self) -> None:
-        pass
-
-    def check_can_block(self) -> None:
-        pass
-
-
-_NO_SLOT: Any = _NoSlot()
 
 
 def _inside_ray_worker() -> bool:
