@@ -17,6 +17,7 @@ from ._futures import AioRayFuture
 from ._runtime import Runtime, RuntimeOptions
 from ._supervisor import Attempt, current_attempt
 from ._watchdog import BlockedLoop
+from ._wire import register_reducer
 from .errors import (
     AioRayError,
     CancelledError,
@@ -53,6 +54,7 @@ __all__ = [
     "SupervisorDiedError",
     "UpstreamError",
     "current_attempt",
+    "register_reducer",
     "remote_options",
 ]
 
