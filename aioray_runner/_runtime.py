@@ -692,8 +692,12 @@ def _probe(where: str, host: str, port: int) -> None:
 
 
 def _address_advice(where: str) -> str:
+    endpoint = _endpoint(where)
+    host = endpoint[0] if endpoint else ""
+    # The node IP to start the head with is the host the address names.
+    ip = "127.0.0.1" if host in ("localhost", "") else host.strip("[]")
     return (
-        "Start a cluster there (`ray start --head --node-ip-address=127.0.0.1` on that"
+        f"Start a cluster there (`ray start --head --node-ip-address={ip}` on that"
         f" machine), or correct the address: {_port_advice(where)}"
     )
 
