@@ -39,13 +39,20 @@ import ray
 from . import _wire
 from ._bridge import end_of_turn_scheduler
 from ._futures import AioRayFuture
+from ._placement import (
+    DEFAULT_GROUP,
+    GroupKey,
+    actor_options,
+    group_key,
+    live_cpu_nodes,
+    needs_nodes,
+    redact_options,
+    to_ray_strategy,
+)
 from ._raywatch import PROBE_EVERY_S, Probe
 from ._supervisor import Supervisor
 from ._watchdog import BlockedLoop
 from .errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
-
-GroupKey = tuple[tuple[str, str], ...]
-DEFAULT_GROUP: GroupKey = ()
 
 # One supervisor-side poll returns at most this many outcomes, and one submit
 # message carries at most this many calls: large enough to amortise a Ray call,
@@ -62,7 +69,6 @@ MAX_SENDS = 5
 Parcel = tuple[
     AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep], "list[AioRayFuture[Any] | None]"
 ]
-_RESOURCE_OPTIONS = frozenset({"num_gpus", "resources", "memory", "accelerator_type"})
 
 
 class _Extras:
@@ -163,7 +169,10 @@ class Pool:
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[Slot]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
+        # The live CPU nodes, read at the first pinned placement (see _new_slot).
         self._nodes: list[str] = []
+        # Each group's number in supervisors' names; the default group is 0.
+        self._group_numbers: dict[GroupKey, int] = {DEFAULT_GROUP: 0}
         self._functions = _wire.FunctionCache()
         self._ids = itertools.count(1)
         self._pending: list[Parcel] = []
@@ -197,6 +206,8 @@ class Pool:
 
     def _create_group(self, key: GroupKey, count: int, options: dict[str, Any]) -> list[Slot]:
         self._group_options[key] = options
+        # Kept if the group fails to start: a retry reuses its number.
+        self._group_numbers.setdefault(key, len(self._group_numbers))
         slots = [self._new_slot(i, key, 0) for i in range(count)]
         self.groups[key] = slots
         for slot in slots:
@@ -204,25 +215,24 @@ class Pool:
         return slots
 
     def _new_slot(self, index: int, group: GroupKey, generation: int) -> Slot:
-        options = {
-            "num_cpus": 0,
-            # Ray's limit on actor methods running at once: submit, poll, cancel,
-            # release, and result_of, one per dependent waiting on another
-            # supervisor. The next poll must always get in (calls start only
-            # when it arrives), so this is far above any plausible fan-in.
-            "max_concurrency": 100_000,
-            **self.actor_options,
-            **self._group_options.get(group, {}),
-        }
-        if "scheduling_strategy" not in options:
-            pin = group == DEFAULT_GROUP and not _RESOURCE_OPTIONS & options.keys()
-            # Pinned to a node only when any node can hold it: a supervisor that
-            # asks for GPUs or custom resources goes where Ray finds them.
-            options["scheduling_strategy"] = (
-                self._placement(index, replacing=generation > 0) if pin else "SPREAD"
-            )
-        group_tag = f"-g{abs(hash(group)) % 10_000}" if group else ""
-        options.setdefault("name", f"aioray-supervisor-{self.name}{group_tag}-{index}-{generation}")
+        group_options = self._group_options.get(group, {})
+        nodes: list[str] = []
+        if needs_nodes(self.actor_options, group_options, group):
+            if generation > 0 or not self._nodes:
+                # A replacement looks again: the cluster may have changed.
+                self._nodes = live_cpu_nodes(ray.nodes())
+            nodes = self._nodes
+        options = actor_options(
+            self.actor_options,
+            group_options,
+            index=index,
+            generation=generation,
+            nodes=nodes,
+            pool_name=self.name,
+            group=group,
+            group_number=self._group_numbers[group],
+        )
+        options["scheduling_strategy"] = to_ray_strategy(options["scheduling_strategy"])
         handle = (
             ray.remote(Supervisor)
             .options(**options)
@@ -236,28 +246,6 @@ class Pool:
             )
         )
         return Slot(self, index, group, handle, generation)
-
-    def _placement(self, index: int, replacing: bool = False) -> Any:
-        """Supervisor ``index`` goes to node ``index % nodes``.
-
-        Ray's "SPREAD" is best effort, and so is a soft node affinity: in tests
-        two supervisors that reserve no CPU often landed on one node with
-        either. So the first placement is a hard node affinity to a node that
-        is alive now; a replacement only prefers its node (which may be gone).
-        """
-        if replacing:
-            self._nodes = []  # look again: the cluster may have changed
-        if not self._nodes:
-            self._nodes = sorted(
-                node["NodeID"]
-                for node in ray.nodes()
-                if (node.get("Alive") or node.get("alive")) and node.get("Resources", {}).get("CPU")
-            )
-        if len(self._nodes) < 2:
-            return "SPREAD"
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        return NodeAffinitySchedulingStrategy(self._nodes[index % len(self._nodes)], soft=replacing)
 
     def _wait_ready(self, slots: Sequence[Slot]) -> None:
         refs = [slot.handle.info.remote() for slot in slots]
@@ -279,9 +267,9 @@ class Pool:
 
         No options: the default group, started with the pool.
         """
-        if not options:
-            return DEFAULT_GROUP
-        key: GroupKey = tuple(sorted((k, repr(v)) for k, v in options.items()))
+        key = group_key(options)
+        if key == DEFAULT_GROUP:
+            return key
         if key not in self.groups:
             with self._pending_lock:
                 if key in self.groups:
@@ -857,19 +845,6 @@ class Pool:
                 by_slot.setdefault(slot, []).append(call_id)
         for slot, call_ids in by_slot.items():
             self._spawn(self._watch(slot, slot.handle.release.remote(call_ids)))
-
-
-def redact_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Ray actor options as they may be shown: ``runtime_env`` env var values hidden.
-
-    Environment variables are where credentials are passed to workers
-    (``runtime_env={"env_vars": {"API_TOKEN": ...}}``); their names are kept.
-    """
-    runtime_env = options.get("runtime_env")
-    if not isinstance(runtime_env, dict) or not isinstance(runtime_env.get("env_vars"), dict):
-        return options
-    env_vars = {name: "<redacted>" for name in runtime_env["env_vars"]}
-    return {**options, "runtime_env": {**runtime_env, "env_vars": env_vars}}
 
 
 async def _wait_ref(ref: Any) -> Any:

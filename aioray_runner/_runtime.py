@@ -25,7 +25,8 @@ import ray
 
 from ._bridge import loop_scheduler
 from ._futures import AioRayFuture
-from ._pool import DEFAULT_GROUP, GroupKey, Pool
+from ._placement import DEFAULT_GROUP, GroupKey, live_node_count
+from ._pool import Pool
 from ._raywatch import probe_for_current_ray, processes_of_local_ray, stop_leftovers
 from ._watchdog import DEFAULT_THRESHOLD_S, BlockedLoop
 from .errors import RuntimeNotRunningError
@@ -157,7 +158,7 @@ class Runtime:
                 raise RuntimeError("this runtime is already running")
             self._connect()
             try:
-                count = self.supervisors or _live_node_count()
+                count = self.supervisors or live_node_count(ray.nodes())
                 pool = Pool(
                     count=count,
                     max_concurrency=self.max_concurrency,
@@ -214,7 +215,7 @@ class Runtime:
         context = self._init_ray(kwargs, where, probed=endpoint is not None)
         self._owns_ray = True
         self._ray_processes = processes_of_local_ray()
-        nodes = _live_node_count()
+        nodes = live_node_count(ray.nodes())
         dashboard = getattr(context, "dashboard_url", None)
         self.logger.info(
             "Ray is up: %d node(s), %s CPU(s)%s",
@@ -765,8 +766,3 @@ def _client_server_start_failed(exc: BaseException) -> bool:
     return "Starting Ray client server failed" in text or (
         "start_specific_server" in text and "ZombieProcess" in text
     )
-
-
-def _live_node_count() -> int:
-    nodes: list[dict[str, Any]] = ray.nodes()
-    return max(1, sum(1 for node in nodes if node.get("Alive") or node.get("alive")))

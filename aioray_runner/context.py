@@ -20,21 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["ACTOR_PLACEMENT_OPTIONS", "current_remote_options", "remote_options"]
+from ._placement import ACTOR_PLACEMENT_OPTIONS
 
-#: Options that decide where a supervisor actor runs and what it holds.
-ACTOR_PLACEMENT_OPTIONS = frozenset(
-    {
-        "num_cpus",
-        "num_gpus",
-        "memory",
-        "resources",
-        "accelerator_type",
-        "runtime_env",
-        "scheduling_strategy",
-        "label_selector",
-    }
-)
+__all__ = ["ACTOR_PLACEMENT_OPTIONS", "current_remote_options", "remote_options"]
 
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "aioray_remote_options", default=None
