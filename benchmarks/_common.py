@@ -6,12 +6,16 @@ Each script runs as ``python benchmarks/bench_*.py``, so this folder is on
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def log(message: str) -> None:
@@ -48,3 +52,19 @@ def ray_instance(num_cpus: int) -> Iterator[None]:
     finally:
         log("== shutting Ray down")
         ray.shutdown()
+
+
+def write_figures(
+    path: Path, benchmark: str, args: argparse.Namespace, versions: dict[str, str], **extra: Any
+) -> None:
+    """Write a benchmark's figures as JSON: its arguments, versions, commit, CPUs and ``extra``."""
+    payload = {
+        "benchmark": benchmark,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "versions": {**versions, "git_commit": git_commit()},
+        "cpus": os.cpu_count(),
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    log(f"   figures written to {path}")

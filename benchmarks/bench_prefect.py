@@ -38,7 +38,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
@@ -48,7 +47,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from _common import git_commit, log
+from _common import log, write_figures
 
 RUNNERS = ("aioray", "ray", "threadpool", "gather")
 SLOW_RUNNERS = ("ray",)
@@ -516,18 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report(args, results, versions))
     log(f"== done in {time.perf_counter() - started:.0f} s")
     if args.json:
-        payload = {
-            "benchmark": "bench_prefect",
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "versions": {**versions, "git_commit": git_commit()},
-            "cpus": os.cpu_count(),
-            "results": {
-                name: {str(m): runs for m, runs in per_n.items()} for name, per_n in results.items()
-            },
+        figures = {
+            name: {str(m): runs for m, runs in per_n.items()} for name, per_n in results.items()
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
-        log(f"   figures written to {args.json}")
+        write_figures(args.json, "bench_prefect", args, versions, results=figures)
     return 1 if failed else 0
 
 

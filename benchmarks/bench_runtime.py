@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import gc
 import itertools
-import json
 import platform
 import resource
 import statistics
@@ -45,7 +44,7 @@ from typing import Any
 
 import psutil
 import ray
-from _common import git_commit, log, ray_instance
+from _common import log, ray_instance, write_figures
 
 import aioray_runner
 from aioray_runner import Runtime
@@ -634,21 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report(args, results))
     log(f"== done in {time.perf_counter() - started:.0f} s")
     if args.json:
-        payload = {
-            "benchmark": "bench_runtime",
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "versions": {
-                "aioray_runner": aioray_runner.__version__,
-                "ray": ray.__version__,
-                "python": platform.python_version(),
-                "git_commit": git_commit(),
-            },
-            "cpus": os.cpu_count(),
-            "results": results,
+        versions = {
+            "aioray_runner": aioray_runner.__version__,
+            "ray": ray.__version__,
+            "python": platform.python_version(),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
-        log(f"   figures written to {args.json}")
+        write_figures(args.json, "bench_runtime", args, versions, results=results)
     return 0
 
 

@@ -49,7 +49,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import argparse
 import asyncio
 import gc
-import json
 import platform
 import sys
 import threading
@@ -60,7 +59,7 @@ from typing import Any
 
 import psutil
 import ray
-from _common import git_commit, log, ray_instance
+from _common import log, ray_instance, write_figures
 
 import aioray_runner
 from aioray_runner import AioRayFuture, Runtime
@@ -559,22 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM: {problem}")
     log(f"== done in {time.perf_counter() - started:.0f} s")
     if args.json:
-        payload = {
-            "benchmark": "bench_soak",
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "versions": {
-                "aioray_runner": aioray_runner.__version__,
-                "ray": ray.__version__,
-                "python": platform.python_version(),
-                "git_commit": git_commit(),
-            },
-            "cpus": os.cpu_count(),
-            "results": results,
-            "problems": found,
+        versions = {
+            "aioray_runner": aioray_runner.__version__,
+            "ray": ray.__version__,
+            "python": platform.python_version(),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
-        log(f"   figures written to {args.json}")
+        write_figures(args.json, "bench_soak", args, versions, results=results, problems=found)
     return 1 if found else 0
 
 
