@@ -18,6 +18,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import pytest
@@ -148,3 +149,87 @@ async def wait_until(predicate, within: float = 20.0, interval: float = 0.02) ->
             if result:
                 return
             await anyio.sleep(interval)
+
+
+# -- a `ray start --head` cluster of the test's own ---------------------------------------
+
+
+def short_temp_dir(prefix: str) -> str:
+    """A new temporary directory with a short path (Ray puts Unix sockets in it)."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def started_ray_head(
+    env: dict[str, str], temp_dir: str, *extra_args: str, num_cpus: int = 2
+) -> Iterator[str]:
+    """``ray start --head --block`` on 127.0.0.1, in a process group of its own.
+
+    Yields its Ray client address (``ray://127.0.0.1:PORT``) once the client
+    server listens. Stopped by signalling that process group only: ``ray stop``
+    would stop every Ray on the machine, the test session's own included. The
+    head's output is in ``temp_dir/ray-start.log``.
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    client_port = free_port()
+    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed below
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            f"--ray-client-server-port={client_port}",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            *extra_args,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray client server never listened"
+                time.sleep(0.5)
+        yield f"ray://127.0.0.1:{client_port}"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)  # what is left of the group it started
+            except ProcessLookupError:
+                break
+            time.sleep(2)
+        log.close()

@@ -12,12 +12,9 @@ import gc
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +25,7 @@ import pytest
 import ray
 
 from aioray_runner import AioRayTaskRunner, InvalidCallError, Runtime
+from tests._support import free_port, short_temp_dir, started_ray_head
 
 pytestmark = pytest.mark.anyio
 
@@ -193,15 +191,9 @@ def test_malformed_address_is_refused_with_the_valid_forms(
 # -- where Ray is ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _closed_port() -> int:
     """A loopback port where nothing listens (bound, then released)."""
-    return _free_port()
+    return free_port()
 
 
 CONNECT = """
@@ -305,61 +297,19 @@ def token_cluster() -> Iterator[str]:
     Stopped by signalling its own process group (``ray stop`` would stop every
     Ray on the machine). Yields its Ray client address.
     """
-    temp_dir = tempfile.mkdtemp(prefix="tk", dir="/tmp")  # Ray's sockets need a short path
-    client_port = _free_port()
-    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed below
+    temp_dir = short_temp_dir("tk")
     env = _env(
         HOME=temp_dir,
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex,
         GRPC_ENABLE_FORK_SUPPORT="0",  # see tests/test_prefect_cluster.py
     )
-    head = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("ray")),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={_free_port()}",
-            f"--ray-client-server-port={client_port}",
-            # Free ports, so a Ray that someone else runs here is not disturbed.
-            f"--dashboard-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            "--num-cpus=1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # Free ports, so a Ray that someone else runs here is not disturbed.
+    ports = (f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert head.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Ray client server never listened"
-                time.sleep(0.5)
-        yield f"ray://127.0.0.1:{client_port}"
+        with started_ray_head(env, temp_dir, *ports, num_cpus=1) as address:
+            yield address
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)  # what is left of the group this fixture started
-            except ProcessLookupError:
-                break
-            time.sleep(2)
-        log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

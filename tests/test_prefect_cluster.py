@@ -15,18 +15,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests._support import short_temp_dir, started_ray_head
 
 pytestmark = pytest.mark.cluster
 
@@ -81,17 +79,6 @@ def run_flow_script(
     return out
 
 
-def _short_temp_dir(prefix: str) -> str:
-    # Ray puts Unix sockets under its temp dir: keep the path short.
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _check_ran_everywhere(out: dict[str, Any]) -> None:
     assert out["state"] == "COMPLETED", out
     supervisor_pids = {s["pid"] for s in out["supervisors"]}
@@ -103,7 +90,7 @@ def _check_ran_everywhere(out: dict[str, Any]) -> None:
 
 
 def test_temporary_local_ray_started_and_stopped_by_the_runner(prefect_api: str) -> None:
-    temp_dir = _short_temp_dir("rl")
+    temp_dir = short_temp_dir("rl")
     try:
         out = run_flow_script(prefect_api, "local", temp_dir)
     finally:
@@ -145,53 +132,11 @@ def ray_head(prefect_api: str) -> Iterator[RayHead]:
     Stopped by signalling that process group only (``ray stop`` would stop every
     Ray on the machine, the test session's own included).
     """
-    temp_dir = _short_temp_dir("rh")
-    client_port = _free_port()
-    log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed below
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={_free_port()}",
-            f"--ray-client-server-port={client_port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=_env(prefect_api),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    temp_dir = short_temp_dir("rh")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert head.poll() is None, (Path(temp_dir) / "ray-start.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Ray client server never listened"
-                time.sleep(0.5)
-        yield RayHead(f"ray://127.0.0.1:{client_port}", temp_dir)
+        with started_ray_head(_env(prefect_api), temp_dir, num_cpus=2) as address:
+            yield RayHead(address, temp_dir)
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)  # what is left of the group this fixture started
-            except ProcessLookupError:
-                break
-            time.sleep(2)
-        log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
