@@ -512,6 +512,7 @@ class Pool:
             future, digest, fn_blob, blob, deps, upstream = parcel
             extra = extras.get(future.call_id) if extras else None
             if extra is not None and extra.cancelled:  # cancelled while it moved
+                future._slot.finished += 1  # it was counted there when assigned
                 self._forget(future.call_id)
                 future._set_outcome(_wire.CANCELLED, None)
                 continue
