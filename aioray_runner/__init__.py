@@ -2,11 +2,16 @@
 
 The public surface is small:
 
-* :class:`Runtime` starts supervisor actors and submits coroutines to them;
+* :class:`Runtime` starts supervisor actors and submits coroutines to them,
+  configured by one :class:`Settings`;
 * :class:`AioRayFuture` is what ``submit`` returns: awaitable from asyncio and trio;
 * :class:`AioRayTaskRunner` and :func:`remote_options` are the Prefect 3 task
   runner (imported lazily, so the core runtime does not need Prefect);
 * :mod:`aioray_runner.errors` holds the exceptions.
+
+The modules with a leading underscore are private: everything public is
+assembled here (classes show as ``aioray_runner.X``), and ``docs/design.md``
+says which module does what.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._futures import AioRayFuture
 from ._runtime import Runtime, RuntimeOptions
+from ._settings import Settings
 from ._supervisor import Attempt, current_attempt
 from ._watchdog import BlockedLoop
 from ._wire import register_reducer
@@ -51,12 +57,29 @@ __all__ = [
     "RuntimeNotRunningError",
     "RuntimeOptions",
     "SerializationError",
+    "Settings",
     "SupervisorDiedError",
     "UpstreamError",
     "current_attempt",
     "register_reducer",
     "remote_options",
 ]
+
+
+def _fixup_module_metadata(namespace: dict[str, Any]) -> None:
+    # As trio does: classes and functions defined in private modules say they
+    # live here, so reprs, tracebacks and the docs show aioray_runner.Runtime.
+    for name in __all__:
+        obj = namespace.get(name)
+        module = getattr(obj, "__module__", "")
+        if obj is not None and module.startswith("aioray_runner._"):
+            try:
+                obj.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+
+
+_fixup_module_metadata(globals())
 
 _PREFECT_NAMES = {
     "AioRayTaskRunner": "task_runners",

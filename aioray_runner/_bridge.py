@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 Scheduler = Callable[[Callable[[], object]], None]
 
@@ -39,15 +40,7 @@ def current_async_library() -> str | None:
 def loop_scheduler() -> Scheduler | None:
     """A thread-safe way to run a callback on the current event loop, or ``None``."""
     library = current_async_library()
-    if library == "trio":
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-        return _trio_scheduler(token)
-    if library == "asyncio":
-        loop = asyncio.get_running_loop()
-        return _asyncio_scheduler(loop)
-    return None
+    return None if library is None else _LOOPS[library].threadsafe()
 
 
 def end_of_turn_scheduler() -> tuple[object, Scheduler] | None:
@@ -58,38 +51,63 @@ def end_of_turn_scheduler() -> tuple[object, Scheduler] | None:
     tell whether it already scheduled a callback for this loop.
     """
     library = current_async_library()
-    if library == "trio":
-        import trio
+    return None if library is None else _LOOPS[library].end_of_turn()
 
-        token = trio.lowlevel.current_trio_token()
-        return token, _trio_scheduler(token)
-    if library == "asyncio":
+
+class _AsyncioLoop:
+    """The asyncio loop running now: ``call_soon_threadsafe`` and ``call_soon``."""
+
+    @staticmethod
+    def threadsafe() -> Scheduler:
+        loop = asyncio.get_running_loop()
+
+        def schedule(fn: Callable[[], object]) -> None:
+            try:
+                loop.call_soon_threadsafe(fn)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is left to wake
+
+        return schedule
+
+    @staticmethod
+    def end_of_turn() -> tuple[object, Scheduler]:
         loop = asyncio.get_running_loop()
 
         def schedule(fn: Callable[[], object]) -> None:
             loop.call_soon(fn)
 
         return loop, schedule
-    return None
 
 
-def _asyncio_scheduler(loop: asyncio.AbstractEventLoop) -> Scheduler:
-    def schedule(fn: Callable[[], object]) -> None:
-        try:
-            loop.call_soon_threadsafe(fn)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is left to wake
+class _TrioLoop:
+    """The trio run going on now: its token's ``run_sync_soon`` for both."""
 
-    return schedule
+    @staticmethod
+    def threadsafe() -> Scheduler:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def schedule(fn: Callable[[], object]) -> None:
+            try:
+                token.run_sync_soon(fn)
+            except trio.RunFinishedError:
+                pass  # the trio run is over: nobody is left to wake
+
+        return schedule
+
+    @staticmethod
+    def end_of_turn() -> tuple[object, Scheduler]:
+        import trio
+
+        # run_sync_soon runs after the current task yields, like call_soon.
+        return trio.lowlevel.current_trio_token(), _TrioLoop.threadsafe()
 
 
-def _trio_scheduler(token: object) -> Scheduler:
-    import trio
+class _CallerLoop(Protocol):
+    def threadsafe(self) -> Scheduler: ...
+    def end_of_turn(self) -> tuple[object, Scheduler]: ...
 
-    def schedule(fn: Callable[[], object]) -> None:
-        try:
-            token.run_sync_soon(fn)  # type: ignore[attr-defined]
-        except trio.RunFinishedError:
-            pass  # the trio run is over: nobody is left to wake
 
-    return schedule
+# The one table of caller-side loops, by what current_async_library() says.
+_LOOPS: dict[str, _CallerLoop] = {"asyncio": _AsyncioLoop(), "trio": _TrioLoop()}

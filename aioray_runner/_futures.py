@@ -4,6 +4,11 @@ A future is filled in by the runtime's I/O thread. Awaiting it parks only the
 awaiting task: the I/O thread wakes it through the caller's own loop (asyncio's
 ``call_soon_threadsafe`` or trio's token), so there is no polling and no blocked
 loop. Sync code can block on ``result()``.
+
+The future knows its supervisor only through :class:`Home`, declared here; the
+pool's record of a supervisor is one. The runtime fills a future in through the
+functions at the end of this module (``settle``, ``fail``, ``move``, ...), never
+by writing its fields.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import pickle
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -19,13 +24,32 @@ from . import _wire
 from ._bridge import loop_scheduler
 from .errors import CancelledError, SerializationError
 
-if TYPE_CHECKING:
-    from ._pool import Slot
-
 T = TypeVar("T")
 
 _PENDING = -1
 _UNSET: Any = object()
+
+#: Called with ``(home, call id)`` when a finished future is dropped, so the
+#: supervisor may forget the outcome it keeps for dependents.
+Release = Callable[["Home", int], None]
+
+
+class Home(Protocol):
+    """What a future needs from the supervisor its call was sent to."""
+
+    #: The supervisor's index in its group (shown in ``repr`` and ``supervisor``).
+    index: int
+    #: Whether the supervisor is alive (a dead one cannot answer for outcomes).
+    alive: bool
+
+    def cancel_call(self, future: AioRayFuture[Any]) -> None:
+        """Ask the supervisor to cancel this future's call."""
+
+    def send_now(self) -> None:
+        """Send calls still queued at the caller now (someone is about to block)."""
+
+    def check_can_block(self) -> None:
+        """Raise if blocking the current thread would stop results from arriving."""
 
 
 class AioRayFuture(Generic[T]):
@@ -46,11 +70,11 @@ class AioRayFuture(Generic[T]):
         "_callbacks",
         "_error",
         "_event",
+        "_home",
         "_label",
         "_lock",
         "_payload",
         "_release",
-        "_slot",
         "_state",
         "_upstream",
         "_value",
@@ -58,12 +82,12 @@ class AioRayFuture(Generic[T]):
 
     def __init__(
         self,
-        slot: Slot,
+        home: Home,
         call_id: int,
         label: str,
         upstream: list[AioRayFuture[Any] | None] | None = None,
     ) -> None:
-        self._slot = slot
+        self._home = home
         self._call_id = call_id
         self._label = label
         # Upstream futures stay alive until this call is done: their results must
@@ -78,7 +102,7 @@ class AioRayFuture(Generic[T]):
         self._event: threading.Event | None = None
         # Set once the call has reached a supervisor: dropping the future then
         # tells the supervisor it may forget the result.
-        self._release: Callable[[Slot, int], None] | None = None
+        self._release: Release | None = None
 
     @classmethod
     def failed(cls, error: BaseException, label: str = "unsent") -> AioRayFuture[Any]:
@@ -107,7 +131,7 @@ class AioRayFuture(Generic[T]):
     @property
     def supervisor(self) -> int:
         """The index of the supervisor this call was sent to."""
-        return self._slot.index
+        return self._home.index
 
     def done(self) -> bool:
         """Whether the call has finished (returned, raised or was cancelled)."""
@@ -124,7 +148,7 @@ class AioRayFuture(Generic[T]):
             _wire.ERROR: "failed",
             _wire.CANCELLED: "cancelled",
         }[self._state]
-        return f"<AioRayFuture {self._label} {state} on supervisor {self._slot.index}>"
+        return f"<AioRayFuture {self._label} {state} on supervisor {self._home.index}>"
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -210,8 +234,8 @@ class AioRayFuture(Generic[T]):
             return True
         # If this thread runs an event loop, the call may still wait for the end
         # of its loop turn to be sent, and blocking here stops that turn: send now.
-        self._slot.check_can_block()
-        self._slot.send_now()
+        self._home.check_can_block()
+        self._home.send_now()
         with self._lock:
             if self._state != _PENDING:
                 return True
@@ -262,7 +286,7 @@ class AioRayFuture(Generic[T]):
         if pending:
             # Callers often block next (Prefect's as_completed does): send now
             # rather than at the end of a loop turn that the block would delay.
-            self._slot.send_now()
+            self._home.send_now()
         else:
             _run_callback(fn, self)
 
@@ -284,14 +308,14 @@ class AioRayFuture(Generic[T]):
         """
         if self._state != _PENDING:
             return False
-        self._slot.runtime_cancel(self)
+        self._home.cancel_call(self)
         return True
 
     def __del__(self) -> None:
         release = self._release
         if release is not None:
             try:
-                release(self._slot, self._call_id)
+                release(self._home, self._call_id)
             except Exception:
                 pass  # interpreter shutdown: nothing to release to
 
@@ -302,7 +326,7 @@ class _Nowhere:
     index = -1
     alive = False  # so a dependent gets the failure itself, not a lookup
 
-    def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
+    def cancel_call(self, future: AioRayFuture[Any]) -> None:
         pass
 
     def send_now(self) -> None:
@@ -312,7 +336,7 @@ class _Nowhere:
         pass
 
 
-_NOWHERE: Any = _Nowhere()
+_NOWHERE: Home = _Nowhere()
 
 
 def _run_callback(fn: Callable[[AioRayFuture[Any]], object], future: AioRayFuture[Any]) -> None:
@@ -324,3 +348,52 @@ def _run_callback(fn: Callable[[AioRayFuture[Any]], object], future: AioRayFutur
         logging.getLogger("aioray_runner").exception(
             "done callback %r of %s raised", fn, future.label
         )
+
+
+# -- the runtime's side: how the pool fills futures in ------------------------------------
+
+
+def settle(future: AioRayFuture[Any], kind: int, payload: bytes | None, release: Release) -> None:
+    """Record an outcome that arrived from the supervisor (I/O thread).
+
+    ``release`` is called when the future is later dropped, so the supervisor may
+    forget the outcome it keeps for dependents.
+    """
+    future._release = release
+    future._set_outcome(kind, payload)
+
+
+def fail(future: AioRayFuture[Any], error: BaseException) -> bool:
+    """Fail a call with an error raised on the caller's side; False if already done."""
+    return future._set_error(error)
+
+
+def mark_cancelled(future: AioRayFuture[Any]) -> None:
+    """Mark a call cancelled before it was sent anywhere."""
+    future._set_outcome(_wire.CANCELLED, None)
+
+
+def home_of(future: AioRayFuture[Any]) -> Home:
+    """The supervisor the call was sent to (or is about to be)."""
+    return future._home
+
+
+def move(future: AioRayFuture[Any], home: Home) -> None:
+    """The call is sent to another supervisor (its first one died before it started)."""
+    future._home = home
+
+
+def held_outcome(future: AioRayFuture[Any]) -> tuple[bool, bytes]:
+    """For a finished future: ``(succeeded, pickled value)``, or ``(False, b"")``.
+
+    Used to pass an outcome the caller holds to a dependent call once the
+    supervisor that produced it has died.
+    """
+    if future._state != _wire.OK:
+        return False, b""
+    payload = future._payload
+    if payload is None:  # already unpickled here: pickle it again
+        import cloudpickle
+
+        payload = cloudpickle.dumps(future._outcome(), protocol=5)
+    return True, payload

@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import itertools
 import logging
 import pickle
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-import cloudpickle
 import ray
 
 from . import _wire
 from ._bridge import end_of_turn_scheduler
-from ._futures import AioRayFuture
+from ._futures import AioRayFuture, Home, fail, held_outcome, home_of, mark_cancelled, move, settle
+from ._iothread import IOThread, wait_ref
 from ._placement import (
     DEFAULT_GROUP,
     GroupKey,
@@ -50,6 +49,7 @@ from ._placement import (
     to_ray_strategy,
 )
 from ._raywatch import PROBE_EVERY_S, Probe
+from ._settings import Settings
 from ._supervisor import Supervisor
 from ._watchdog import BlockedLoop
 from .errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
@@ -84,8 +84,13 @@ class _Extras:
         self.cancelled = False  # cancel() was called: never send it again
 
 
-class Slot:
-    """One supervisor actor, as the caller sees it."""
+class RemoteSupervisor:
+    """One supervisor actor, as the caller sees it: its handle, calls and load.
+
+    It is the :class:`_futures.Home` of the futures of the calls sent to it. A
+    replacement for a dead supervisor is a new ``RemoteSupervisor`` with the same
+    ``index`` and the next ``generation``.
+    """
 
     def __init__(self, pool: Pool, index: int, group: GroupKey, handle: Any, generation: int):
         self.pool = pool
@@ -95,6 +100,8 @@ class Slot:
         self.generation = generation
         self.alive = True
         self.info: dict[str, Any] = {}
+        # Ray has no public accessor for a handle's actor id; supervisors
+        # report deaths of others by this id (see Pool._send_again).
         self.actor_id: str = handle._actor_id.hex()
         self.in_flight: dict[int, AioRayFuture[Any]] = {}
         # Sent here and not announced yet: safe to send elsewhere if this dies.
@@ -117,20 +124,24 @@ class Slot:
     def assign(self) -> None:
         self.assigned = next(self._assigned)
 
-    def runtime_cancel(self, future: AioRayFuture[Any]) -> None:
+    def cancel_call(self, future: AioRayFuture[Any]) -> None:
+        """Ask the supervisor to cancel the future's call."""
         self.pool.cancel(future)
 
     def send_now(self) -> None:
+        """Send the calls queued at the caller now."""
         self.pool.send_now()
 
     def check_can_block(self) -> None:
-        if threading.current_thread() is self.pool._thread:
+        """Refuse a blocking wait on the I/O thread, which would stop every result."""
+        if self.pool.io.is_current():
             raise RuntimeError(
                 "a blocking wait on the runtime's I/O thread (in a done callback?) would"
                 " stop every result from arriving: hand the work to your own thread or loop"
             )
 
     def describe(self) -> str:
+        """``"supervisor N (pid P on IP)"``, for logs and errors."""
         where = self.info.get("node_ip", "?")
         pid = self.info.get("pid", "?")
         return f"supervisor {self.index} (pid {pid} on {where})"
@@ -141,33 +152,21 @@ class Pool:
 
     def __init__(
         self,
+        settings: Settings,
         *,
         count: int,
-        max_concurrency: int,
-        backend: str,
-        threads: int,
-        actor_options: dict[str, Any],
-        start_timeout: float,
         logger: logging.Logger,
-        preload: Sequence[str] = (),
-        blocked_loop_threshold: float | None = None,
         on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
         ray_probe: Probe | None = None,
     ) -> None:
+        self.settings = settings
         self.count = count
-        self.max_concurrency = max_concurrency
-        self.backend = backend
-        self.threads = threads
-        self.actor_options = actor_options
-        self.start_timeout = start_timeout
         self.logger = logger
-        self.preload = tuple(preload)
-        self.blocked_loop_threshold = blocked_loop_threshold
         self.on_blocked_loop = on_blocked_loop
         self.ray_probe = ray_probe
         self.ray_lost: str | None = None  # why Ray went away, once it has
         self.name = uuid.uuid4().hex[:8]
-        self.groups: dict[GroupKey, list[Slot]] = {}
+        self.groups: dict[GroupKey, list[RemoteSupervisor]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
         # The live CPU nodes, read at the first pinned placement (see _new_slot).
         self._nodes: list[str] = []
@@ -184,12 +183,8 @@ class Pool:
         self._io_scheduled = False
         # Per thread: the loop whose end-of-turn handoff is already scheduled.
         self._turn = threading.local()
-        self._releases: collections.deque[tuple[Slot, int]] = collections.deque()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"aioray-io-{self.name}", daemon=True
-        )
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._releases: collections.deque[tuple[RemoteSupervisor, int]] = collections.deque()
+        self.io = IOThread(f"aioray-io-{self.name}")
         self._closed = False
         self._started = False
 
@@ -197,33 +192,35 @@ class Pool:
 
     def start(self) -> None:
         """Start the I/O thread and the default supervisors; wait until they answer."""
-        self._thread.start()
+        self.io.start()
         slots = self._create_group(DEFAULT_GROUP, self.count, {})
         self._started = True
         self._wait_ready(slots)
-        self._call_in_loop(self._start_release_timer)
-        self._call_in_loop(self._schedule_probe)
+        self.io.call_soon(self._start_release_timer)
+        self.io.call_soon(self._schedule_probe)
 
-    def _create_group(self, key: GroupKey, count: int, options: dict[str, Any]) -> list[Slot]:
+    def _create_group(
+        self, key: GroupKey, count: int, options: dict[str, Any]
+    ) -> list[RemoteSupervisor]:
         self._group_options[key] = options
         # Kept if the group fails to start: a retry reuses its number.
         self._group_numbers.setdefault(key, len(self._group_numbers))
         slots = [self._new_slot(i, key, 0) for i in range(count)]
         self.groups[key] = slots
         for slot in slots:
-            self._call_in_loop(self._start_poll, slot)
+            self.io.call_soon(self._start_poll, slot)
         return slots
 
-    def _new_slot(self, index: int, group: GroupKey, generation: int) -> Slot:
+    def _new_slot(self, index: int, group: GroupKey, generation: int) -> RemoteSupervisor:
         group_options = self._group_options.get(group, {})
         nodes: list[str] = []
-        if needs_nodes(self.actor_options, group_options, group):
+        if needs_nodes(self.settings.actor_options, group_options, group):
             if generation > 0 or not self._nodes:
                 # A replacement looks again: the cluster may have changed.
                 self._nodes = live_cpu_nodes(ray.nodes())
             nodes = self._nodes
         options = actor_options(
-            self.actor_options,
+            dict(self.settings.actor_options),
             group_options,
             index=index,
             generation=generation,
@@ -233,28 +230,18 @@ class Pool:
             group_number=self._group_numbers[group],
         )
         options["scheduling_strategy"] = to_ray_strategy(options["scheduling_strategy"])
-        handle = (
-            ray.remote(Supervisor)
-            .options(**options)
-            .remote(
-                index,
-                self.max_concurrency,
-                self.backend,
-                self.threads,
-                self.preload,
-                self.blocked_loop_threshold,
-            )
-        )
-        return Slot(self, index, group, handle, generation)
+        handle = ray.remote(Supervisor).options(**options).remote(index, self.settings)
+        return RemoteSupervisor(self, index, group, handle, generation)
 
-    def _wait_ready(self, slots: Sequence[Slot]) -> None:
+    def _wait_ready(self, slots: Sequence[RemoteSupervisor]) -> None:
         refs = [slot.handle.info.remote() for slot in slots]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        timeout = self.settings.start_timeout
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
-            options = self._group_options.get(slots[0].group) or self.actor_options
+            options = self._group_options.get(slots[0].group) or dict(self.settings.actor_options)
             raise RuntimeError(
                 f"{len(refs) - len(ready)} of {len(refs)} supervisors did not start within"
-                f" {self.start_timeout:.0f} s. Ray may be unable to place them with the"
+                f" {timeout:.0f} s. Ray may be unable to place them with the"
                 f" options {redact_options(options) or '(defaults)'}; resources available now:"
                 f" {ray.available_resources()}. Lower `supervisors`, change the actor"
                 " options, or raise `start_timeout`."
@@ -290,7 +277,7 @@ class Pool:
                 raise
         return key
 
-    def slots(self, group: GroupKey = DEFAULT_GROUP) -> list[Slot]:
+    def slots(self, group: GroupKey = DEFAULT_GROUP) -> list[RemoteSupervisor]:
         """The live supervisors of a group."""
         return [s for s in self.groups.get(group, []) if s.alive]
 
@@ -300,18 +287,9 @@ class Pool:
             return
         self._closed = True
         if self._started:
-            self._call_in_loop(self._send_pending)
-            self._call_in_loop(self._flush_releases)
-            done = threading.Event()
-
-            def stop() -> None:
-                for task in self._tasks:
-                    task.cancel()
-                self._fail_in_flight("the runtime closed while it was running")
-                done.set()
-
-            self._loop.call_soon_threadsafe(stop)
-            done.wait(5)
+            self.io.call_soon(self._send_pending)
+            self.io.call_soon(self._flush_releases)
+            self.io.stop(lambda: self._fail_in_flight("the runtime closed while it was running"))
         for slots in self.groups.values():
             for slot in slots:
                 slot.alive = False
@@ -321,11 +299,6 @@ class Pool:
                     ray.kill(slot.handle, no_restart=True)
                 except Exception:
                     pass
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
         # Nothing may stay pending: whatever was not sent or not answered fails.
         self._fail_unsent("the runtime closed before the call was sent")
         self._fail_in_flight("the runtime closed while it was running")
@@ -335,7 +308,7 @@ class Pool:
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for future, *_ in pending:
-            future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
+            fail(future, RuntimeNotRunningError(f"{future.label}: {reason}"))
 
     def _fail_in_flight(self, reason: str) -> None:
         self._extras.clear()
@@ -346,7 +319,7 @@ class Pool:
                 slot.unstarted.clear()
                 slot.rerunnable.clear()
                 for future in lost:
-                    future._set_error(RuntimeNotRunningError(f"{future.label}: {reason}"))
+                    fail(future, RuntimeNotRunningError(f"{future.label}: {reason}"))
 
     # -- submitting (caller's thread) ----------------------------------------------------
 
@@ -357,7 +330,7 @@ class Pool:
         kwargs: dict[str, Any],
         *,
         group: GroupKey = DEFAULT_GROUP,
-        slot: Slot | None = None,
+        slot: RemoteSupervisor | None = None,
         label: str | None = None,
         reruns: int = 0,
     ) -> AioRayFuture[Any]:
@@ -400,7 +373,7 @@ class Pool:
                 schedule(self._end_of_turn)
         return future
 
-    def _pick(self, group: GroupKey) -> Slot:
+    def _pick(self, group: GroupKey) -> RemoteSupervisor:
         slots = self.slots(group)
         if not slots:
             raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
@@ -408,7 +381,7 @@ class Pool:
 
     def _lift(self, obj: Any) -> _wire.Lifted | None:
         if isinstance(obj, ray.ObjectRef):
-            return (_wire.REF_DEP, obj, 0, f"ObjectRef {obj.hex()[:12]}"), None
+            return _wire.ref_dep(obj), None
         if isinstance(obj, AioRayFuture):
             future: AioRayFuture[Any] = obj
         else:
@@ -416,18 +389,16 @@ class Pool:
             if unwrap is None:
                 return None
             future = unwrap(obj)
-        slot = future._slot
+        slot = home_of(future)
         if future.done() and not slot.alive:
             # The outcome is here and its supervisor cannot answer for it any more.
-            if future._state != _wire.OK:
+            succeeded, payload = held_outcome(future)
+            if not succeeded:
                 error = future.exception(0)
                 message = f"{future.label} failed with {type(error).__name__}: {error}"
-                return (_wire.FAILED_DEP, message, 0, future.label), future
-            payload = future._payload
-            if payload is None:  # already unpickled here: pickle it again
-                payload = cloudpickle.dumps(future._outcome(), protocol=5)
-            return (_wire.VALUE_DEP, payload, 0, future.label), future
-        return (_wire.CALL_DEP, slot.handle, future.call_id, future.label), future
+                return _wire.failed_dep(message, future.label), future
+            return _wire.value_dep(payload, future.label), future
+        return _wire.call_dep(_supervisor_of(future).handle, future.call_id, future.label), future
 
     def send_now(self) -> None:
         """Hand queued calls to the I/O thread now, not at the end of the loop turn.
@@ -449,16 +420,13 @@ class Pool:
                 return
             self._io_scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._send_pending)
+            self.io.call_soon(self._send_pending)
         except RuntimeError:  # the I/O loop is closed
             self._fail_unsent("the runtime closed before the call was sent")
 
-    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._loop.call_soon_threadsafe(fn, *args)
-
     def cancel(self, future: AioRayFuture[Any]) -> None:
         """Ask the supervisor to cancel a call (it may still be on its way there)."""
-        self._call_in_loop(self._send_cancel, future)
+        self.io.call_soon(self._send_cancel, future)
 
     def outstanding(self) -> list[AioRayFuture[Any]]:
         """Every call not finished yet: sends what is queued, then lists what is in flight."""
@@ -472,24 +440,19 @@ class Pool:
                     result.extend(slot.in_flight.values())
             collected.set()
 
-        self._call_in_loop(collect)
+        self.io.call_soon(collect)
         collected.wait()
         return result
 
     def flush_releases_soon(self) -> None:
         """Send the queued releases now instead of at the next timer tick."""
-        self._call_in_loop(self._flush_releases)
+        self.io.call_soon(self._flush_releases)
 
-    def release(self, slot: Slot, call_id: int) -> None:
+    def release(self, home: Home, call_id: int) -> None:
         """A finished future was dropped (``__del__``, any thread): forget it remotely."""
-        self._releases.append((slot, call_id))
+        self._releases.append((cast(RemoteSupervisor, home), call_id))
 
     # -- the I/O thread ----------------------------------------------------------------------
-
-    def _spawn(self, coro: Any) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _send_pending(self) -> None:
         with self._pending_lock:
@@ -505,26 +468,27 @@ class Pool:
         dependency is lifted afresh from its future (its outcome may now be held
         here, or on another supervisor, or be lost).
         """
-        by_slot: dict[Slot, list[tuple[Any, ...]]] = {}
-        functions: dict[Slot, dict[bytes, bytes]] = {}
+        by_slot: dict[RemoteSupervisor, list[tuple[Any, ...]]] = {}
+        functions: dict[RemoteSupervisor, dict[bytes, bytes]] = {}
         extras = self._extras
         for parcel in parcels:
             future, digest, fn_blob, blob, deps, upstream = parcel
             extra = extras.get(future.call_id) if extras else None
             if extra is not None and extra.cancelled:  # cancelled while it moved
-                future._slot.finished += 1  # it was counted there when assigned
+                _supervisor_of(future).finished += 1  # it was counted there when assigned
                 self._forget(future.call_id)
-                future._set_outcome(_wire.CANCELLED, None)
+                mark_cancelled(future)
                 continue
-            slot = future._slot
+            slot = _supervisor_of(future)
             if not slot.alive:
                 rerouted = self._reroute(future)
                 if rerouted is None:
                     self._forget(future.call_id)
-                    future._set_error(
+                    fail(
+                        future,
                         RuntimeNotRunningError(
                             f"{future.label}: the runtime closed before the call was sent"
-                        )
+                        ),
                     )
                     continue
                 slot = rerouted
@@ -536,7 +500,7 @@ class Pool:
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
                 functions.setdefault(slot, {})[digest] = fn_blob
-            rerun = (extra.attempt, extra.loss) if extra and extra.attempt > 1 else None
+            rerun = _wire.Rerun(extra.attempt, extra.loss) if extra and extra.attempt > 1 else None
             by_slot.setdefault(slot, []).append(
                 (future.call_id, digest, blob, deps, future.label, rerun)
             )
@@ -545,16 +509,16 @@ class Pool:
                 chunk = calls[start : start + BATCH_MAX]
                 fns = functions.pop(slot, {}) if start == 0 else {}
                 ref = slot.handle.submit.remote(fns, chunk)
-                self._spawn(self._watch(slot, ref, [c[0] for c in chunk], "a batch of calls"))
+                self.io.spawn(self._watch(slot, ref, [c[0] for c in chunk], "a batch of calls"))
 
-    def _reroute(self, future: AioRayFuture[Any]) -> Slot | None:
+    def _reroute(self, future: AioRayFuture[Any]) -> RemoteSupervisor | None:
         """Move a call that never started to the least loaded live supervisor."""
-        slots = self.slots(future._slot.group)
+        slots = self.slots(_supervisor_of(future).group)
         if not slots or self._closed:
             return None
         slot = min(slots, key=lambda s: s.load)
         slot.assign()
-        future._slot = slot
+        move(future, slot)
         return slot
 
     def _relift(
@@ -569,10 +533,14 @@ class Pool:
         return fresh
 
     async def _watch(
-        self, slot: Slot, ref: Any, call_ids: Sequence[int] = (), what: str = "a message"
+        self,
+        slot: RemoteSupervisor,
+        ref: Any,
+        call_ids: Sequence[int] = (),
+        what: str = "a message",
     ) -> None:
         try:
-            await _wait_ref(ref)
+            await wait_ref(ref)
         except asyncio.CancelledError:
             raise
         except ray.exceptions.RayActorError as exc:
@@ -587,15 +555,15 @@ class Pool:
                 if future is not None:
                     slot.finished += 1
                     self._forget(call_id)
-                    future._set_error(exc)
+                    fail(future, exc)
 
-    def _start_poll(self, slot: Slot) -> None:
-        self._spawn(self._poll(slot))
+    def _start_poll(self, slot: RemoteSupervisor) -> None:
+        self.io.spawn(self._poll(slot))
 
-    async def _poll(self, slot: Slot) -> None:
+    async def _poll(self, slot: RemoteSupervisor) -> None:
         while slot.alive:
             try:
-                reply = await _wait_ref(slot.handle.poll.remote(POLL_MAX))
+                reply = await wait_ref(slot.handle.poll.remote(POLL_MAX))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -611,10 +579,10 @@ class Pool:
 
     def _deliver(
         self,
-        slot: Slot,
-        outcomes: list[tuple[int, int, bytes | None]],
+        slot: RemoteSupervisor,
+        outcomes: list[_wire.Outcome],
         announced: list[int],
-        stalls: list[tuple[float, tuple[tuple[int, str], ...], str]],
+        stalls: list[_wire.StallReport],
     ) -> None:
         unstarted = slot.unstarted
         extras = self._extras
@@ -641,25 +609,25 @@ class Pool:
                 # release could reach it after the call was sent there again.
                 self._send_again(slot, parcel, payload)
                 continue
-            future._release = release
-            future._set_outcome(kind, payload)
+            settle(future, kind, payload, release)
 
-    def _send_again(self, slot: Slot, parcel: Parcel, payload: bytes | None) -> None:
+    def _send_again(self, slot: RemoteSupervisor, parcel: Parcel, payload: bytes | None) -> None:
         """A call could not start on ``slot``: an upstream's supervisor died."""
         future = parcel[0]
-        index, owner = pickle.loads(payload) if payload else (0, None)
+        index, owner = pickle.loads(payload) if payload else _wire.ResendReason(0, None)
         extra = self._extras_of(future.call_id)
         extra.sends += 1
         upstream = parcel[5][index] if index < len(parcel[5]) else None
         if extra.sends > MAX_SENDS:
             self._forget(future.call_id)
             where = upstream.label if upstream is not None else "an upstream call"
-            future._set_error(
+            fail(
+                future,
                 UpstreamError(
                     f"{future.label} cannot start: the supervisor holding {where} died"
                     f" {MAX_SENDS} times while it waited for it",
                     where,
-                )
+                ),
             )
             return
         if slot.alive:
@@ -675,7 +643,7 @@ class Pool:
         else:
             # The upstream is itself being sent again; its news may reach us
             # through another supervisor's poll a moment later.
-            self._loop.call_later(0.05, lambda: self._dispatch([parcel], relift=True))
+            self.io.call_later(0.05, lambda: self._dispatch([parcel], relift=True))
 
     def _extras_of(self, call_id: int) -> _Extras:
         extra = self._extras.get(call_id)
@@ -687,11 +655,11 @@ class Pool:
         """The call's outcome is settled: drop what was tracked for it."""
         self._extras.pop(call_id, None)
 
-    def _all_slots(self) -> list[Slot]:
+    def _all_slots(self) -> list[RemoteSupervisor]:
         return [slot for slots in self.groups.values() for slot in slots]
 
     def _report_stall(
-        self, slot: Slot, seconds: float, calls: tuple[tuple[int, str], ...], where: str
+        self, slot: RemoteSupervisor, seconds: float, calls: tuple[tuple[int, str], ...], where: str
     ) -> None:
         blocked = BlockedLoop(
             supervisor=slot.describe(),
@@ -709,7 +677,7 @@ class Pool:
             self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
             self.logger.warning("%s", blocked)
 
-    def _on_failure(self, slot: Slot, exc: BaseException) -> None:
+    def _on_failure(self, slot: RemoteSupervisor, exc: BaseException) -> None:
         if not slot.alive or self._closed:
             return
         slot.alive = False
@@ -723,7 +691,7 @@ class Pool:
         group = self.groups[slot.group]
         group[group.index(slot)] = replacement
         self._start_poll(replacement)
-        self._spawn(self._describe(replacement))
+        self.io.spawn(self._describe(replacement))
 
         # Calls announced (may have started) are lost, unless they may run
         # again; the rest never ran.
@@ -755,18 +723,19 @@ class Pool:
         # its upstream's failure instead of waiting on the dead supervisor.
         for future in lost:
             self._forget(future.call_id)
-            future._set_error(
+            fail(
+                future,
                 SupervisorDiedError(
                     f"{future.label} was lost: {slot.describe()} died while running it"
                     f" ({cause}). Later calls run on a replacement supervisor; resubmit"
                     " this one if it is safe to run again."
-                )
+                ),
             )
         self._dispatch([resend[call_id] for call_id in sorted(resend)], relift=True)
 
-    async def _describe(self, slot: Slot) -> None:
+    async def _describe(self, slot: RemoteSupervisor) -> None:
         try:
-            slot.info = await _wait_ref(slot.handle.info.remote())
+            slot.info = await wait_ref(slot.handle.info.remote())
             self.logger.info("Replacement %s is ready", slot.describe())
         except Exception as exc:
             self._on_failure(slot, exc)
@@ -776,14 +745,14 @@ class Pool:
             return
         # Remembered, so a supervisor death cannot send the call on afterwards.
         self._extras_of(future.call_id).cancelled = True
-        slot = future._slot
+        slot = _supervisor_of(future)
         # Not sent yet: it will not be (see _dispatch), so nothing to tell.
         if slot.alive and future.call_id in slot.in_flight:
-            self._spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
+            self.io.spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
 
     def _schedule_probe(self) -> None:
         if self.ray_probe is not None and not (self._closed or self.ray_lost):
-            self._loop.call_later(PROBE_EVERY_S, lambda: self._spawn(self._probe_ray()))
+            self.io.call_later(PROBE_EVERY_S, lambda: self.io.spawn(self._probe_ray()))
 
     async def _probe_ray(self) -> None:
         assert self.ray_probe is not None
@@ -791,7 +760,7 @@ class Pool:
             return
         # In a thread: a probe of a remote GCS may wait up to two seconds.
         try:
-            reason = await self._loop.run_in_executor(None, self.ray_probe)
+            reason = await self.io.loop.run_in_executor(None, self.ray_probe)
         except Exception:  # a probe that breaks must not stop the probing
             self.logger.debug("the Ray probe failed", exc_info=True)
             reason = None
@@ -824,56 +793,31 @@ class Pool:
             len(lost),
         )
         for future in lost:
-            future._set_error(
+            fail(
+                future,
                 RayLostError(
                     f"{future.label} was lost: Ray went away ({reason}). Resubmit it to a"
                     " new runtime if it is safe to run again."
-                )
+                ),
             )
 
     def _start_release_timer(self) -> None:
         self._flush_releases()
         if not self._closed:
-            self._loop.call_later(RELEASE_EVERY_S, self._start_release_timer)
+            self.io.call_later(RELEASE_EVERY_S, self._start_release_timer)
 
     def _flush_releases(self) -> None:
         if not self._releases:
             return
-        by_slot: dict[Slot, list[int]] = {}
+        by_slot: dict[RemoteSupervisor, list[int]] = {}
         while self._releases:
             slot, call_id = self._releases.popleft()
             if slot.alive:
                 by_slot.setdefault(slot, []).append(call_id)
         for slot, call_ids in by_slot.items():
-            self._spawn(self._watch(slot, slot.handle.release.remote(call_ids)))
+            self.io.spawn(self._watch(slot, slot.handle.release.remote(call_ids)))
 
 
-async def _wait_ref(ref: Any) -> Any:
-    """Await an ObjectRef on the I/O loop.
-
-    Cancelling this wait (at close) leaves Ray's own future alone: the Ray
-    client of Ray 2.10 and 2.40 sets a result on it without checking whether it
-    was cancelled, and the error kills the client's data thread. A wait that was
-    cancelled takes no outcome, so a late error (the supervisor killed at close)
-    is not reported as "never retrieved" either.
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[Any] = loop.create_future()
-
-    def settle(done: concurrent.futures.Future[Any]) -> None:
-        if not waiter.done():
-            if done.cancelled():
-                waiter.cancel()
-            elif (exc := done.exception()) is not None:
-                waiter.set_exception(exc)
-            else:
-                waiter.set_result(done.result())
-
-    def on_done(done: concurrent.futures.Future[Any]) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, done)
-        except RuntimeError:
-            pass  # the loop has closed: nobody waits any more
-
-    ref.future().add_done_callback(on_done)
-    return await waiter
+def _supervisor_of(future: AioRayFuture[Any]) -> RemoteSupervisor:
+    """The supervisor a future of this pool was sent to (its home is always one)."""
+    return cast(RemoteSupervisor, home_of(future))

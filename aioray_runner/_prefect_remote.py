@@ -28,7 +28,7 @@ import contextvars
 import datetime
 import inspect
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from ._supervisor import Attempt, current_attempt
@@ -83,6 +83,20 @@ async def _scope_for(key: str, flow_context: dict[str, Any]) -> contextvars.Cont
     return await asyncio.shield(scope.ready)
 
 
+class TaskRunRequest(NamedTuple):
+    """What the flow's side sends with each task run, beside its parameters."""
+
+    task_run_id: UUID
+    #: Prefect's ``wait_for`` futures (resolved to States on the supervisor).
+    wait_for: Any
+    #: Prefect's task run inputs, as ``submit`` received them.
+    dependencies: dict[str, Any] | None
+    #: The per-run part of Prefect's serialized context (tags, parent, assets).
+    call_context: dict[str, Any]
+    #: Ray options for a sync task's Ray task (``remote_options``); unused for async.
+    ray_options: dict[str, Any] | None = None
+
+
 def _enter_call_context(stack: ExitStack, call_context: dict[str, Any]) -> None:
     from prefect.context import AssetContext, FlowRunContext, TaskRunContext, tags
 
@@ -100,7 +114,7 @@ async def run_async_task(
     key: str,
     flow_context: dict[str, Any],
     task: Any,
-    meta: tuple[UUID, Any, dict[str, Any] | None, dict[str, Any]],
+    request: TaskRunRequest,
     /,
     **parameters: Any,
 ) -> Any:
@@ -111,7 +125,7 @@ async def run_async_task(
     """
     from prefect.task_engine import run_task_async
 
-    task_run_id, wait_for, dependencies, call_context = meta
+    task_run_id, wait_for, dependencies, call_context, _ = request
     attempt = current_attempt()
 
     context = await _scope_for(key, flow_context)
@@ -288,7 +302,7 @@ async def run_sync_task(
     key: str,
     flow_context: dict[str, Any],
     task: Any,
-    meta: tuple[UUID, Any, dict[str, Any] | None, dict[str, Any], dict[str, Any]],
+    request: TaskRunRequest,
     /,
     **parameters: Any,
 ) -> Any:
@@ -299,7 +313,7 @@ async def run_sync_task(
     """
     import ray
 
-    task_run_id, wait_for, dependencies, call_context, ray_options = meta
+    task_run_id, wait_for, dependencies, call_context, ray_options = request
     task_run = None
     attempt = current_attempt()
     if attempt.number > 1:  # run again after a supervisor died
@@ -313,7 +327,7 @@ async def run_sync_task(
     global _sync_runner
     if _sync_runner is None:
         _sync_runner = ray.remote(_run_sync_task)
-    remote = _sync_runner.options(name=getattr(task, "name", "task"), **ray_options)
+    remote = _sync_runner.options(name=getattr(task, "name", "task"), **(ray_options or {}))
     context = {**flow_context, **call_context}
     ref = remote.remote(
         task,

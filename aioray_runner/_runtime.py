@@ -8,11 +8,8 @@ The machinery lives in ``_pool`` (caller side) and ``_supervisor`` (actor side).
 from __future__ import annotations
 
 import collections
-import difflib
 import logging
-import math
 import os
-import re
 import socket
 import threading
 import time
@@ -28,16 +25,19 @@ from ._futures import AioRayFuture
 from ._placement import DEFAULT_GROUP, GroupKey, live_node_count
 from ._pool import Pool
 from ._raywatch import probe_for_current_ray, processes_of_local_ray, stop_leftovers
-from ._watchdog import DEFAULT_THRESHOLD_S, BlockedLoop
+from ._settings import (
+    DEFAULT_BLOCKED_LOOP_THRESHOLD,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_THREADS,
+    Settings,
+    split_host_port,
+)
+from ._watchdog import BlockedLoop
 from .errors import RuntimeNotRunningError
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-#: Default cap on calls running at once in one supervisor (see docs/choosing-settings.md).
-DEFAULT_MAX_CONCURRENCY = 10_000
-#: Default seconds a supervisor's loop may stall before the runtime warns.
-DEFAULT_BLOCKED_LOOP_THRESHOLD = DEFAULT_THRESHOLD_S
 
 
 class Runtime:
@@ -75,6 +75,9 @@ class Runtime:
         logger: Where to log what the runtime does (where Ray runs, how many
             supervisors started, supervisors that died). Defaults to the
             ``"aioray_runner"`` logger.
+        settings: All the settings above as one :class:`Settings` (then those
+            arguments are ignored): handy to keep one configuration and reuse it
+            with :meth:`Settings.replace`. ``runtime.settings`` is the one in force.
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
@@ -90,42 +93,36 @@ class Runtime:
         supervisors: int | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         backend: Literal["asyncio", "trio"] = "asyncio",
-        threads: int = 32,
+        threads: int = DEFAULT_THREADS,
         init_kwargs: dict[str, Any] | None = None,
         actor_options: dict[str, Any] | None = None,
-        start_timeout: float = 120.0,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
         preload: Iterable[str] = (),
         logger: logging.Logger | None = None,
         blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
         on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        check_settings(
-            address=address,
-            supervisors=supervisors,
-            max_concurrency=max_concurrency,
-            threads=threads,
-            start_timeout=start_timeout,
-            backend=backend,
-            blocked_loop_threshold=blocked_loop_threshold,
-        )
-        if backend == "trio":
-            try:
-                import trio  # noqa: F401
-            except ImportError as exc:
-                raise ImportError(
-                    "backend='trio' needs trio: pip install 'aioray-runner[trio]'"
-                ) from exc
-        self.address = address
-        self.supervisors = supervisors
-        self.max_concurrency = max_concurrency
-        self.backend = backend
-        self.threads = threads
-        self.init_kwargs = dict(init_kwargs or {})
-        self.actor_options = dict(actor_options or {})
-        self.start_timeout = start_timeout
-        self.preload = tuple(preload)
+        if settings is None:
+            settings = Settings(
+                address=address,
+                supervisors=supervisors,
+                max_concurrency=max_concurrency,
+                backend=backend,
+                threads=threads,
+                init_kwargs=init_kwargs or {},
+                actor_options=actor_options or {},
+                start_timeout=start_timeout,
+                preload=preload,  # type: ignore[arg-type]  # Settings makes it a tuple
+                blocked_loop_threshold=blocked_loop_threshold,
+            )
+        elif not isinstance(settings, Settings):
+            raise TypeError(
+                f"settings must be an aioray_runner.Settings, got {type(settings).__name__}"
+            )
+        #: Every setting, checked (see :class:`Settings`).
+        self.settings = settings
         self.logger = logger or logging.getLogger("aioray_runner")
-        self.blocked_loop_threshold = blocked_loop_threshold or None
         self.on_blocked_loop = on_blocked_loop
         self._pool: Pool | None = None
         self._owns_ray = False
@@ -158,17 +155,11 @@ class Runtime:
                 raise RuntimeError("this runtime is already running")
             self._connect()
             try:
-                count = self.supervisors or live_node_count(ray.nodes())
+                count = self.settings.supervisors or live_node_count(ray.nodes())
                 pool = Pool(
+                    self.settings,
                     count=count,
-                    max_concurrency=self.max_concurrency,
-                    backend=self.backend,
-                    threads=self.threads,
-                    actor_options=self.actor_options,
-                    start_timeout=self.start_timeout,
                     logger=self.logger,
-                    preload=self.preload,
-                    blocked_loop_threshold=self.blocked_loop_threshold,
                     on_blocked_loop=self.on_blocked_loop,
                     ray_probe=probe_for_current_ray(self._owns_ray),
                 )
@@ -187,8 +178,8 @@ class Runtime:
             "Started %d supervisor(s) in %.1f s (backend=%s, max_concurrency=%d each) on %s",
             count,
             time.monotonic() - started,
-            self.backend,
-            self.max_concurrency,
+            self.settings.backend,
+            self.settings.max_concurrency,
             ", ".join(f"{ip} x{n}" for ip, n in sorted(nodes.items())),
         )
         return self
@@ -198,10 +189,11 @@ class Runtime:
             self._owns_ray = False
             self.logger.info("Using the Ray instance already initialized in this process")
             return
-        kwargs = {"namespace": "aioray", **self.init_kwargs}
-        if self.address:
-            kwargs["address"] = self.address
-        where = self.address or os.environ.get("RAY_ADDRESS")
+        address = self.settings.address
+        kwargs = {"namespace": "aioray", **self.settings.init_kwargs}
+        if address:
+            kwargs["address"] = address
+        where = address or os.environ.get("RAY_ADDRESS")
         if where:
             self.logger.info("Connecting to Ray at %s", where)
         else:
@@ -551,120 +543,9 @@ class RuntimeOptions:
         return self._pool.submit(fn, args, kwargs, group=self._group)
 
 
-_BACKENDS = ("asyncio", "trio")
-# Names people write for the asyncio backend.
-_BACKEND_ALIASES = {"anyio": "asyncio", "uvloop": "asyncio", "async": "asyncio", "aio": "asyncio"}
 _AUTH_MODE_VAR = "RAY_AUTH_MODE"
 # Seconds a TCP connect may take before an address counts as unreachable.
 PROBE_TIMEOUT_S = 3.0
-
-
-def check_settings(
-    *,
-    address: str | None = None,
-    supervisors: int | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    threads: int = 32,
-    start_timeout: float = 120.0,
-    backend: str = "asyncio",
-    blocked_loop_threshold: float | None = None,
-) -> None:
-    """Refuse bad runtime settings at once, naming the setting and what is valid.
-
-    Used by :class:`Runtime` and by the Prefect task runner's constructor, so a
-    bad setting fails where it is written, not when the flow starts.
-
-    Raises:
-        TypeError: a setting has the wrong type.
-        ValueError: a setting has a value that cannot work.
-    """
-    if backend not in _BACKENDS:
-        guess = _BACKEND_ALIASES.get(str(backend).lower()) or next(
-            iter(difflib.get_close_matches(str(backend).lower(), _BACKENDS, n=1, cutoff=0.5)),
-            None,
-        )
-        hint = f"; did you mean {guess!r}?" if guess else ""
-        raise ValueError(
-            f"backend must be 'asyncio' or 'trio' (the library your coroutines are"
-            f" written for; anyio code runs on either), not {backend!r}{hint}"
-        )
-    if supervisors is not None:
-        _check_count("supervisors", supervisors, " (or None for one per Ray node)")
-    _check_count("max_concurrency", max_concurrency)
-    _check_count("threads", threads)
-    if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
-        raise TypeError(
-            "start_timeout must be a number of seconds, got an object of type"
-            f" {type(start_timeout).__name__}"
-        )
-    if not (0 < start_timeout < math.inf):
-        raise ValueError(f"start_timeout must be a number of seconds above 0, not {start_timeout}")
-    if blocked_loop_threshold is not None:
-        if isinstance(blocked_loop_threshold, bool) or not isinstance(
-            blocked_loop_threshold, int | float
-        ):
-            raise TypeError(
-                "blocked_loop_threshold must be a number of seconds (or None to switch the"
-                f" watchdog off), got an object of type {type(blocked_loop_threshold).__name__}"
-            )
-        # Below 10 ms the heartbeat (every threshold/4) would itself load the loop.
-        if blocked_loop_threshold != 0 and not 0.01 <= blocked_loop_threshold < math.inf:
-            raise ValueError(
-                "blocked_loop_threshold must be at least 0.01 s (or None or 0 to switch"
-                f" the watchdog off), not {blocked_loop_threshold!r}"
-            )
-    check_address(address)
-
-
-def _check_count(name: str, value: object, extra: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be a whole number of at least 1{extra}, got an object of type"
-            f" {type(value).__name__}"
-        )
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1{extra}, not {value}")
-
-
-_VALID_ADDRESSES = (
-    "None (a temporary local Ray, or the one already initialized in this process),"
-    " 'auto' or 'local' (the cluster `ray start` runs on this machine), 'host:port'"
-    " (a cluster's GCS, port 6379 by default) or 'ray://host:port' (a Ray client"
-    " server, port 10001 by default)"
-)
-_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
-
-
-def check_address(address: object) -> None:
-    """Refuse an address ``ray.init`` cannot use, saying which forms are valid.
-
-    Other ``scheme://`` addresses are Ray client builders of other packages
-    (``ray.init`` imports the module named by the scheme): they are passed on.
-    """
-    if address is None or address in ("auto", "local"):
-        return
-    if not isinstance(address, str):
-        raise TypeError(
-            f"address must be a string or None, got an object of type {type(address).__name__}."
-            f" Valid: {_VALID_ADDRESSES}."
-        )
-    scheme, sep, rest = address.partition("://")
-    if sep and scheme in ("http", "https"):
-        raise ValueError(
-            f"address {address!r} is a web address (the Ray dashboard's?), not one Ray"
-            f" can connect to. Valid: {_VALID_ADDRESSES}."
-        )
-    if sep and scheme != "ray":
-        return
-    if _split_host_port(rest if sep else address) is None:
-        raise ValueError(f"address {address!r} is not valid. Valid: {_VALID_ADDRESSES}.")
-
-
-def _split_host_port(text: str) -> tuple[str, int] | None:
-    host, sep, port = text.rpartition(":")
-    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host.strip("[]"), int(port)
 
 
 def _endpoint(where: str | None) -> tuple[str, int] | None:
@@ -673,8 +554,8 @@ def _endpoint(where: str | None) -> tuple[str, int] | None:
         return None
     scheme, sep, rest = where.partition("://")
     if sep:
-        return _split_host_port(rest) if scheme == "ray" else None
-    return _split_host_port(where)
+        return split_host_port(rest) if scheme == "ray" else None
+    return split_host_port(where)
 
 
 def _probe(where: str, host: str, port: int) -> None:

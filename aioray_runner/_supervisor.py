@@ -2,7 +2,7 @@
 
 Every call becomes one asyncio task on the actor's event loop. A call first
 awaits its dependencies (futures of this runtime, ObjectRefs), then takes one of
-``max_concurrency`` slots and runs. Waiting for dependencies does not hold a slot,
+``max_concurrency`` permits and runs. Waiting for dependencies does not hold one,
 so a queue of dependents can never starve the upstream calls they wait for.
 
 Finished calls are collected and handed to the caller in groups by ``poll``; the
@@ -37,11 +37,12 @@ from typing import Any
 import cloudpickle
 
 from . import _wire
-from ._watchdog import DEFAULT_THRESHOLD_S, Stall, Watchdog
+from ._backends import Host, make_host
+from ._settings import Settings
+from ._watchdog import Stall, Watchdog
 from .errors import SerializationError, SupervisorDiedError, UpstreamError
 
-# (call id, outcome kind, pickled value or exception), as ``poll`` returns them.
-Outcome = tuple[int, int, bytes | None]
+Outcome = _wire.Outcome
 
 
 class _Call:
@@ -58,25 +59,22 @@ class _Call:
 class Supervisor:
     """Runs submitted calls on this actor's event loop (see the module docstring)."""
 
-    def __init__(
-        self,
-        index: int,
-        max_concurrency: int,
-        backend: str = "asyncio",
-        threads: int = 32,
-        preload: Sequence[str] = (),
-        blocked_loop_threshold: float | None = DEFAULT_THRESHOLD_S,
-    ) -> None:
+    def __init__(self, index: int, settings: Settings) -> None:
         # Imported here, while the caller waits for the supervisors to start,
         # so the first calls do not pay for it (Prefect takes seconds).
-        for module in preload:
+        for module in settings.preload:
             importlib.import_module(module)
         self._index = index
-        self._max_concurrency = max_concurrency
-        self._backend = backend
+        self._settings = settings
+        # The backend's host, started before the first call (see _backends).
+        self._host: Host = make_host(settings.backend)
+        self._host_start: asyncio.Future[None] | None = None
+        self._host_ready = False
         self._functions: dict[bytes, Callable[..., Any] | BaseException] = {}
         self._function_arrived: dict[bytes, asyncio.Event] = {}
-        self._is_async: dict[bytes, bool] = {}
+        # Per function: the coroutine function to await (adapted to the
+        # backend), or None for a plain function (it runs in the thread pool).
+        self._awaitable: dict[bytes, Callable[..., Any] | None] = {}
         self._calls: dict[int, _Call] = {}
         self._arrivals: dict[int, asyncio.Future[_Call]] = {}
         self._cancel_early: set[int] = set()
@@ -87,21 +85,18 @@ class Supervisor:
         self._announce: list[int] = []
         self._gate: asyncio.Future[None] | None = None
         self._sent_gate: asyncio.Future[None] | None = None
-        # Calls announced straight from ``submit`` (no dependencies, a slot taken
+        # Calls announced straight from ``submit`` (no dependencies, a permit taken
         # there): their tasks are created when their gate opens.
         self._starts: list[tuple[_Call, bytes, bytes]] = []
         self._sent_starts: list[tuple[_Call, bytes, bytes]] = []
-        self._stalls: list[tuple[float, tuple[tuple[int, str], ...], str]] = []
-        self._blocked_loop_threshold = blocked_loop_threshold
+        self._stalls: list[_wire.StallReport] = []
         self._watchdog: Watchdog | None = None
         # asyncio primitives bind to the running loop when first used (3.10+).
         self._ready_event = asyncio.Event()
-        self._slots = _Slots(max_concurrency)
+        self._permits = _Permits(settings.max_concurrency)
         self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix=f"aioray-supervisor-{index}"
+            max_workers=settings.threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
-        self._trio: Any = None
-        self._trio_start: asyncio.Future[None] | None = None
         self._running = 0
         self._started_total = 0
         self._actor_id: Any = None
@@ -121,17 +116,18 @@ class Supervisor:
             "pid": os.getpid(),
             "node_id": node_id,
             "node_ip": ray.util.get_node_ip_address(),
-            "backend": self._backend,
-            "max_concurrency": self._max_concurrency,
-            "blocked_loop_threshold": self._blocked_loop_threshold,
+            "backend": self._settings.backend,
+            "max_concurrency": self._settings.max_concurrency,
+            "blocked_loop_threshold": self._settings.blocked_loop_threshold,
             "actor_id": self._actor_id,
         }
 
     def _start_watchdog(self) -> None:
-        if self._watchdog is None and self._blocked_loop_threshold:
+        threshold = self._settings.blocked_loop_threshold
+        if self._watchdog is None and threshold:
             self._watchdog = Watchdog(
                 asyncio.get_running_loop(),
-                self._blocked_loop_threshold,
+                threshold,
                 self._calls_holding,
                 self._on_stall,
             )
@@ -156,19 +152,19 @@ class Supervisor:
         return ()
 
     def _on_stall(self, stall: Stall) -> None:
-        self._stalls.append((stall.seconds, stall.calls, stall.where))
+        self._stalls.append(_wire.StallReport(stall.seconds, stall.calls, stall.where))
         self._ready_event.set()
 
-    async def submit(self, functions: dict[bytes, bytes], calls: Sequence[tuple[Any, ...]]) -> int:
-        """Accept a batch of calls: ``(call_id, digest, args, deps, label, rerun)`` each.
+    async def submit(self, functions: dict[bytes, bytes], calls: Sequence[_wire.CallEntry]) -> int:
+        """Accept a batch of calls (see ``_wire.CallEntry``); ``functions`` are new ones.
 
-        ``rerun`` is ``None``, or ``(attempt, why the last attempt was lost)`` for
-        a call run again after its supervisor died.
+        An entry's ``rerun`` is ``None``, or a :class:`_wire.Rerun` for a call run
+        again after its supervisor died.
         """
         loop = asyncio.get_running_loop()
         self._start_watchdog()
-        if self._backend == "trio":
-            await self._trio_started()
+        if not self._host_ready:
+            await self._start_host()
         for digest, blob in functions.items():
             self._add_function(digest, blob)
         starts = self._starts
@@ -184,8 +180,8 @@ class Supervisor:
                 continue
             if rerun is not None:
                 self._start(record, digest, blob, deps, admitted=False, rerun=rerun)
-            elif not deps and self._slots.try_acquire():
-                # The common case, made cheap: nothing to wait for and a slot
+            elif not deps and self._permits.try_acquire():
+                # The common case, made cheap: nothing to wait for and a permit
                 # free (now held), so announce it now and create its task when
                 # the gate opens (no task parked at the gate per call).
                 self._announce.append(call_id)
@@ -204,12 +200,12 @@ class Supervisor:
         deps: Sequence[Any],
         *,
         admitted: bool,
-        rerun: tuple[int, str] | None = None,
+        rerun: _wire.Rerun | None = None,
     ) -> None:
         context = None
         if rerun is not None:  # the task sees its attempt through current_attempt()
             context = contextvars.copy_context()
-            context.run(_attempt.set, Attempt(*rerun))
+            context.run(_attempt.set, Attempt(rerun.attempt, rerun.previous_loss))
         record.task = task = asyncio.get_running_loop().create_task(
             self._run(record, digest, blob, deps, admitted), context=context
         )
@@ -220,25 +216,19 @@ class Supervisor:
         # so nothing else would report its outcome.
         if not record.outcome.done():
             if admitted:
-                self._slots.release()
+                self._permits.release()
             self._finish(record, _wire.CANCELLED, None)
 
-    async def _trio_started(self) -> None:
-        # Start the guest run once; a batch arriving meanwhile waits for the same start.
-        if self._trio_start is None:
-            from ._trio_host import TrioHost
+    async def _start_host(self) -> None:
+        # Start the host once; a batch arriving meanwhile waits for the same start.
+        if self._host_start is None:
+            self._host_start = asyncio.ensure_future(self._host.start())
+        await asyncio.shield(self._host_start)
+        self._host_ready = True
 
-            self._trio = TrioHost()
-            self._trio_start = asyncio.ensure_future(self._trio.start())
-        await asyncio.shield(self._trio_start)
-
-    async def poll(self, max_items: int = 5000) -> tuple[list[Outcome], list[int], list[Any]]:
-        """Wait until there is news; return ``(outcomes, announced, stalls)``.
-
-        ``outcomes``: up to ``max_items`` finished calls; ``announced``: calls
-        about to start (they start when the next poll arrives); ``stalls``: times
-        this supervisor's loop was blocked (see ``_watchdog``).
-        """
+    async def poll(self, max_items: int = 5000) -> _wire.PollReply:
+        """Wait until there is news: finished calls (at most ``max_items``), calls
+        about to start, and times this loop was blocked (see ``_wire.PollReply``)."""
         # This poll proves the caller read the previous reply: the calls it
         # announced may start now.
         if self._sent_gate is not None:
@@ -248,7 +238,7 @@ class Supervisor:
         starts, self._sent_starts = self._sent_starts, []
         for record, digest, blob in starts:
             if record.outcome.done():  # cancelled while it waited here
-                self._slots.release()
+                self._permits.release()
             else:
                 self._start(record, digest, blob, (), admitted=True)
         del starts
@@ -261,7 +251,7 @@ class Supervisor:
         self._sent_gate, self._gate = self._gate, None
         self._sent_starts, self._starts = self._starts, []
         stalls, self._stalls = self._stalls, []
-        return batch, announced, stalls
+        return _wire.PollReply(batch, announced, stalls)
 
     async def _admit(self, record: _Call) -> None:
         """Wait until the caller knows this call starts (see the module docstring)."""
@@ -371,10 +361,10 @@ class Supervisor:
                 values = await self._resolve(deps, record.label) if deps else ()
                 args, kwargs = _wire.loads_arguments(blob, values)
                 if not admitted:
-                    await self._slots.acquire()
+                    await self._permits.acquire()
             except BaseException:
-                if admitted:  # its slot was taken in submit
-                    self._slots.release()
+                if admitted:  # its permit was taken in submit
+                    self._permits.release()
                 raise
             try:
                 if not admitted:
@@ -386,7 +376,7 @@ class Supervisor:
                 finally:
                     self._running -= 1
             finally:
-                self._slots.release()
+                self._permits.release()
             kind = _wire.OK
         except asyncio.CancelledError:
             kind, value = _wire.CANCELLED, None
@@ -399,13 +389,12 @@ class Supervisor:
     async def _invoke(
         self, digest: bytes, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        is_async = self._is_async.get(digest)
-        if is_async is None:
-            is_async = self._is_async[digest] = _is_async_callable(fn)
-        if is_async:
-            if self._trio is not None:
-                return await self._trio.run(fn, args, kwargs)
-            return await fn(*args, **kwargs)
+        try:
+            run = self._awaitable[digest]
+        except KeyError:
+            run = self._awaitable[digest] = self._host.adapt(fn) if _is_async_callable(fn) else None
+        if run is not None:
+            return await run(*args, **kwargs)
         # Plain functions go to the thread pool, so they cannot stall the loop.
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
@@ -423,7 +412,7 @@ class Supervisor:
         elif kind == _wire.ERROR:
             payload = _wire.dumps_exception(value)
         elif kind == _wire.RESEND:
-            payload = pickle.dumps((value.index, value.owner))
+            payload = pickle.dumps(_wire.ResendReason(value.index, value.owner))
         # Kept pickled, not as the live object: every dependent, here or on
         # another supervisor, gets its own copy, as the caller does.
         record.outcome.set_result((kind, payload))
@@ -526,11 +515,11 @@ def current_attempt() -> Attempt:
     return _attempt.get() or _FIRST_ATTEMPT
 
 
-class _Slots:
-    """``max_concurrency`` as a count of free slots, first come first served.
+class _Permits:
+    """``max_concurrency`` as a count of free permits to run, first come first served.
 
     Like ``asyncio.Semaphore``, plus a synchronous ``try_acquire`` so that
-    ``submit`` can take a slot for a call it announces at once.
+    ``submit`` can take a permit for a call it announces at once.
     """
 
     def __init__(self, free: int) -> None:
@@ -552,14 +541,14 @@ class _Slots:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a slot just as it was cancelled: pass it on
+                self.release()  # handed a permit just as it was cancelled: pass it on
             raise
 
     def release(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)  # the slot goes straight to the next waiter
+                waiter.set_result(None)  # the permit goes straight to the next waiter
                 return
         self._free += 1
 

@@ -17,7 +17,7 @@ import trio
 
 
 class TrioHost:
-    """Owns the guest run and starts calls in it."""
+    """The trio backend (see ``_backends``): owns the guest run and starts calls in it."""
 
     def __init__(self) -> None:
         self._token: trio.lowlevel.TrioToken | None = None
@@ -48,6 +48,14 @@ class TrioHost:
             host_uses_signal_set_wakeup_fd=True,  # the actor's loop is not in the main thread
         )
         await ready
+
+    def adapt(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A coroutine function that runs ``fn`` under trio (see :meth:`run`)."""
+
+        async def run_in_trio(*args: Any, **kwargs: Any) -> Any:
+            return await self.run(fn, args, kwargs)
+
+        return run_in_trio
 
     def _start_pending(self) -> None:
         assert self._nursery is not None

@@ -39,11 +39,6 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-#: Threshold used when none is given: long enough that ordinary work (unpickling
-#: a batch of 2,000 calls, Prefect entering a flow run's context) stays quiet on a
-#: busy 2-core machine, short enough that a stray ``time.sleep(1)`` is caught.
-DEFAULT_THRESHOLD_S = 0.5
-
 # Frames of these files are the machinery between the loop and the stuck code,
 # never the culprit a user wants to see.
 _MACHINERY = (

@@ -24,14 +24,11 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
 from .errors import InvalidCallError, RemoteError, SerializationError
-
-if TYPE_CHECKING:
-    from ._futures import AioRayFuture
 
 # Outcome kinds, as they travel from supervisor to caller. RESEND: the call never
 # started and cannot start there (an upstream's supervisor died); its payload is
@@ -52,9 +49,80 @@ VALUE_DEP = 2
 FAILED_DEP = 3
 
 Dep = tuple[int, Any, int, str]
+
+
+def call_dep(owner: Any, call_id: int, label: str) -> Dep:
+    """A dependency on call ``call_id`` of the supervisor behind actor handle ``owner``."""
+    return (CALL_DEP, owner, call_id, label)
+
+
+def ref_dep(ref: Any) -> Dep:
+    """A dependency on a Ray ``ObjectRef``."""
+    return (REF_DEP, ref, 0, f"ObjectRef {ref.hex()[:12]}")
+
+
+def value_dep(payload: bytes, label: str) -> Dep:
+    """An upstream's pickled value, held by the caller (its supervisor died)."""
+    return (VALUE_DEP, payload, 0, label)
+
+
+def failed_dep(message: str, label: str) -> Dep:
+    """An upstream that failed, held by the caller (its supervisor died)."""
+    return (FAILED_DEP, message, 0, label)
+
+
+# -- the shapes of messages, outside the per-call hot path ----------------------------
+# Per-call entries stay plain tuples (built in _pool, unpacked in _supervisor,
+# both through the aliases below): a NamedTuple costs twice as much to build
+# and pickles with its class name, 10,000 times per batch.
+
+#: One call as ``Supervisor.submit`` receives it:
+#: ``(call id, function digest, pickled arguments, dependencies, label, rerun)``.
+CallEntry = tuple[int, bytes, bytes, list[Dep], str, "Rerun | None"]
+#: One finished call as ``Supervisor.poll`` returns it: ``(call id, kind, payload)``.
+Outcome = tuple[int, int, bytes | None]
+
+
+class Rerun(NamedTuple):
+    """Sent with a call that runs again after its supervisor died (see ``current_attempt``)."""
+
+    attempt: int
+    previous_loss: str
+
+
+class StallReport(NamedTuple):
+    """A supervisor's loop was blocked (see ``_watchdog``)."""
+
+    seconds: float
+    #: ``(call id, label)`` of the call whose code held the loop, if known.
+    calls: tuple[tuple[int, str], ...]
+    where: str
+
+
+class PollReply(NamedTuple):
+    """What one ``Supervisor.poll`` returns."""
+
+    #: Up to ``max_items`` calls finished since the last poll.
+    outcomes: list[Outcome]
+    #: Calls about to start: they start when the next poll arrives.
+    announced: list[int]
+    stalls: list[StallReport]
+
+
+class ResendReason(NamedTuple):
+    """The payload of a RESEND outcome: why the call could not start there."""
+
+    #: Which of the call's dependencies could not be fetched.
+    dep_index: int
+    #: The actor id of that dependency's dead supervisor, or None if the
+    #: upstream call was itself being sent again.
+    dead_owner: str | None
+
+
 # What the caller's lift function returns for an object that is a dependency:
-# the dependency as it travels, and the future behind it (None for an ObjectRef).
-Lifted = tuple[Dep, "AioRayFuture[Any] | None"]
+# the dependency as it travels, and the caller's object behind it (its future;
+# None for an ObjectRef). The wire only carries it back to the caller.
+Lifted = tuple[Dep, Any]
 Lift = Callable[[Any], "Lifted | None"]
 
 # pickle asks persistent_id about every object it meets; these are never
@@ -228,7 +296,7 @@ class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
         file: io.BytesIO,
         lift: Lift,
         deps: list[Dep],
-        upstream: list[AioRayFuture[Any] | None],
+        upstream: list[Any],
     ) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._lift = lift
@@ -266,7 +334,7 @@ def dumps_arguments(
     args: Sequence[Any],
     kwargs: dict[str, Any],
     lift: Lift,
-) -> tuple[bytes, list[Dep], list[AioRayFuture[Any] | None]]:
+) -> tuple[bytes, list[Dep], list[Any]]:
     """Pickle ``(args, kwargs)`` with dependencies lifted out.
 
     Returns the bytes, the dependencies, and for each dependency the future
@@ -274,7 +342,7 @@ def dumps_arguments(
     naming the first argument that fails.
     """
     deps: list[Dep] = []
-    upstream: list[AioRayFuture[Any] | None] = []
+    upstream: list[Any] = []
     if not args and not kwargs:
         return b"", deps, upstream
     buffer = io.BytesIO()

@@ -59,13 +59,17 @@ from prefect.utilities import annotations as prefect_annotations
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from typing_extensions import ParamSpec
 
+# The core's public names only (each from the module that defines it, so that
+# this adapter and the package's __init__ do not import each other).
 from . import _prefect_remote
 from ._futures import AioRayFuture
-from ._runtime import (
+from ._runtime import Runtime
+from ._settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
     DEFAULT_MAX_CONCURRENCY,
-    Runtime,
-    check_settings,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_THREADS,
+    Settings,
 )
 from ._watchdog import BlockedLoop
 from ._wire import register_reducer
@@ -202,10 +206,17 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         supervisors: Supervisor actors to start; ``None`` = one per Ray node.
         max_concurrency: Async task runs running at once per supervisor.
         threads: Thread pool size of each supervisor (for plain functions).
+        actor_options: Extra Ray actor options for the supervisors.
         blocked_loop_threshold: Seconds a supervisor's loop may stall before the
             runner warns, in the flow's logs and the blocking task run's logs
             (``None`` switches the watchdog off); see :class:`Runtime`.
-        actor_options: Extra Ray actor options for the supervisors.
+        backend: ``"asyncio"`` only: Prefect's task engine runs on asyncio. The
+            argument exists so that every :class:`Settings` field is accepted here.
+        start_timeout: Seconds to wait for the supervisors to start.
+        preload: Modules each supervisor imports while it starts (Prefect's task
+            engine is always preloaded): your task modules, pandas, ...
+        settings: All of the above as one :class:`Settings` (then the other
+            arguments are ignored); ``runner.settings`` is the one in force.
 
     Ray is shut down on exit only if this runner started it.
     """
@@ -217,26 +228,42 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         *,
         supervisors: int | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        threads: int = 32,
+        threads: int = DEFAULT_THREADS,
         actor_options: dict[str, Any] | None = None,
         blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
+        backend: str = "asyncio",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        preload: Iterable[str] = (),
+        settings: Settings | None = None,
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
-        check_settings(
-            address=address,
-            supervisors=supervisors,
-            max_concurrency=max_concurrency,
-            threads=threads,
-            blocked_loop_threshold=blocked_loop_threshold,
-        )
-        self.address = address
-        self.init_kwargs = dict(init_kwargs or {})
-        self.init_kwargs.setdefault("namespace", "prefect")
-        self.supervisors = supervisors
-        self.max_concurrency = max_concurrency
-        self.threads = threads
-        self.actor_options = dict(actor_options or {})
-        self.blocked_loop_threshold = blocked_loop_threshold
+        if settings is None:
+            settings = Settings(
+                address=address,
+                supervisors=supervisors,
+                max_concurrency=max_concurrency,
+                backend=backend,
+                threads=threads,
+                # As in RayTaskRunner: the namespace defaults to "prefect".
+                init_kwargs={"namespace": "prefect", **(init_kwargs or {})},
+                actor_options=actor_options or {},
+                start_timeout=start_timeout,
+                preload=preload,  # type: ignore[arg-type]  # Settings makes it a tuple
+                blocked_loop_threshold=blocked_loop_threshold,
+            )
+        elif not isinstance(settings, Settings):
+            raise TypeError(
+                f"settings must be an aioray_runner.Settings, got {type(settings).__name__}"
+            )
+        if settings.backend != "asyncio":
+            raise ValueError(
+                f"AioRayTaskRunner runs Prefect's task engine, which needs asyncio: backend"
+                f" must be 'asyncio', not {settings.backend!r}. To run trio code, call it"
+                " from a task with trio.run in a thread, or use aioray_runner.Runtime"
+                " (backend='trio') directly."
+            )
+        #: Every setting of this runner's runtime (see :class:`Settings`).
+        self.settings = settings
         self._runtime: Runtime | None = None
         self._key = uuid.uuid4().hex
         self._flow_context: dict[str, Any] | None = None
@@ -249,30 +276,24 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self._runs_by_call: dict[int, tuple[uuid.UUID, Any, str]] = {}
         super().__init__()
 
+    @property
+    def address(self) -> str | None:
+        """The Ray address this runner connects to (as ``RayTaskRunner.address``)."""
+        return self.settings.address
+
+    @property
+    def init_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``ray.init`` (as ``RayTaskRunner.init_kwargs``)."""
+        return dict(self.settings.init_kwargs)
+
     def duplicate(self) -> Self:
         """A new, unstarted runner with the same settings (one per flow run)."""
-        return type(self)(
-            address=self.address,
-            init_kwargs=self.init_kwargs,
-            supervisors=self.supervisors,
-            max_concurrency=self.max_concurrency,
-            threads=self.threads,
-            actor_options=self.actor_options,
-            blocked_loop_threshold=self.blocked_loop_threshold,
-        )
+        return type(self)(settings=self.settings)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AioRayTaskRunner):
             return False
-        return (
-            self.address == other.address
-            and self.init_kwargs == other.init_kwargs
-            and self.supervisors == other.supervisors
-            and self.max_concurrency == other.max_concurrency
-            and self.threads == other.threads
-            and self.actor_options == other.actor_options
-            and self.blocked_loop_threshold == other.blocked_loop_threshold
-        )
+        return self.settings == other.settings
 
     __hash__ = None  # type: ignore[assignment]  # mutable settings, compared by value
 
@@ -314,19 +335,16 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
     def _start_runtime(self) -> Runtime:
         with self._lock:
             if self._runtime is None:
+                # Importing Prefect takes a supervisor seconds: do it while it
+                # starts, not when the first task run arrives.
+                preload = ("prefect.task_engine", "aioray_runner._prefect_remote")
+                settings = self.settings.replace(
+                    preload=(*preload, *(m for m in self.settings.preload if m not in preload))
+                )
                 self._runtime = Runtime(
-                    self.address,
-                    supervisors=self.supervisors,
-                    max_concurrency=self.max_concurrency,
-                    threads=self.threads,
-                    init_kwargs=self.init_kwargs,
-                    actor_options=self.actor_options,
+                    settings=settings,
                     logger=self.logger,  # Prefect's console shows it
-                    blocked_loop_threshold=self.blocked_loop_threshold,
                     on_blocked_loop=self._on_blocked_loop,
-                    # Importing Prefect takes a supervisor seconds: do it while
-                    # it starts, not when the first task run arrives.
-                    preload=("prefect.task_engine", "aioray_runner._prefect_remote"),
                 ).start()
             return self._runtime
 
@@ -392,7 +410,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         task_run_id = uuid.uuid4()
         call_context = self._call_context(task, task_run_id, parameters)
         options = current_remote_options()
-        meta: tuple[Any, ...] = (task_run_id, wait_for, dependencies, call_context)
+        request = _prefect_remote.TaskRunRequest(task_run_id, wait_for, dependencies, call_context)
         # A run whose supervisor dies is run again elsewhere: once to settle its
         # state from what the API recorded, and once more per retry it has left
         # (see _prefect_remote._after_loss), at most MAX_CRASH_RETRIES: a task
@@ -404,7 +422,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
                 wrapped = runtime.submit_call(
                     self._remote_callable(task, is_async=True),
-                    (meta,),
+                    (request,),
                     parameters,
                     label=task.name,
                     actor_options=placement,
@@ -413,7 +431,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             else:
                 wrapped = runtime.submit_call(
                     self._remote_callable(task, is_async=False),
-                    ((*meta, options),),
+                    (request._replace(ray_options=options),),
                     parameters,
                     label=task.name,
                     reruns=reruns,

@@ -354,8 +354,9 @@ def test_duplicate_and_equality_like_prefect_ray() -> None:
     assert copy == runner
     assert copy.address == "ray://127.0.0.1:10001"
     assert copy.init_kwargs == {"num_cpus": 2, "namespace": "prefect"}  # as RayTaskRunner
-    assert (copy.supervisors, copy.max_concurrency, copy.threads) == (2, 50, 4)
-    assert copy.actor_options == {"memory": 10**8}
+    settings = copy.settings
+    assert (settings.supervisors, settings.max_concurrency, settings.threads) == (2, 50, 4)
+    assert settings.actor_options == {"memory": 10**8}
     assert copy._runtime is None and not copy._started
 
     # As in prefect-ray: same settings compare equal; other settings or classes do not.

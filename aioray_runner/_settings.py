@@ -1,0 +1,235 @@
+"""``Settings``: every setting of a runtime, checked once, written down once.
+
+One frozen object is made where the user writes the settings (``Runtime(...)`` or
+``AioRayTaskRunner(...)``) and handed, unchanged, to the pool, to every
+supervisor (it travels to the actor as its constructor argument) and to each
+copy of the Prefect runner. A new setting is a new field here, with its check
+in ``__post_init__``: nothing else lists the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._backends import BACKEND_NAMES, check_backend_installed
+
+#: Default cap on calls running at once in one supervisor (see docs/choosing-settings.md).
+DEFAULT_MAX_CONCURRENCY = 10_000
+#: Default seconds a supervisor's loop may stall before the runtime warns: long
+#: enough that ordinary work (unpickling a batch of 2,000 calls, Prefect entering
+#: a flow run's context) stays quiet on a busy 2-core machine, short enough that
+#: a stray ``time.sleep(1)`` is caught.
+DEFAULT_BLOCKED_LOOP_THRESHOLD = 0.5
+#: Default size of each supervisor's thread pool (plain functions run there).
+DEFAULT_THREADS = 32
+#: Default seconds to wait for supervisors to start.
+DEFAULT_START_TIMEOUT = 120.0
+
+# Names people write for the asyncio backend.
+_BACKEND_ALIASES = {"anyio": "asyncio", "uvloop": "asyncio", "async": "asyncio", "aio": "asyncio"}
+
+
+@dataclass(frozen=True, eq=True)
+class Settings:
+    """The settings of a :class:`Runtime` (and of :class:`AioRayTaskRunner`).
+
+    Made once, checked once (bad values raise here, naming the setting and what
+    is valid), then shared read-only. ``Runtime(**fields)`` and
+    ``AioRayTaskRunner(**fields)`` take the same names; see :class:`Runtime` for
+    what each one means. :meth:`replace` gives a copy with some fields changed.
+
+    Raises:
+        TypeError: a setting has the wrong type.
+        ValueError: a setting has a value that cannot work.
+        ImportError: ``backend="trio"`` without trio installed.
+    """
+
+    address: str | None = None
+    supervisors: int | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    backend: str = "asyncio"
+    threads: int = DEFAULT_THREADS
+    init_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    actor_options: Mapping[str, Any] = field(default_factory=dict)
+    start_timeout: float = DEFAULT_START_TIMEOUT
+    preload: tuple[str, ...] = ()
+    blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD
+
+    # Mutable mappings in a frozen object: compared by value, so not hashable.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        check_settings(
+            address=self.address,
+            supervisors=self.supervisors,
+            max_concurrency=self.max_concurrency,
+            threads=self.threads,
+            start_timeout=self.start_timeout,
+            backend=self.backend,
+            blocked_loop_threshold=self.blocked_loop_threshold,
+        )
+        check_backend_installed(self.backend)
+        # Own copies, so the caller's later changes to its dicts do not leak in.
+        _set(self, "init_kwargs", _mapping("init_kwargs", self.init_kwargs))
+        _set(self, "actor_options", _mapping("actor_options", self.actor_options))
+        _set(self, "preload", _names("preload", self.preload))
+        _set(self, "blocked_loop_threshold", self.blocked_loop_threshold or None)  # 0 is off
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments of ``Runtime`` (copies of the mappings)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["init_kwargs"] = dict(self.init_kwargs)
+        values["actor_options"] = dict(self.actor_options)
+        return values
+
+
+def _set(settings: Settings, name: str, value: Any) -> None:
+    object.__setattr__(settings, name, value)  # the one way to finish a frozen object
+
+
+def _mapping(name: str, value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{name} must be a dict of keyword arguments, got an object of type"
+            f" {type(value).__name__}"
+        )
+    return dict(value)
+
+
+def _names(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be a list of module names (like ['pandas', 'mypkg.tasks']),"
+            f" got {type(value).__name__}"
+            + (f" {value!r}: wrap it in a list" if isinstance(value, str) else "")
+        )
+    names = tuple(value)
+    for item in names:
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{name} must hold module names as strings, got an object of type"
+                f" {type(item).__name__}"
+            )
+    return names
+
+
+def check_settings(
+    *,
+    address: str | None = None,
+    supervisors: int | None = None,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    threads: int = DEFAULT_THREADS,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+    backend: str = "asyncio",
+    blocked_loop_threshold: float | None = None,
+) -> None:
+    """Refuse bad runtime settings at once, naming the setting and what is valid.
+
+    :class:`Settings` calls it; it is public for integrations that check a few
+    settings before they have all of them.
+
+    Raises:
+        TypeError: a setting has the wrong type.
+        ValueError: a setting has a value that cannot work.
+    """
+    if backend not in BACKEND_NAMES:
+        guess = _BACKEND_ALIASES.get(str(backend).lower()) or next(
+            iter(difflib.get_close_matches(str(backend).lower(), BACKEND_NAMES, n=1, cutoff=0.5)),
+            None,
+        )
+        hint = f"; did you mean {guess!r}?" if guess else ""
+        valid = " or ".join(repr(name) for name in BACKEND_NAMES)
+        raise ValueError(
+            f"backend must be {valid} (the library your coroutines are"
+            f" written for; anyio code runs on either), not {backend!r}{hint}"
+        )
+    if supervisors is not None:
+        _check_count("supervisors", supervisors, " (or None for one per Ray node)")
+    _check_count("max_concurrency", max_concurrency)
+    _check_count("threads", threads)
+    if isinstance(start_timeout, bool) or not isinstance(start_timeout, int | float):
+        raise TypeError(
+            "start_timeout must be a number of seconds, got an object of type"
+            f" {type(start_timeout).__name__}"
+        )
+    if not (0 < start_timeout < math.inf):
+        raise ValueError(f"start_timeout must be a number of seconds above 0, not {start_timeout}")
+    if blocked_loop_threshold is not None:
+        if isinstance(blocked_loop_threshold, bool) or not isinstance(
+            blocked_loop_threshold, int | float
+        ):
+            raise TypeError(
+                "blocked_loop_threshold must be a number of seconds (or None to switch the"
+                f" watchdog off), got an object of type {type(blocked_loop_threshold).__name__}"
+            )
+        # Below 10 ms the heartbeat (every threshold/4) would itself load the loop.
+        if blocked_loop_threshold != 0 and not 0.01 <= blocked_loop_threshold < math.inf:
+            raise ValueError(
+                "blocked_loop_threshold must be at least 0.01 s (or None or 0 to switch"
+                f" the watchdog off), not {blocked_loop_threshold!r}"
+            )
+    check_address(address)
+
+
+def _check_count(name: str, value: object, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be a whole number of at least 1{extra}, got an object of type"
+            f" {type(value).__name__}"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1{extra}, not {value}")
+
+
+_VALID_ADDRESSES = (
+    "None (a temporary local Ray, or the one already initialized in this process),"
+    " 'auto' or 'local' (the cluster `ray start` runs on this machine), 'host:port'"
+    " (a cluster's GCS, port 6379 by default) or 'ray://host:port' (a Ray client"
+    " server, port 10001 by default)"
+)
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def check_address(address: object) -> None:
+    """Refuse an address ``ray.init`` cannot use, saying which forms are valid.
+
+    Other ``scheme://`` addresses are Ray client builders of other packages
+    (``ray.init`` imports the module named by the scheme): they are passed on.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    if not isinstance(address, str):
+        raise TypeError(
+            f"address must be a string or None, got an object of type {type(address).__name__}."
+            f" Valid: {_VALID_ADDRESSES}."
+        )
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme in ("http", "https"):
+        raise ValueError(
+            f"address {address!r} is a web address (the Ray dashboard's?), not one Ray"
+            f" can connect to. Valid: {_VALID_ADDRESSES}."
+        )
+    if sep and scheme != "ray":
+        return
+    if split_host_port(rest if sep else address) is None:
+        raise ValueError(f"address {address!r} is not valid. Valid: {_VALID_ADDRESSES}.")
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``("host", port)`` from ``"host:port"`` (IPv6 hosts in brackets), or ``None``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
