@@ -42,8 +42,9 @@ from typing import Any
 
 import ray
 
-from aioray_runner import Runtime, SupervisorDiedError
-from aioray_runner._runtime import DEFAULT_BLOCKED_LOOP_THRESHOLD
+from aioray_runner import Runtime, Settings, SupervisorDiedError
+
+DEFAULT_BLOCKED_LOOP_THRESHOLD = Settings().blocked_loop_threshold
 
 
 async def sleep_then_pid(seconds: float) -> int:
