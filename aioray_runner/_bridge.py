@@ -9,8 +9,12 @@ running now, the same job anyio's backends do for ``from_thread``.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 Scheduler = Callable[[Callable[[], object]], None]
@@ -37,6 +41,53 @@ def current_async_library() -> str | None:
     return "asyncio"
 
 
+# While the I/O thread delivers one poll's outcomes, the wake-ups it makes are
+# held here, by loop, and sent as one thread-safe call per loop at the end: a
+# caller awaiting 5,000 results is woken once, not 5,000 times.
+_held = threading.local()
+
+
+@contextmanager
+def one_wakeup_per_loop() -> Iterator[None]:
+    """Inside, thread-safe schedules are gathered by loop and sent together on exit."""
+    pending: dict[object, tuple[Scheduler, list[Callable[[], object]]]] = {}
+    _held.pending = pending
+    try:
+        yield
+    finally:
+        _held.pending = None
+        for send, callbacks in pending.values():
+            if len(callbacks) == 1:
+                send(callbacks[0])
+            else:
+                send(functools.partial(_run_all, callbacks))
+
+
+def _run_all(callbacks: list[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # one broken callback must not keep the others from running
+            logging.getLogger("aioray_runner").exception("wake-up callback %r raised", callback)
+
+
+def _held_or(key: object, send: Scheduler) -> Scheduler:
+    """``send``, unless a batch is being delivered on this thread: then hold for it."""
+
+    def schedule(fn: Callable[[], object]) -> None:
+        pending = getattr(_held, "pending", None)
+        if pending is None:
+            send(fn)
+            return
+        entry = pending.get(key)
+        if entry is None:
+            pending[key] = (send, [fn])
+        else:
+            entry[1].append(fn)
+
+    return schedule
+
+
 def loop_scheduler() -> Scheduler | None:
     """A thread-safe way to run a callback on the current event loop, or ``None``."""
     library = current_async_library()
@@ -61,13 +112,13 @@ class _AsyncioLoop:
     def threadsafe() -> Scheduler:
         loop = asyncio.get_running_loop()
 
-        def schedule(fn: Callable[[], object]) -> None:
+        def send(fn: Callable[[], object]) -> None:
             try:
                 loop.call_soon_threadsafe(fn)
             except RuntimeError:
                 pass  # the loop is closed: nobody is left to wake
 
-        return schedule
+        return _held_or(loop, send)
 
     @staticmethod
     def end_of_turn() -> tuple[object, Scheduler]:
@@ -88,13 +139,13 @@ class _TrioLoop:
 
         token = trio.lowlevel.current_trio_token()
 
-        def schedule(fn: Callable[[], object]) -> None:
+        def send(fn: Callable[[], object]) -> None:
             try:
                 token.run_sync_soon(fn)
             except trio.RunFinishedError:
                 pass  # the trio run is over: nobody is left to wake
 
-        return schedule
+        return _held_or(token, send)
 
     @staticmethod
     def end_of_turn() -> tuple[object, Scheduler]:

@@ -21,6 +21,7 @@ __all__ = [
     "NodeAffinity",
     "actor_name",
     "actor_options",
+    "default_supervisor_count",
     "group_key",
     "live_cpu_nodes",
     "live_node_count",
@@ -88,12 +89,19 @@ def live_cpu_nodes(nodes: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def live_node_count(nodes: Sequence[Mapping[str, Any]]) -> int:
-    """The default number of supervisors: one per live node, at least one.
-
-    Counts live nodes with or without CPUs, as the runtime always has; a
-    zero-node answer (Ray still starting) still gets one supervisor.
-    """
+    """Live nodes, with or without CPUs, at least one (for logs)."""
     return max(1, sum(1 for node in nodes if _alive(node)))
+
+
+def default_supervisor_count(nodes: Sequence[Mapping[str, Any]]) -> int:
+    """The default number of supervisors: one per live node with CPUs, at least one.
+
+    The nodes :func:`live_cpu_nodes` pins supervisors to: a head started with
+    ``--num-cpus=0`` gets none (sync tasks run in a supervisor's threads, and
+    such a head is meant to run nothing). A zero-node answer (Ray still
+    starting) still gets one supervisor.
+    """
+    return max(1, len(live_cpu_nodes(nodes)))
 
 
 def group_key(options: Mapping[str, Any]) -> GroupKey:

@@ -35,7 +35,7 @@ from typing import Any, cast
 import ray
 
 from . import _wire
-from ._bridge import end_of_turn_scheduler
+from ._bridge import end_of_turn_scheduler, one_wakeup_per_loop
 from ._futures import AioRayFuture, Home, fail, held_outcome, home_of, mark_cancelled, move, settle
 from ._iothread import IOThread, wait_ref
 from ._placement import (
@@ -157,12 +157,14 @@ class Pool:
         count: int,
         logger: logging.Logger,
         on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
+        on_log: Callable[[logging.LogRecord], object] | None = None,
         ray_probe: Probe | None = None,
     ) -> None:
         self.settings = settings
         self.count = count
         self.logger = logger
         self.on_blocked_loop = on_blocked_loop
+        self.on_log = on_log or _emit_here
         self.ray_probe = ray_probe
         self.ray_lost: str | None = None  # why Ray went away, once it has
         self.name = uuid.uuid4().hex[:8]
@@ -570,7 +572,8 @@ class Pool:
                 self._on_failure(slot, exc)
                 return
             try:
-                self._deliver(slot, *reply)
+                with one_wakeup_per_loop():
+                    self._deliver(slot, *reply)
             except Exception:  # a bug here must not stop this supervisor's results
                 self.logger.exception("delivering outcomes from %s failed", slot.describe())
             # No local may keep the last future (or payload) alive while the next
@@ -583,7 +586,11 @@ class Pool:
         outcomes: list[_wire.Outcome],
         announced: list[int],
         stalls: list[_wire.StallReport],
+        logs: list[dict[str, Any]],
+        logs_dropped: int,
     ) -> None:
+        if logs or logs_dropped:
+            self._forward_logs(slot, logs, logs_dropped)
         unstarted = slot.unstarted
         extras = self._extras
         for call_id in announced:
@@ -610,6 +617,25 @@ class Pool:
                 self._send_again(slot, parcel, payload)
                 continue
             settle(future, kind, payload, release)
+
+    def _forward_logs(
+        self, slot: RemoteSupervisor, logs: list[dict[str, Any]], dropped: int
+    ) -> None:
+        """Re-emit records of the forwarded loggers here (see ``Settings.forward_logs``)."""
+        for entry in logs:
+            record = logging.makeLogRecord(entry)
+            record.aioray_supervisor = slot.index
+            try:
+                self.on_log(record)
+            except Exception:
+                self.logger.exception("on_log callback %r raised", self.on_log)
+                return
+        if dropped:
+            self.logger.warning(
+                "%s dropped %d log record(s): they came faster than this process read them",
+                slot.describe(),
+                dropped,
+            )
 
     def _send_again(self, slot: RemoteSupervisor, parcel: Parcel, payload: bytes | None) -> None:
         """A call could not start on ``slot``: an upstream's supervisor died."""
@@ -821,3 +847,8 @@ class Pool:
 def _supervisor_of(future: AioRayFuture[Any]) -> RemoteSupervisor:
     """The supervisor a future of this pool was sent to (its home is always one)."""
     return cast(RemoteSupervisor, home_of(future))
+
+
+def _emit_here(record: logging.LogRecord) -> None:
+    """Hand a forwarded record to the logger of the same name in this process."""
+    logging.getLogger(record.name).handle(record)

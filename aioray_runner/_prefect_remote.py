@@ -24,15 +24,31 @@ as one attempt, as a failure would); any other ends ``Crashed``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import datetime
 import inspect
+import threading
+import time
 from contextlib import ExitStack
 from typing import Any, NamedTuple
 from uuid import UUID
 
 from ._supervisor import Attempt, current_attempt
 
+
+def _set_up_prefect_logging() -> None:
+    # Prefect configures logging the first time a run's context is entered
+    # here (hydrated_context), and doing so resets the handlers of its
+    # loggers, among them the runtime's forwarder of run logs (see
+    # Settings.forward_logs). This module is preloaded while the supervisor
+    # starts, before that forwarder is installed: configure logging now.
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+
+
+_set_up_prefect_logging()
 _scopes: dict[str, _FlowRunScope] = {}
 
 
@@ -51,13 +67,17 @@ class _FlowRunScope:
         )
 
     async def _hold(self) -> None:
-        from prefect.context import AsyncClientContext, hydrated_context
+        from prefect.context import AsyncClientContext, SyncClientContext, hydrated_context
 
         try:
             # hydrated_context makes the flow run context's (sync) client inside
             # the flow's settings: a client made out here would not see the
             # flow's API URL and would start a temporary API of its own.
-            with hydrated_context(self.flow_context):
+            #
+            # One sync API client too, shared by the sync task runs in threads
+            # (httpx's client is thread-safe): a client per run costs a new
+            # connection pool and TLS context each time.
+            with hydrated_context(self.flow_context), SyncClientContext.get_or_create():
                 async with AsyncClientContext.get_or_create():
                     self.ready.set_result(contextvars.copy_context())
                     await self.closing.wait()
@@ -93,8 +113,11 @@ class TaskRunRequest(NamedTuple):
     dependencies: dict[str, Any] | None
     #: The per-run part of Prefect's serialized context (tags, parent, assets).
     call_context: dict[str, Any]
-    #: Ray options for a sync task's Ray task (``remote_options``); unused for async.
+    #: Ray options for a sync task's Ray task (``remote_options``); unused otherwise.
     ray_options: dict[str, Any] | None = None
+    #: For a sync task run in a thread: the size of this process's pool of
+    #: threads for sync task runs (the runner's ``threads``).
+    threads: int = 0
 
 
 def _enter_call_context(stack: ExitStack, call_context: dict[str, Any]) -> None:
@@ -125,7 +148,7 @@ async def run_async_task(
     """
     from prefect.task_engine import run_task_async
 
-    task_run_id, wait_for, dependencies, call_context, _ = request
+    task_run_id, wait_for, dependencies, call_context = request[:4]
     attempt = current_attempt()
 
     context = await _scope_for(key, flow_context)
@@ -287,6 +310,120 @@ def crashed_state(exc: BaseException) -> Any:
 
 
 _sync_runner: Any = None
+_sync_threads: concurrent.futures.ThreadPoolExecutor | None = None
+# Task keys already warned about as CPU-bound in a thread (once per process).
+_cpu_bound_warned: set[str] = set()
+# Sync task runs in threads of this process right now.
+_in_threads = 0
+_in_threads_lock = threading.Lock()
+# A sync task run in a thread counts as CPU-bound when it kept the CPU this
+# long, for at least this share of the time it could have had: its wall time
+# divided by the runs in threads beside it (they share one GIL, so k CPU-bound
+# runs each get about 1/k of it, and an I/O-bound run gets almost none).
+CPU_BOUND_SECONDS = 0.5
+CPU_BOUND_SHARE = 0.5
+
+
+def _thread_pool(size: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _sync_threads
+    if _sync_threads is None:
+        _sync_threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, size), thread_name_prefix="aioray-prefect-sync"
+        )
+    return _sync_threads
+
+
+async def run_sync_task_in_thread(
+    key: str,
+    flow_context: dict[str, Any],
+    task: Any,
+    request: TaskRunRequest,
+    /,
+    **parameters: Any,
+) -> Any:
+    """Run a sync task run in a thread of this supervisor; return its final State.
+
+    As under Prefect's ``ThreadPoolTaskRunner``: the engine runs in a thread, in
+    a copy of the flow run's context, which this supervisor entered once (see
+    the module docstring), so a run costs what it costs in the thread pool and
+    I/O-bound runs wait side by side. Once running it cannot be interrupted:
+    cancelling it lets it finish, as the thread pool does.
+    """
+    from prefect.task_engine import run_task_sync
+
+    task_run_id, wait_for, dependencies, call_context, _, threads = request
+    attempt = current_attempt()
+    scope = await _scope_for(key, flow_context)
+    loop = asyncio.get_running_loop()
+    settled, run_task, task_run = None, task, None
+    if attempt.number > 1:  # run again after a supervisor died
+        settled, run_task, task_run = await loop.create_task(
+            _after_loss(task, task_run_id, attempt), context=scope.copy()
+        )
+        if settled is not None:
+            return settled
+
+    def run() -> Any:
+        global _in_threads
+        with _in_threads_lock:
+            _in_threads += 1
+            beside = _in_threads
+        with ExitStack() as stack:
+            _enter_call_context(stack, call_context)
+            cpu, wall = time.thread_time(), time.monotonic()
+            try:
+                return run_task_sync(
+                    task=run_task,
+                    task_run_id=task_run_id,
+                    task_run=task_run,
+                    parameters=parameters,
+                    wait_for=wait_for,
+                    dependencies=dependencies,
+                    return_type="state",
+                    context=None,  # already entered, once per flow run
+                )
+            except BaseException as exc:
+                return crashed_state(exc)
+            finally:
+                with _in_threads_lock:
+                    beside = max(beside, _in_threads)
+                    _in_threads -= 1
+                _warn_if_cpu_bound(
+                    task, task_run_id, time.thread_time() - cpu, time.monotonic() - wall, beside
+                )
+
+    running = _thread_pool(threads).submit(scope.copy().run, run)
+    waiting = asyncio.wrap_future(running)
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        if running.cancel():  # had not started: it never will
+            raise
+        return await waiting  # a thread cannot be interrupted: its outcome stands
+
+
+def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, beside: int) -> None:
+    """Say once per task when a sync task run in a thread was CPU-bound."""
+    if cpu < CPU_BOUND_SECONDS or cpu < CPU_BOUND_SHARE * wall / max(1, beside):
+        return
+    task_key = str(getattr(task, "task_key", None) or getattr(task, "name", "?"))
+    if task_key in _cpu_bound_warned:
+        return
+    _cpu_bound_warned.add(task_key)
+    name = getattr(task, "name", "?")
+    import logging
+
+    logging.getLogger("prefect.task_runs").warning(
+        "Kept the CPU busy for %.2f s of its %.2f s in a thread on a supervisor, where"
+        " sync task runs share one core (Python's GIL). For CPU-bound work, submit %r"
+        " inside `remote_options(num_cpus=1)`: each run then gets a core of its own as a"
+        " Ray task, as under RayTaskRunner (or set AioRayTaskRunner(sync_tasks='ray')"
+        " for every sync task).",
+        cpu,
+        wall,
+        name,
+        extra={"task_run_id": task_run_id, "task_run_name": name, "task_name": name},
+    )
 
 
 def _run_sync_task(task: Any, task_run_id: UUID, context: dict[str, Any], **kwargs: Any) -> Any:
@@ -313,7 +450,7 @@ async def run_sync_task(
     """
     import ray
 
-    task_run_id, wait_for, dependencies, call_context, ray_options = request
+    task_run_id, wait_for, dependencies, call_context, ray_options = request[:5]
     task_run = None
     attempt = current_attempt()
     if attempt.number > 1:  # run again after a supervisor died

@@ -22,7 +22,7 @@ import ray
 
 from ._bridge import loop_scheduler
 from ._futures import AioRayFuture
-from ._placement import DEFAULT_GROUP, GroupKey, live_node_count
+from ._placement import DEFAULT_GROUP, GroupKey, default_supervisor_count, live_node_count
 from ._pool import Pool
 from ._raywatch import probe_for_current_ray, processes_of_local_ray, stop_leftovers
 from ._settings import (
@@ -44,12 +44,14 @@ class Runtime:
     """Run coroutines on supervisor actors in a Ray cluster.
 
     Args:
-        address: ``None`` starts a temporary local Ray instance unless Ray is
-            already initialized in this process (then that one is used);
-            ``"auto"`` joins the cluster on this machine (``ray start``);
-            ``"ray://host:10001"`` connects as a Ray client.
+        address: ``None`` uses the Ray this process already initialized, else
+            joins the cluster ``RAY_ADDRESS`` names (Ray's convention), else
+            starts a temporary local Ray instance of its own, stopped on close.
+            It never joins another program's cluster by accident: ``"auto"``
+            joins the one ``ray start`` runs on this machine; ``"host:6379"``
+            or ``"ray://host:10001"`` a given one. The log says which happened.
         supervisors: How many supervisor actors to start. ``None`` starts one per
-            live Ray node: on one machine a single supervisor is fastest (see
+            live Ray node with CPUs: on one machine a single supervisor is fastest (see
             ``docs/choosing-settings.md``); on a cluster they spread across nodes.
         max_concurrency: Calls running at once in each supervisor; more wait
             their turn inside the supervisor (they are never refused).
@@ -78,6 +80,14 @@ class Runtime:
         settings: All the settings above as one :class:`Settings` (then those
             arguments are ignored): handy to keep one configuration and reuse it
             with :meth:`Settings.replace`. ``runtime.settings`` is the one in force.
+        forward_logs: Names of loggers whose records, inside the supervisors,
+            are sent to this process and emitted here under the same names
+            (instead of printed by the supervisor, which Ray echoes with a
+            ``(Supervisor pid=...)`` prefix). Say ``["mypkg"]`` to see your
+            code's logs in your own console with your own formatting.
+        on_log: Called with each forwarded ``logging.LogRecord`` (it has an
+            ``aioray_supervisor`` attribute), on the runtime's I/O thread,
+            instead of handing it to the logger of its name.
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
@@ -102,6 +112,8 @@ class Runtime:
         blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
         on_blocked_loop: Callable[[BlockedLoop], object] | None = None,
         settings: Settings | None = None,
+        forward_logs: Iterable[str] = (),
+        on_log: Callable[[logging.LogRecord], object] | None = None,
     ) -> None:
         if settings is None:
             settings = Settings(
@@ -115,6 +127,7 @@ class Runtime:
                 start_timeout=start_timeout,
                 preload=preload,  # type: ignore[arg-type]  # Settings makes it a tuple
                 blocked_loop_threshold=blocked_loop_threshold,
+                forward_logs=forward_logs,  # type: ignore[arg-type]  # made a tuple
             )
         elif not isinstance(settings, Settings):
             raise TypeError(
@@ -124,6 +137,7 @@ class Runtime:
         self.settings = settings
         self.logger = logger or logging.getLogger("aioray_runner")
         self.on_blocked_loop = on_blocked_loop
+        self.on_log = on_log
         self._pool: Pool | None = None
         self._owns_ray = False
         # The local Ray this runtime started, as (pid, start time): see _disconnect.
@@ -155,12 +169,13 @@ class Runtime:
                 raise RuntimeError("this runtime is already running")
             self._connect()
             try:
-                count = self.settings.supervisors or live_node_count(ray.nodes())
+                count = self.settings.supervisors or default_supervisor_count(ray.nodes())
                 pool = Pool(
                     self.settings,
                     count=count,
                     logger=self.logger,
                     on_blocked_loop=self.on_blocked_loop,
+                    on_log=self.on_log,
                     ray_probe=probe_for_current_ray(self._owns_ray),
                 )
                 started = time.monotonic()
@@ -185,19 +200,32 @@ class Runtime:
         return self
 
     def _connect(self) -> None:
+        """Start or join Ray, and say exactly which (see ``docs/choosing-settings.md``).
+
+        ``address=None`` never joins a cluster by accident: it uses the Ray this
+        process already initialized, else the cluster ``RAY_ADDRESS`` names (Ray's
+        own convention), else it starts a temporary local instance of its own,
+        even when ``ray start`` runs a cluster on this machine (``"auto"`` joins
+        that one).
+        """
         if ray.is_initialized():
             self._owns_ray = False
-            self.logger.info("Using the Ray instance already initialized in this process")
+            self.logger.info(
+                "Using the Ray instance this process already initialized (%s)",
+                _describe_cluster(None),
+            )
             return
-        address = self.settings.address
+        address = self.settings.address or self.settings.init_kwargs.get("address")
+        from_env = os.environ.get("RAY_ADDRESS") or None
         kwargs = {"namespace": "aioray", **self.settings.init_kwargs}
-        if address:
-            kwargs["address"] = address
-        where = address or os.environ.get("RAY_ADDRESS")
-        if where:
+        # Ray's own None means "join the last cluster started on this machine,
+        # if any": "local" makes the temporary instance we promise.
+        kwargs["address"] = address or from_env or "local"
+        where = address or from_env
+        if address is None and from_env:
+            self.logger.info("Joining the Ray cluster at %s (from RAY_ADDRESS)", from_env)
+        elif where:
             self.logger.info("Connecting to Ray at %s", where)
-        else:
-            self.logger.info("Starting a temporary local Ray instance")
         endpoint = _endpoint(where)
         if endpoint is not None:
             # ray.init waits 20-30 s for an address where nothing listens, then
@@ -207,13 +235,15 @@ class Runtime:
         context = self._init_ray(kwargs, where, probed=endpoint is not None)
         self._owns_ray = True
         self._ray_processes = processes_of_local_ray()
-        nodes = live_node_count(ray.nodes())
-        dashboard = getattr(context, "dashboard_url", None)
+        dashboard = getattr(context, "dashboard_url", None) or None
+        started = kwargs["address"] == "local"
         self.logger.info(
-            "Ray is up: %d node(s), %s CPU(s)%s",
-            nodes,
-            ray.cluster_resources().get("CPU", 0),
-            f", dashboard at http://{dashboard}" if dashboard else "",
+            "%s (%s)%s",
+            "Started a temporary local Ray instance; it stops when this runtime closes"
+            if started
+            else f"Joined the Ray cluster at {where}",
+            _describe_cluster(context),
+            f"; Ray dashboard: http://{dashboard}" if dashboard else "",
         )
 
     def _warn_if_no_token(self, where: str) -> None:
@@ -529,6 +559,24 @@ class Runtime:
                 " (or `with Runtime() as rt:`), or call rt.start() first"
             )
         return pool
+
+
+def _describe_cluster(context: Any) -> str:
+    """``"GCS 127.0.0.1:6379, 1 node, 2 CPUs"``: what a log line needs to place Ray."""
+    gcs = None
+    info = getattr(context, "address_info", None)
+    if isinstance(info, dict):
+        gcs = info.get("gcs_address")
+    if gcs is None:
+        try:
+            gcs = ray.get_runtime_context().gcs_address
+        except Exception:
+            gcs = None
+    nodes = live_node_count(ray.nodes())
+    cpus = ray.cluster_resources().get("CPU", 0)
+    parts = [f"GCS {gcs}"] if gcs else []
+    parts += [f"{nodes} node{'s' if nodes != 1 else ''}", f"{cpus:g} CPU{'s' if cpus != 1 else ''}"]
+    return ", ".join(parts)
 
 
 class RuntimeOptions:

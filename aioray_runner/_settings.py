@@ -60,6 +60,7 @@ class Settings:
     start_timeout: float = DEFAULT_START_TIMEOUT
     preload: tuple[str, ...] = ()
     blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD
+    forward_logs: tuple[str, ...] = ()
 
     # Mutable mappings in a frozen object: compared by value, so not hashable.
     __hash__ = None  # type: ignore[assignment]
@@ -79,6 +80,7 @@ class Settings:
         _set(self, "init_kwargs", _mapping("init_kwargs", self.init_kwargs))
         _set(self, "actor_options", _mapping("actor_options", self.actor_options))
         _set(self, "preload", _names("preload", self.preload))
+        _set(self, "forward_logs", _names("forward_logs", self.forward_logs))
         _set(self, "blocked_loop_threshold", self.blocked_loop_threshold or None)  # 0 is off
 
     def replace(self, **changes: Any) -> Settings:
@@ -111,7 +113,7 @@ def _mapping(name: str, value: object) -> dict[str, Any]:
 def _names(name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise TypeError(
-            f"{name} must be a list of module names (like ['pandas', 'mypkg.tasks']),"
+            f"{name} must be a list of names (like ['pandas', 'mypkg.tasks']),"
             f" got {type(value).__name__}"
             + (f" {value!r}: wrap it in a list" if isinstance(value, str) else "")
         )
@@ -119,8 +121,7 @@ def _names(name: str, value: object) -> tuple[str, ...]:
     for item in names:
         if not isinstance(item, str):
             raise TypeError(
-                f"{name} must hold module names as strings, got an object of type"
-                f" {type(item).__name__}"
+                f"{name} must hold names as strings, got an object of type {type(item).__name__}"
             )
     return names
 

@@ -27,9 +27,11 @@ import functools
 import gc
 import importlib
 import inspect
+import logging
 import os
 import pickle
 import resource
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,7 @@ class Supervisor:
         self._sent_starts: list[tuple[_Call, bytes, bytes]] = []
         self._stalls: list[_wire.StallReport] = []
         self._watchdog: Watchdog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio primitives bind to the running loop when first used (3.10+).
         self._ready_event = asyncio.Event()
         self._permits = _Permits(settings.max_concurrency)
@@ -100,6 +103,12 @@ class Supervisor:
         self._running = 0
         self._started_total = 0
         self._actor_id: Any = None
+        self._logs = _LogForwarder(settings.forward_logs, self._wake_from_any_thread)
+
+    def _wake_from_any_thread(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._ready_event.set)
 
     # -- control -----------------------------------------------------------------
 
@@ -161,8 +170,9 @@ class Supervisor:
         An entry's ``rerun`` is ``None``, or a :class:`_wire.Rerun` for a call run
         again after its supervisor died.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._start_watchdog()
+        self._logs.install()  # again: a library's logging set-up may have reset it
         if not self._host_ready:
             await self._start_host()
         for digest, blob in functions.items():
@@ -242,7 +252,8 @@ class Supervisor:
             else:
                 self._start(record, digest, blob, (), admitted=True)
         del starts
-        while not (self._ready or self._announce or self._stalls):
+        self._loop = asyncio.get_running_loop()
+        while not (self._ready or self._announce or self._stalls or self._logs.pending):
             self._ready_event.clear()
             await self._ready_event.wait()
         batch = self._ready[:max_items]
@@ -251,7 +262,8 @@ class Supervisor:
         self._sent_gate, self._gate = self._gate, None
         self._sent_starts, self._starts = self._starts, []
         stalls, self._stalls = self._stalls, []
-        return _wire.PollReply(batch, announced, stalls)
+        logs, dropped = self._logs.take()
+        return _wire.PollReply(batch, announced, stalls, logs, dropped)
 
     async def _admit(self, record: _Call) -> None:
         """Wait until the caller knows this call starts (see the module docstring)."""
@@ -513,6 +525,67 @@ def current_attempt() -> Attempt:
     2 or more. Code with side effects can check what the earlier run did.
     """
     return _attempt.get() or _FIRST_ATTEMPT
+
+
+class _LogForwarder(logging.Handler):
+    """Sends the records of some loggers to the caller instead of this process's console.
+
+    Installed on each logger named in ``Settings.forward_logs``, with its
+    propagation switched off (so the actor's console handlers, which Ray would
+    echo with a ``(Supervisor pid=...)`` prefix, never see them). Records from
+    any thread wait here, as plain data, until the next ``poll`` reply carries
+    them; the caller re-emits them under the same logger names.
+    """
+
+    #: Records kept between two polls at most; the rest are counted and dropped.
+    MAX_PENDING = 20_000
+
+    def __init__(self, names: Sequence[str], wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._names = tuple(names)
+        self._wake = wake
+        self._lock_pending = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._dropped = 0
+        self.install()
+
+    @property
+    def pending(self) -> bool:
+        """Whether records wait for the next poll."""
+        return bool(self._pending) or bool(self._dropped)
+
+    def install(self) -> None:
+        """Attach to the forwarded loggers (again, if a logging set-up removed it)."""
+        for name in self._names:
+            target = logging.getLogger(name)
+            if self not in target.handlers:
+                target.addHandler(self)
+            target.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = _wire.log_entry(record)
+        except Exception:
+            self.handleError(record)
+            return
+        with self._lock_pending:
+            first = not self._pending
+            if len(self._pending) < self.MAX_PENDING:
+                self._pending.append(entry)
+            else:
+                self._dropped += 1
+        if first:
+            try:
+                self._wake()
+            except RuntimeError:
+                pass  # the loop is closed: the actor is stopping
+
+    def take(self) -> tuple[list[dict[str, Any]], int]:
+        """The records waiting, and how many were dropped, since the last take."""
+        with self._lock_pending:
+            pending, self._pending = self._pending, []
+            dropped, self._dropped = self._dropped, 0
+        return pending, dropped
 
 
 class _Permits:

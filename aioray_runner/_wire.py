@@ -107,6 +107,36 @@ class PollReply(NamedTuple):
     #: Calls about to start: they start when the next poll arrives.
     announced: list[int]
     stalls: list[StallReport]
+    #: Log records of the loggers named in ``Settings.forward_logs`` (see ``log_entry``).
+    logs: list[dict[str, Any]]
+    #: Records dropped because the caller did not poll fast enough.
+    logs_dropped: int
+
+
+# LogRecord attributes that do not travel: the message travels formatted, the
+# exception as text (the objects may not unpickle, or may hold secrets' values
+# in their frames).
+_LOG_SKIP = frozenset({"args", "exc_info", "msg", "message", "stack_info"})
+_LOG_VALUE_TYPES = (str, int, float, bool, type(None))
+
+
+def log_entry(record: Any) -> dict[str, Any]:
+    """A ``logging.LogRecord`` as plain data: ``logging.makeLogRecord`` rebuilds it.
+
+    Extra attributes (Prefect's ``task_run_name``, ids) travel when they are
+    plain values or UUIDs; the message is formatted here, with its arguments.
+    """
+    entry = {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _LOG_SKIP
+        and (isinstance(value, _LOG_VALUE_TYPES) or type(value).__name__ == "UUID")
+    }
+    entry["msg"] = record.getMessage()
+    entry["args"] = None
+    if record.exc_info and not entry.get("exc_text"):
+        entry["exc_text"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+    return entry
 
 
 class ResendReason(NamedTuple):

@@ -37,10 +37,11 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 import anyio
 import ray
@@ -68,7 +69,6 @@ from ._settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_START_TIMEOUT,
-    DEFAULT_THREADS,
     Settings,
 )
 from ._watchdog import BlockedLoop
@@ -89,6 +89,15 @@ logger = logging.getLogger("aioray_runner")
 #: Retries a task run is given after its supervisor died, at most (its own
 #: ``retries`` permitting): see docs/failures.md.
 MAX_CRASH_RETRIES = 2
+
+# Where a task run runs: an async task on a supervisor's loop, a sync task in a
+# thread of a supervisor, or a sync task as a Ray task of its own.
+_Where = Literal["async", "thread", "ray"]
+_REMOTE_RUNNERS: dict[_Where, Callable[..., Any]] = {
+    "async": _prefect_remote.run_async_task,
+    "thread": _prefect_remote.run_sync_task_in_thread,
+    "ray": _prefect_remote.run_sync_task,
+}
 
 # The parts of Prefect's serialized context that differ from task run to task run.
 _PER_CALL_CONTEXT = ("task_run_context", "tags_context", "asset_context")
@@ -199,13 +208,25 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
 
     Args:
         address: Address of a running Ray instance (``"ray://host:10001"``,
-            ``"auto"``); ``None`` starts a temporary local instance unless Ray is
-            already initialized in this process. As in ``RayTaskRunner``.
+            ``"auto"``). ``None`` uses the Ray this process already initialized,
+            else the cluster ``RAY_ADDRESS`` names, else starts a temporary local
+            instance (never another program's ``ray start`` cluster: pass
+            ``"auto"`` for that); see :class:`Runtime`.
         init_kwargs: Extra keyword arguments for ``ray.init``. As in
             ``RayTaskRunner`` (the namespace defaults to ``"prefect"``).
-        supervisors: Supervisor actors to start; ``None`` = one per Ray node.
-        max_concurrency: Async task runs running at once per supervisor.
-        threads: Thread pool size of each supervisor (for plain functions).
+        supervisors: Supervisor actors to start; ``None`` = one per Ray node with CPUs.
+        max_concurrency: Task runs running at once per supervisor.
+        threads: Sync task runs running at once in threads, per supervisor.
+            ``None`` (the default) follows Prefect's ``ThreadPoolTaskRunner``:
+            ``PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS`` if set, else no
+            limit below ``max_concurrency``.
+        sync_tasks: Where sync (``def``) tasks run. ``"threads"`` (the default):
+            in threads of a supervisor, as in Prefect's thread pool, with the
+            flow run's context and API client set up once; right for I/O-bound
+            tasks. A task submitted inside ``remote_options(...)`` (say
+            ``num_cpus=1``) runs as a Ray task of its own instead, on a core of
+            its own. ``"ray"``: every sync task runs as a Ray task, as under
+            ``RayTaskRunner``. See docs/migrating-from-ray-task-runner.md.
         actor_options: Extra Ray actor options for the supervisors.
         blocked_loop_threshold: Seconds a supervisor's loop may stall before the
             runner warns, in the flow's logs and the blocking task run's logs
@@ -215,6 +236,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         start_timeout: Seconds to wait for the supervisors to start.
         preload: Modules each supervisor imports while it starts (Prefect's task
             engine is always preloaded): your task modules, pandas, ...
+        forward_logs: Loggers of your own whose records, inside supervisors,
+            print in the flow's console (Prefect's task and flow run loggers
+            always do, as under Prefect's own runners); see :class:`Runtime`.
         settings: All of the above as one :class:`Settings` (then the other
             arguments are ignored); ``runner.settings`` is the one in force.
 
@@ -228,15 +252,26 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         *,
         supervisors: int | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        threads: int = DEFAULT_THREADS,
+        threads: int | None = None,
         actor_options: dict[str, Any] | None = None,
         blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD,
         backend: str = "asyncio",
         start_timeout: float = DEFAULT_START_TIMEOUT,
         preload: Iterable[str] = (),
         settings: Settings | None = None,
+        sync_tasks: Literal["threads", "ray"] = "threads",
+        forward_logs: Iterable[str] = (),
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
+        if sync_tasks not in ("threads", "ray"):
+            raise ValueError(
+                f"sync_tasks must be 'threads' (sync tasks run in threads of a supervisor)"
+                f" or 'ray' (each runs as a Ray task, as under RayTaskRunner), not {sync_tasks!r}"
+            )
+        #: Where sync tasks run: "threads" or "ray" (see the class docstring).
+        self.sync_tasks = sync_tasks
+        if threads is None:
+            threads = _thread_pool_size(max_concurrency)
         if settings is None:
             settings = Settings(
                 address=address,
@@ -250,6 +285,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 start_timeout=start_timeout,
                 preload=preload,  # type: ignore[arg-type]  # Settings makes it a tuple
                 blocked_loop_threshold=blocked_loop_threshold,
+                forward_logs=forward_logs,  # type: ignore[arg-type]  # made a tuple
             )
         elif not isinstance(settings, Settings):
             raise TypeError(
@@ -267,13 +303,14 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self._runtime: Runtime | None = None
         self._key = uuid.uuid4().hex
         self._flow_context: dict[str, Any] | None = None
-        self._callables: dict[tuple[int, bool], tuple[Task[Any, Any], Callable[..., Any]]] = {}
+        self._callables: dict[tuple[int, _Where], tuple[Task[Any, Any], Callable[..., Any]]] = {}
         self._submit_context: contextvars.Context | None = None
         self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         # Call id -> (task run id, flow run id) of runs in flight: a blocked-loop
         # warning names a call, and belongs in that task run's logs.
         self._runs_by_call: dict[int, tuple[uuid.UUID, Any, str]] = {}
+        self._submitted = 0  # task runs submitted by this runner (for _wait_until_recorded)
         super().__init__()
 
     @property
@@ -288,12 +325,12 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
 
     def duplicate(self) -> Self:
         """A new, unstarted runner with the same settings (one per flow run)."""
-        return type(self)(settings=self.settings)
+        return type(self)(settings=self.settings, sync_tasks=self.sync_tasks)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AioRayTaskRunner):
             return False
-        return self.settings == other.settings
+        return self.settings == other.settings and self.sync_tasks == other.sync_tasks
 
     __hash__ = None  # type: ignore[assignment]  # mutable settings, compared by value
 
@@ -308,6 +345,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             _submit_context=None,
             _reporter=None,
             _runs_by_call={},
+            _submitted=0,
             _lock=None,
             _started=False,
         )
@@ -339,12 +377,17 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 # starts, not when the first task run arrives.
                 preload = ("prefect.task_engine", "aioray_runner._prefect_remote")
                 settings = self.settings.replace(
-                    preload=(*preload, *(m for m in self.settings.preload if m not in preload))
+                    preload=_merged(preload, self.settings.preload),
+                    # Task and flow run logs print in the flow's console, as
+                    # under Prefect's own runners (the supervisor sends them
+                    # to the API itself).
+                    forward_logs=_merged(_RUN_LOGGERS, self.settings.forward_logs),
                 )
                 self._runtime = Runtime(
                     settings=settings,
                     logger=self.logger,  # Prefect's console shows it
                     on_blocked_loop=self._on_blocked_loop,
+                    on_log=_print_forwarded_log,
                 ).start()
             return self._runtime
 
@@ -356,6 +399,8 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             if self._reporter is not None:
                 self._reporter.shutdown(wait=True)
                 self._reporter = None
+            if runtime is not None and self._submitted:
+                _wait_until_recorded(self._submitted)
         finally:
             super().__exit__(exc_type, exc_value, traceback)
 
@@ -421,17 +466,26 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             if task.isasync:
                 placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
                 wrapped = runtime.submit_call(
-                    self._remote_callable(task, is_async=True),
+                    self._remote_callable(task, "async"),
                     (request,),
                     parameters,
                     label=task.name,
                     actor_options=placement,
                     reruns=reruns,
                 )
+            elif options or self.sync_tasks == "ray":
+                # Ray options ask for a Ray task of its own (a core, a GPU, ...).
+                wrapped = runtime.submit_call(
+                    self._remote_callable(task, "ray"),
+                    (request._replace(ray_options=options),),
+                    parameters,
+                    label=task.name,
+                    reruns=reruns,
+                )
             else:
                 wrapped = runtime.submit_call(
-                    self._remote_callable(task, is_async=False),
-                    (request._replace(ray_options=options),),
+                    self._remote_callable(task, "thread"),
+                    (request._replace(threads=self.settings.threads),),
                     parameters,
                     label=task.name,
                     reruns=reruns,
@@ -442,6 +496,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             task_run_id=task_run_id, wrapped_future=wrapped
         )
         flow_run = FlowRunContext.get()
+        self._submitted += 1
         self._runs_by_call[wrapped.call_id] = (
             task_run_id,
             flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
@@ -487,12 +542,12 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             self._submit_context = contextvars.copy_context()
         return self._flow_context
 
-    def _remote_callable(self, task: Task[Any, Any], *, is_async: bool) -> Callable[..., Any]:
+    def _remote_callable(self, task: Task[Any, Any], where: _Where) -> Callable[..., Any]:
         # One callable per task object, so the runtime pickles the task once.
-        key = (id(task), is_async)
+        key = (id(task), where)
         cached = self._callables.get(key)
         if cached is None or cached[0] is not task:
-            remote = _prefect_remote.run_async_task if is_async else _prefect_remote.run_sync_task
+            remote = _REMOTE_RUNNERS[where]
             fn = functools.partial(remote, self._key, self._flow_context_once(), task)
             cached = self._callables[key] = (task, fn)
         return cached[1]
@@ -579,6 +634,36 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         reporter.submit(self._submit_context.copy().run, _record_state, task, task_run_id, state)
 
 
+# Prefect's loggers for task and flow runs: records of these, made in a
+# supervisor, are printed by the flow's process (see _print_forwarded_log).
+_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+
+
+def _merged(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*first, *then)))
+
+
+def _print_forwarded_log(record: logging.LogRecord) -> None:
+    """Show a run's log record from a supervisor in this process's console.
+
+    The supervisor's own API log handler already sent it to the API: here it
+    only goes to the console handlers (Prefect's, and any the user added).
+    """
+    record.send_to_api = False
+    logging.getLogger(record.name).handle(record)
+
+
+def _thread_pool_size(max_concurrency: object) -> int:
+    """Threads for sync task runs per supervisor, as Prefect's thread pool sizes itself."""
+    from prefect.settings import get_current_settings
+
+    configured = get_current_settings().tasks.runner.thread_pool_max_workers
+    if configured:
+        return int(configured)
+    # No limit of its own: max_concurrency already caps runs per supervisor.
+    return max_concurrency if isinstance(max_concurrency, int) and max_concurrency > 0 else 1
+
+
 @contextmanager
 def _share_ephemeral_api() -> Iterator[None]:
     """Point the supervisors at this process's temporary Prefect server.
@@ -603,6 +688,64 @@ def _share_ephemeral_api() -> Iterator[None]:
     server.start()  # a no-op when the flow's client already started it
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield
+
+
+#: Seconds to wait at most for Prefect's temporary API to record the task runs.
+RECORD_WAIT_S = 10.0
+_NOT_FINAL = ("PENDING", "SCHEDULED", "RUNNING", "PAUSED", "CANCELLING")
+
+
+def _wait_until_recorded(submitted: int) -> None:
+    """With Prefect's temporary API, wait until it has recorded every task run's end.
+
+    That API records task-run states from the engine's events, a moment after
+    they happen, and it stops when the flow's process exits: a script whose flow
+    returns right after its last task stops it mid-write, Prefect logs
+    ``Error flushing N events`` and those task runs keep a non-final state. A
+    server of your own (``PREFECT_API_URL``) keeps running, so nothing is
+    waited for there. At most :data:`RECORD_WAIT_S` seconds.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    flow_run = FlowRunContext.get()
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    if flow_run is None or flow_run.flow_run is None:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    of_this_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.flow_run.id]))
+    unfinished = TaskRunFilter(
+        state=TaskRunFilterState(
+            type=TaskRunFilterStateType(any_=[StateType(t) for t in _NOT_FINAL])
+        )
+    )
+    deadline = time.monotonic() + RECORD_WAIT_S
+    try:
+        with get_client(sync_client=True) as client:
+
+            def count(task_runs: TaskRunFilter | None = None) -> int:
+                body = {"flow_runs": of_this_flow.model_dump(mode="json")}
+                if task_runs is not None:
+                    body["task_runs"] = task_runs.model_dump(mode="json")
+                response = client.request("POST", "/task_runs/count", json=body)
+                response.raise_for_status()
+                return int(response.json())
+
+            while time.monotonic() < deadline:
+                if count() >= submitted and not count(unfinished):
+                    return
+                time.sleep(0.2)
+    except Exception:  # the API going away must not fail the flow
+        logger.debug("could not read the task runs back from the API", exc_info=True)
 
 
 def _record_state(

@@ -36,7 +36,7 @@ async def download(page: int) -> bytes:
 
 @task
 def parse(raw: bytes) -> str:
-    """CPU work in plain Python: runs as a Ray task, like under RayTaskRunner."""
+    """A little CPU work in plain Python: a sync task, run in a thread of a supervisor."""
     digest = raw
     for _ in range(2_000):
         digest = hashlib.sha256(digest).digest()

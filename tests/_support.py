@@ -83,6 +83,20 @@ async def gauged_sleep(token: str, delay: float, value: int) -> int:
     return value
 
 
+def gauged_sleep_sync(token: str, delay: float, value: int) -> int:
+    """``gauged_sleep`` for threads: count how many run at once in this process."""
+    with _lock:
+        gauge = _gauges.setdefault(token, [0, 0])
+        gauge[0] += 1
+        gauge[1] = max(gauge[1], gauge[0])
+    try:
+        time.sleep(delay)
+    finally:
+        with _lock:
+            gauge[0] -= 1
+    return value
+
+
 def gauge_peak(token: str) -> int:
     """The most calls with this token that ran at once in this process."""
     with _lock:

@@ -19,6 +19,7 @@ from aioray_runner._placement import (
     NodeAffinity,
     actor_name,
     actor_options,
+    default_supervisor_count,
     group_key,
     live_cpu_nodes,
     live_node_count,
@@ -84,8 +85,16 @@ def test_live_node_count_counts_live_nodes_at_least_one() -> None:
     assert live_node_count([]) == 1  # Ray still starting: one supervisor anyway
     assert live_node_count([node("a", alive=False)]) == 1
     nodes = [node("a"), node("b", key="alive"), node("c", alive=False), node("d", cpu=0)]
-    # The default count has always included CPU-less live nodes (placement does not).
+    # Counts CPU-less live nodes too (for logs); the default supervisor count does not.
     assert live_node_count(nodes) == 3
+
+
+def test_default_supervisor_count_is_one_per_live_node_with_cpus() -> None:
+    head_without_cpus = node("head", cpu=0)
+    nodes = [head_without_cpus, node("w1"), node("w2"), node("gone", alive=False)]
+    assert default_supervisor_count(nodes) == 2  # the CPU-less head runs no supervisor
+    assert default_supervisor_count([head_without_cpus]) == 1  # never zero
+    assert default_supervisor_count([]) == 1
 
 
 # -- groups ----------------------------------------------------------------------------

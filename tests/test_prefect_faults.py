@@ -19,7 +19,7 @@ import pytest
 from prefect import flow, task
 from prefect.states import StateType
 
-from aioray_runner import AioRayTaskRunner
+from aioray_runner import AioRayTaskRunner, remote_options
 from tests._prefect_support import (
     poll,
     read_logs,
@@ -66,6 +66,16 @@ def sync_dies_once(marker: str, supervisor_pid: int) -> str:
     return "second run"
 
 
+@task(retries=1)
+def thread_dies_once(marker: str) -> str:
+    """A sync task in a thread of a supervisor: killing its process kills the supervisor."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"second run, pid {os.getpid()}"
+
+
 @task
 async def dies_without_retries(marker: str) -> str:
     await anyio.Path(marker).write_text(str(os.getpid()))
@@ -78,8 +88,14 @@ async def crash_and_retry(tmp: str) -> dict[str, Any]:
     retried = dies_once.submit(str(Path(tmp) / "async.marker"))
     result = await retried
     (pid,) = supervisor_pids()
-    sync_retried = sync_dies_once.submit(str(Path(tmp) / "sync.marker"), pid)
+    with remote_options(num_cpus=1):  # a Ray task, started by the supervisor
+        sync_retried = sync_dies_once.submit(str(Path(tmp) / "sync.marker"), pid)
     sync_result = await sync_retried
+    thread_retried = thread_dies_once.submit(str(Path(tmp) / "thread.marker"))
+    thread_result = await thread_retried
+    # The next task kills its supervisor: let this run's last events reach the
+    # API first (events a process has not sent yet die with it).
+    read_task_run_when(thread_retried.task_run_id, lambda r: r.state.is_completed(), within=60)
     crashed = dies_without_retries.submit(str(Path(tmp) / "no-retries.marker"))
     await crashed.wait_async(timeout=120)
     return {
@@ -87,6 +103,8 @@ async def crash_and_retry(tmp: str) -> dict[str, Any]:
         "id": retried.task_run_id,
         "sync_result": sync_result,
         "sync_id": sync_retried.task_run_id,
+        "thread_result": thread_result,
+        "thread_id": thread_retried.task_run_id,
         "crashed_type": crashed.state.type,
         "crashed_message": crashed.state.message or "",
         "crashed_id": crashed.task_run_id,
@@ -100,7 +118,10 @@ async def test_a_crashed_run_with_retries_is_retried_on_the_replacement(tmp_path
     first_pid = int((tmp_path / "async.marker").read_text())
     assert out["result"].startswith("second run") and str(first_pid) not in out["result"]
     assert out["sync_result"] == "second run"
-    for key in ("id", "sync_id"):
+    thread_first_pid = int((tmp_path / "thread.marker").read_text())
+    assert out["thread_result"].startswith("second run")
+    assert str(thread_first_pid) not in out["thread_result"]
+    for key in ("id", "sync_id", "thread_id"):
         run = read_task_run_when(out[key], lambda r: r.state.is_completed(), within=60)
         names = assert_never_restarted_after_finishing(run.id)
         assert "SCHEDULED:AwaitingRetry" in names, names  # the crash was a retry
@@ -124,7 +145,8 @@ def finishes_while_its_supervisor_is_frozen(supervisor_pid: int) -> int:
 @flow(task_runner=AioRayTaskRunner())
 async def finished_then_lost() -> dict[str, Any]:
     (pid,) = supervisor_pids()
-    future = finishes_while_its_supervisor_is_frozen.submit(pid)
+    with remote_options(num_cpus=1):  # a Ray task: it runs on while its supervisor is frozen
+        future = finishes_while_its_supervisor_is_frozen.submit(pid)
     try:
         # The API hears that the run completed; only then does the supervisor die.
         read_task_run_when(future.task_run_id, lambda r: r.state.is_completed(), within=90)

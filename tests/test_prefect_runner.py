@@ -260,8 +260,17 @@ async def placement() -> dict[str, Any]:
     return out
 
 
+@flow(task_runner=AioRayTaskRunner(sync_tasks="ray"))
+async def every_sync_task_a_ray_task() -> dict[str, Any]:
+    return {
+        "flow_pid": os.getpid(),
+        "supervisors": supervisor_pids(),
+        "sync": await where_sync.submit(4),
+    }
+
+
 @pytest.mark.anyio
-async def test_sync_tasks_run_as_ray_tasks_and_remote_options_are_honoured() -> None:
+async def test_sync_tasks_run_in_supervisor_threads_unless_given_ray_options() -> None:
     out = await placement()
     flow_pid = out["flow_pid"]
     (default_supervisor,) = out["supervisor_pids"]
@@ -271,14 +280,18 @@ async def test_sync_tasks_run_as_ray_tasks_and_remote_options_are_honoured() -> 
     assert out["async_default"]["actor_id"] is not None
     assert "CPU" not in out["async_default"]["resources"]
 
-    # Sync tasks run as Ray tasks: a worker that is neither the flow nor a supervisor.
-    sync_runs = [out[k] for k in ("sync_default", "sync_two_cpus", "sync_resource")]
-    assert [r["x"] for r in sync_runs] == [1, 2, 3]
+    # A sync task with no Ray options runs in a thread of the default supervisor.
+    assert out["sync_default"]["x"] == 1
+    assert out["sync_default"]["pid"] == default_supervisor
+    assert out["sync_default"]["thread"].startswith("aioray-prefect-sync")
+    # With Ray options, a sync task runs as a Ray task: a worker that is neither
+    # the flow nor a supervisor, holding what the options asked for.
+    sync_runs = [out[k] for k in ("sync_two_cpus", "sync_resource")]
+    assert [r["x"] for r in sync_runs] == [2, 3]
     for run in sync_runs:
         assert run["pid"] not in (flow_pid, default_supervisor)
         assert run["actor_id"] is None
         assert run["task_id"] is not None
-    assert out["sync_default"]["resources"].get("CPU") == 1.0
     assert out["sync_two_cpus"]["resources"].get("CPU") == 2.0
     assert out["sync_resource"]["resources"].get("CPU") == 0.5
     assert out["sync_resource"]["resources"].get(TEST_RESOURCE) == 1.0
@@ -292,6 +305,12 @@ async def test_sync_tasks_run_as_ray_tasks_and_remote_options_are_honoured() -> 
     assert out["async_placed_again"]["pid"] == placed["pid"]
     assert out["async_default_again"]["pid"] == default_supervisor
     assert out["supervisor_pids_after"] == {default_supervisor, placed["pid"]}
+
+    # sync_tasks="ray": every sync task is a Ray task with a CPU, as under RayTaskRunner.
+    ray_out = await every_sync_task_a_ray_task()
+    run = ray_out["sync"]
+    assert run["pid"] not in (ray_out["flow_pid"], *ray_out["supervisors"])
+    assert run["actor_id"] is None and run["resources"].get("CPU") == 1.0
 
 
 # -- subflows ------------------------------------------------------------------------------

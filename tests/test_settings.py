@@ -27,6 +27,7 @@ EVERY_FIELD = {
     "start_timeout": 9.0,
     "preload": ("json", "csv"),
     "blocked_loop_threshold": 0.25,
+    "forward_logs": ("mypkg.events",),
 }
 
 
@@ -91,7 +92,7 @@ def test_equal_by_value_not_hashable_and_picklable() -> None:
     ("field", "value", "error", "message"),
     [
         ("preload", "pandas", TypeError, "wrap it in a list"),
-        ("preload", ["ok", 3], TypeError, "module names as strings"),
+        ("preload", ["ok", 3], TypeError, "must hold names as strings"),
         ("init_kwargs", [("num_cpus", 2)], TypeError, "init_kwargs must be a dict"),
         ("actor_options", "num_cpus=1", TypeError, "actor_options must be a dict"),
         ("start_timeout", 0, ValueError, "start_timeout must be a number of seconds above 0"),
