@@ -406,7 +406,9 @@ class Runtime:
         """``submit`` with every knob, for integrations (the Prefect runner uses it).
 
         Args:
-            fn, args, kwargs: The call, as ``fn(*args, **kwargs)``.
+            fn: The function to call, as ``fn(*args, **kwargs)``.
+            args: Its positional arguments.
+            kwargs: Its keyword arguments.
             label: The name in the call's label (``"<label>#<call id>"``) and in
                 errors; defaults to the function's name.
             actor_options: Run on the group of supervisors started with these
