@@ -25,8 +25,9 @@ def _runner_list(text: str) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [v for v in values if v not in known]
     if bad or not values:
+        named = ", ".join(bad) if bad else repr(text)
         raise argparse.ArgumentTypeError(
-            f"unknown runner(s) {', '.join(bad) or text!r}; choose from {', '.join(known)}"
+            f"unknown runner(s) {named}; choose from {', '.join(known)}"
         )
     return values
 

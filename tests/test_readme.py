@@ -35,6 +35,8 @@ from types import ModuleType
 
 import pytest
 
+from tests._output import without_known_noise
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
@@ -111,7 +113,8 @@ def test_python_block_runs(source: str, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "Traceback" not in out.stderr, out.stderr[-4000:]
+    unexpected = without_known_noise(out.stderr)
+    assert "Traceback" not in unexpected, unexpected[-4000:]
     printed = out.stdout.strip().splitlines()
     for expected in expected_output(source):
         assert expected in printed, (expected, out.stdout[-2000:])
