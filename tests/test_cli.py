@@ -223,6 +223,7 @@ def test_doctor_flags_fastapi_0155_with_prefect_38(monkeypatch: pytest.MonkeyPat
 # -- demo ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a Prefect API, Ray and a flow of 40 task runs: half a minute
 def test_the_main_job_runs_from_examples(tmp_path: Path) -> None:
     """The README's first command, smaller: the same code as `aioray-runner demo`."""
     out = subprocess.run(
