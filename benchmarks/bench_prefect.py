@@ -333,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     import aioray_runner
     from aioray_runner._bench.common import versions as installed
 
+    found = installed("prefect", "prefect-ray", "prefect-dask", "ray")
     versions = {
         "aioray-runner": aioray_runner.__version__,
-        **installed("prefect", "prefect-ray", "prefect-dask", "ray"),
+        **{name: v for name, v in found.items() if v is not None},
     }
     with (
         prefect_api(True, grace=args.server_grace),
