@@ -161,7 +161,7 @@ def _local_cluster_address() -> str | None:
 
 def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
     """Where Ray is, whether something answers there, and which authentication applies."""
-    from ._runtime import _address_advice, _endpoint
+    from ._runtime import address_advice, endpoint_of
 
     source = "--address" if address else ("RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None)
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -190,7 +190,7 @@ def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
                     " RAY_ADDRESS to let the runtime start a temporary local Ray",
                 )
             )
-    endpoint = _endpoint(target) if target and target != "local" else None
+    endpoint = endpoint_of(target) if target and target != "local" else None
     if endpoint is not None:
         host, port = endpoint
         try:
@@ -202,7 +202,7 @@ def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
             reason = exc.strerror or type(exc).__name__
             info["summary"] = f"{target}: not reachable ({reason})"
             report.problems.append(
-                Finding(f"nothing answers at {target} ({reason})", _address_advice(str(target)))
+                Finding(f"nothing answers at {target} ({reason})", address_advice(str(target)))
             )
     _check_auth(report, info, remote=endpoint is not None)
     if connect and target:

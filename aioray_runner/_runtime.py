@@ -198,7 +198,7 @@ class Runtime:
             self.logger.info("Connecting to Ray at %s", where)
         else:
             self.logger.info("Starting a temporary local Ray instance")
-        endpoint = _endpoint(where)
+        endpoint = endpoint_of(where)
         if endpoint is not None:
             # ray.init waits 20-30 s for an address where nothing listens, then
             # fails without naming it: a plain TCP connect answers in moments.
@@ -550,7 +550,7 @@ _AUTH_MODE_VAR = "RAY_AUTH_MODE"
 PROBE_TIMEOUT_S = 3.0
 
 
-def _endpoint(where: str | None) -> tuple[str, int] | None:
+def endpoint_of(where: str | None) -> tuple[str, int] | None:
     """The host and port a ``ray://host:port`` or ``host:port`` address names."""
     if not where:
         return None
@@ -571,12 +571,12 @@ def _probe(where: str, host: str, port: int) -> None:
             else (exc.strerror or type(exc).__name__).lower()
         )
         raise ConnectionError(
-            f"Cannot reach Ray at {where} ({reason}). {_address_advice(where)}"
+            f"Cannot reach Ray at {where} ({reason}). {address_advice(where)}"
         ) from None
 
 
-def _address_advice(where: str) -> str:
-    endpoint = _endpoint(where)
+def address_advice(where: str) -> str:
+    endpoint = endpoint_of(where)
     host = endpoint[0] if endpoint else ""
     # The node IP to start the head with is the host the address names.
     ip = "127.0.0.1" if host in ("localhost", "") else host.strip("[]")
