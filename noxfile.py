@@ -2,14 +2,18 @@
 
 Examples::
 
-    nox                     # lint, typecheck, docs, tests (every Ray version), tests_trio
-    nox -s tests            # the Ray matrix only
+    nox                     # lint, typecheck, docs, tests (every Ray version), tests_py, tests_trio
+    nox -s tests            # the Ray matrix only (Python 3.11)
+    nox -s tests_py         # Python 3.12 and 3.13 on the newest Ray
     nox -s lint typecheck   # the quick checks
     nox -s "tests(ray='2.60.0')" -- -x -k cancel   # one Ray version; pytest args after --
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -24,6 +28,44 @@ nox.options.error_on_missing_interpreters = False
 nox.options.download_python = "never"
 
 PYTHON = "3.11"
+# The newer Pythons users run: the suite (less the slow cases) on the newest Ray.
+NEWER_PYTHONS = ["3.12", "3.13"]
+
+
+def _let_pyenv_shims_find(minors: list[str]) -> None:
+    """Let pyenv's shims run the newest installed 3.12 and 3.13 beside the current one.
+
+    A pyenv shim (`python3.12`) runs only the versions pyenv has selected (for
+    `pyenv global 3.11.7`, only 3.11), so nox would not find the others:
+    add the newest installed version of each minor to PYENV_VERSION, current ones
+    first (`python` stays what it was). Nothing changes where pyenv is absent.
+    """
+    pyenv = shutil.which("pyenv")
+    if pyenv is None:
+        return
+
+    def ask(*args: str) -> str:
+        try:
+            run = subprocess.run([pyenv, *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return run.stdout if run.returncode == 0 else ""
+
+    chosen = [v for v in (os.environ.get("PYENV_VERSION") or ask("version-name")).split(":") if v]
+    if not chosen:
+        return
+    installed = ask("versions", "--bare").split()
+    for minor in minors:
+        if any(v.startswith(minor + ".") for v in chosen):
+            continue
+        prefix = minor + "."
+        found = [v for v in installed if v.startswith(prefix) and v[len(prefix) :].isdigit()]
+        if found:
+            chosen.append(max(found, key=lambda v: int(v.rsplit(".", 1)[1])))
+    os.environ["PYENV_VERSION"] = ":".join(chosen)
+
+
+_let_pyenv_shims_find(NEWER_PYTHONS)
 
 # Oldest to newest. 2.10.0 is the floor in pyproject.toml (`ray[client]>=2.10`):
 # 2.9.x fails at the first actor call in a uv-made venv (no setuptools there):
@@ -32,8 +74,9 @@ PYTHON = "3.11"
 RAY_VERSIONS = ["2.10.0", "2.40.0", "2.60.0"]
 RAY_NEWEST = RAY_VERSIONS[-1]
 
-# The sessions CI runs, and plain `nox` too ("tests" means every Ray version).
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "tests_trio"]
+# The sessions CI runs, and plain `nox` too ("tests" means every Ray version,
+# "tests_py" every newer Python).
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "tests_py", "tests_trio"]
 
 ENV = {
     # Keep Ray on 127.0.0.1 (and off the host's other interfaces) in every session.
@@ -87,6 +130,14 @@ def tests(session: nox.Session, ray: str) -> None:
     session.run("pytest", "tests", *only_fast, *session.posargs)
 
 
+@nox.session(python=NEWER_PYTHONS, allow_parallel=False)
+def tests_py(session: nox.Session) -> None:
+    """The main test suite on Python 3.12 and 3.13, against the newest Ray (not the slow cases)."""
+    _setup(session)
+    _install_for_tests(session, RAY_NEWEST)
+    session.run("pytest", "tests", "-m", "not slow", *session.posargs)
+
+
 @nox.session(python=PYTHON, allow_parallel=False)
 def tests_trio(session: nox.Session) -> None:
     """The trio tests (callers and coroutines under trio), against the newest Ray."""
@@ -118,8 +169,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, allow_parallel=True)
 def docs(session: nox.Session) -> None:
-    """Docstrings on the public API; every Python block in README.md and docs/*.md compiles."""
+    """Docstrings on the public API; every Python block in README.md and docs/*.md
+    compiles; the docs site (mkdocs.yml) builds with no warning (into site/)."""
     _setup(session)
     # prefect: the Prefect names in __all__ are imported to read their docstrings.
-    session.install("-e", ".[prefect,trio]")
+    session.install("-e", ".[prefect,trio,docs]")
     session.run("python", "docs/check_docs.py")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})

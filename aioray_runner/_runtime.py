@@ -226,7 +226,7 @@ class Runtime:
             self.logger.info("Joining the Ray cluster at %s (from RAY_ADDRESS)", from_env)
         elif where:
             self.logger.info("Connecting to Ray at %s", where)
-        endpoint = _endpoint(where)
+        endpoint = endpoint_of(where)
         if endpoint is not None:
             # ray.init waits 20-30 s for an address where nothing listens, then
             # fails without naming it: a plain TCP connect answers in moments.
@@ -436,7 +436,9 @@ class Runtime:
         """``submit`` with every knob, for integrations (the Prefect runner uses it).
 
         Args:
-            fn, args, kwargs: The call, as ``fn(*args, **kwargs)``.
+            fn: The function to call, as ``fn(*args, **kwargs)``.
+            args: Its positional arguments.
+            kwargs: Its keyword arguments.
             label: The name in the call's label (``"<label>#<call id>"``) and in
                 errors; defaults to the function's name.
             actor_options: Run on the group of supervisors started with these
@@ -596,7 +598,7 @@ _AUTH_MODE_VAR = "RAY_AUTH_MODE"
 PROBE_TIMEOUT_S = 3.0
 
 
-def _endpoint(where: str | None) -> tuple[str, int] | None:
+def endpoint_of(where: str | None) -> tuple[str, int] | None:
     """The host and port a ``ray://host:port`` or ``host:port`` address names."""
     if not where:
         return None
@@ -617,12 +619,12 @@ def _probe(where: str, host: str, port: int) -> None:
             else (exc.strerror or type(exc).__name__).lower()
         )
         raise ConnectionError(
-            f"Cannot reach Ray at {where} ({reason}). {_address_advice(where)}"
+            f"Cannot reach Ray at {where} ({reason}). {address_advice(where)}"
         ) from None
 
 
-def _address_advice(where: str) -> str:
-    endpoint = _endpoint(where)
+def address_advice(where: str) -> str:
+    endpoint = endpoint_of(where)
     host = endpoint[0] if endpoint else ""
     # The node IP to start the head with is the host the address names.
     ip = "127.0.0.1" if host in ("localhost", "") else host.strip("[]")

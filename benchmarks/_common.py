@@ -10,17 +10,14 @@ import argparse
 import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from aioray_runner._bench.common import log
 
-def log(message: str) -> None:
-    """Progress, to stderr (the figures go to stdout)."""
-    print(message, file=sys.stderr, flush=True)
+__all__ = ["git_commit", "log", "ray_instance", "write_figures"]
 
 
 def git_commit() -> str | None:
@@ -40,18 +37,11 @@ def git_commit() -> str | None:
 
 @contextmanager
 def ray_instance(num_cpus: int) -> Iterator[None]:
-    """Start a local Ray for the runtimes to join, and shut it down afterwards."""
-    import ray  # here: some scripts run Ray only in child processes
+    """Start a temporary local Ray of the script's own (never another program's); stop it after."""
+    from aioray_runner._bench.common import local_ray
 
-    log(f"== starting Ray (num_cpus={num_cpus})")
-    started = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
-    log(f"   Ray up in {time.perf_counter() - started:.1f} s")
-    try:
+    with local_ray(num_cpus):
         yield
-    finally:
-        log("== shutting Ray down")
-        ray.shutdown()
 
 
 def write_figures(

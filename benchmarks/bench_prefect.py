@@ -2,12 +2,15 @@
 
 An async flow submits N tasks, each ``await asyncio.sleep(delay)``, and waits for
 all of them; the time from the first submit to the last result is measured inside
-the flow. Runners compared:
+the flow. This is the ``prefect.fanout`` scenario of ``aioray-runner bench``
+(same flow: ``aioray_runner/_bench/flows.py``) with the knobs a study needs: a
+list of N, repeats, caps, supervisors, thread-pool size. Runners compared:
 
 * ``aioray``: ``AioRayTaskRunner`` (this library);
 * ``ray``: prefect-ray's ``RayTaskRunner`` (about 0.25 s a task on 2 CPUs, so it
   runs at most ``--ray-n`` tasks by default; ratios then use per-task times);
 * ``threadpool``: Prefect's ``ThreadPoolTaskRunner``;
+* ``dask``: prefect-dask's ``DaskTaskRunner`` (when installed; a local cluster);
 * ``gather``: no runner, ``await asyncio.gather(*[t(i) for i in range(N)])``
   inside the flow: every task run goes through Prefect's engine on the flow's
   own loop, the floor Prefect itself sets.
@@ -38,10 +41,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import argparse
 import asyncio
-import platform
 import statistics
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -49,170 +50,36 @@ from typing import Any
 
 from _common import log, write_figures
 
-RUNNERS = ("aioray", "ray", "threadpool", "gather")
-SLOW_RUNNERS = ("ray",)
-RUNNER_NAMES = {
-    "aioray": "AioRayTaskRunner",
-    "ray": "RayTaskRunner (prefect-ray)",
-    "threadpool": "ThreadPoolTaskRunner",
-    "gather": "asyncio.gather in flow",
-}
+from aioray_runner._bench.common import Progress, local_ray, quiet_environment
+from aioray_runner._bench.common import table as _table
+from aioray_runner._bench.flows import RUNNERS as ALL_RUNNERS
 
-# Counters the flows update and the progress thread prints. A plain dict: the
-# flow is pickled into the context the Ray runners send to their workers.
-COUNTERS: dict[str, int] = {"submitted": 0, "done": 0}
+RUNNERS = tuple(ALL_RUNNERS)
+SLOW_RUNNERS = ("ray", "dask")
+RUNNER_NAMES = {name: label for name, (label, _) in ALL_RUNNERS.items()}
 
 
-class Progress:
-    """Prints COUNTERS to stderr every second from a thread, while a flow runs."""
-
-    def __init__(self, label: str, total: int, interval: float = 1.0) -> None:
-        self.label = label
-        self.total = total
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._started = time.perf_counter()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            elapsed = time.perf_counter() - self._started
-            log(
-                f"    {self.label}: submitted {COUNTERS['submitted']}/{self.total},"
-                f" done {COUNTERS['done']}/{self.total}, {elapsed:.0f} s"
-            )
-
-    def __enter__(self) -> Progress:
-        COUNTERS["submitted"] = COUNTERS["done"] = 0
-        self._started = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+# -- runs ----------------------------------------------------------------------------------
 
 
-# -- flows -------------------------------------------------------------------------------
+async def run_one(name: str, n: int, args: argparse.Namespace, label: str) -> dict[str, Any]:
+    """One flow of ``n`` sleeps under the runner ``name`` (the flow: aioray_runner._bench.flows)."""
+    from aioray_runner._bench.flows import run_runner
 
-
-def build_flows() -> tuple[Any, Any]:
-    """The task and the two flows (built after Prefect's logging env is set)."""
-    from prefect import flow, task
-
-    @task
-    async def sleepy(i: int, delay: float) -> int:
-        await asyncio.sleep(delay)
-        return i
-
-    def collect_blocking(
-        futures: list[Any], counters: dict[str, int], marks: dict[str, float]
-    ) -> int:
-        total = 0
-        for future in futures:
-            total += future.result()
-            counters["done"] += 1
-            marks.setdefault("first", time.perf_counter())
-        return total
-
-    @flow(name="bench-submit", validate_parameters=False)
-    async def submit_flow(n: int, delay: float) -> dict[str, Any]:
-        counters = COUNTERS
-        marks: dict[str, float] = {}
-        started = time.perf_counter()
-        futures = []
-        for i in range(n):
-            futures.append(sleepy.submit(i, delay))
-            counters["submitted"] += 1
-        submitted = time.perf_counter()
-        if all(hasattr(f, "__await__") for f in futures):
-            collected_with = "await future"
-            total = 0
-            for future in futures:
-                total += await future
-                counters["done"] += 1
-                marks.setdefault("first", time.perf_counter())
-        else:
-            # Sync futures: block a helper thread, not the flow's loop.
-            collected_with = "future.result() in a thread"
-            total = await asyncio.to_thread(collect_blocking, futures, counters, marks)
-        finished = time.perf_counter()
-        return {
-            "started": started,
-            "submit_s": submitted - started,
-            "first_s": marks["first"] - started,
-            "total_s": finished - started,
-            "sum": total,
-            "collected_with": collected_with,
-        }
-
-    @flow(name="bench-gather", validate_parameters=False)
-    async def gather_flow(n: int, delay: float) -> dict[str, Any]:
-        counters = COUNTERS
-        marks: dict[str, float] = {}
-
-        async def one(i: int) -> int:
-            value = await sleepy(i, delay)
-            counters["done"] += 1
-            marks.setdefault("first", time.perf_counter())
-            return value  # type: ignore[no-any-return]
-
-        started = time.perf_counter()
-        calls = [one(i) for i in range(n)]
-        counters["submitted"] = n
-        submitted = time.perf_counter()
-        values = await asyncio.gather(*calls)
-        finished = time.perf_counter()
-        return {
-            "started": started,
-            "submit_s": submitted - started,
-            "first_s": marks["first"] - started,
-            "total_s": finished - started,
-            "sum": sum(values),
-            "collected_with": "asyncio.gather",
-        }
-
-    return submit_flow, gather_flow
-
-
-def make_runner(name: str, args: argparse.Namespace) -> Any:
-    if name == "aioray":
-        from aioray_runner import AioRayTaskRunner
-
-        return AioRayTaskRunner(supervisors=args.supervisors)
-    if name == "ray":
-        from prefect_ray import RayTaskRunner
-
-        return RayTaskRunner()
-    if name == "threadpool":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=args.threadpool_workers)
-    raise ValueError(name)
-
-
-async def run_one(
-    flows: tuple[Any, Any], name: str, n: int, args: argparse.Namespace, label: str
-) -> dict[str, Any]:
-    submit_flow, gather_flow = flows
-    if name == "gather":
-        bench = gather_flow.with_options(name="bench-gather")
-    else:
-        bench = submit_flow.with_options(name=f"bench-{name}", task_runner=make_runner(name, args))
-    with Progress(label, n):
-        wall_started = time.perf_counter()
-        result: dict[str, Any] = await bench(n, args.delay)
-        wall = time.perf_counter() - wall_started
-    expected = n * (n - 1) // 2
-    if result["sum"] != expected:
-        raise RuntimeError(f"{label}: wrong results (sum {result['sum']}, expected {expected})")
-    result.update(
-        n=n,
-        flow_wall_s=wall,
-        per_task_ms=1000 * result["total_s"] / n,
-        setup_s=result["started"] - wall_started,
-    )
-    del result["started"], result["sum"]
+    plan = {"delay": args.delay, "fanout": n, "warmup": args.warmup}
+    with Progress(1, quiet_interval=1.0) as progress:
+        progress.start_step(label, n + args.warmup + 2)
+        figures = await run_runner(
+            name,
+            plan,
+            num_cpus=args.num_cpus,
+            supervisors=args.supervisors,
+            threadpool_workers=args.threadpool_workers,
+        )
+        result: dict[str, Any] = figures["fanout"]
+        progress.end_step(f"{result['total_s']:.2f} s")
+    result["flow_wall_s"] = figures["flow_wall_s"]
+    result["collected_with"] = "asyncio.gather" if name == "gather" else "the runner's futures"
     return result
 
 
@@ -222,21 +89,8 @@ def effective_n(name: str, n: int, args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    flows = build_flows()
     # results[runner][effective n] = list of runs (dicts), or an error string
     results: dict[str, dict[int, Any]] = {name: {} for name in args.runners}
-
-    if args.warmup:
-        for name in args.runners:
-            label = f"warm-up {name} n={args.warmup}"
-            log(f"== {label}")
-            try:
-                res = await run_one(flows, name, args.warmup, args, label)
-                log(f"   {res['total_s']:.2f} s (flow wall {res['flow_wall_s']:.1f} s)")
-            except Exception as exc:
-                log(f"   FAILED: {type(exc).__name__}: {exc}")
-                traceback.print_exc()
-
     for n in args.n:
         for name in args.runners:
             m = effective_n(name, n, args)
@@ -248,7 +102,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 label = f"{name} n={m} [{r + 1}/{args.repeat}]"
                 log(f"== {label}" + (f" (capped from {n})" if m != n else ""))
                 try:
-                    res = await run_one(flows, name, m, args, label)
+                    res = await run_one(name, m, args, label)
                 except Exception as exc:
                     log(f"   FAILED: {type(exc).__name__}: {exc}")
                     traceback.print_exc()
@@ -278,15 +132,7 @@ def fmt_runs(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
     return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))}"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+table = _table
 
 
 def report(
@@ -432,11 +278,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="RUNNER=N",
         help="cap any runner's N (repeatable); overrides --ray-n for ray",
     )
-    parser.add_argument("--skip-slow", action="store_true", help="leave out RayTaskRunner")
+    parser.add_argument(
+        "--skip-slow", action="store_true", help="leave out RayTaskRunner and DaskTaskRunner"
+    )
     parser.add_argument("--delay", type=float, default=0.1, help="each task's sleep, s")
     parser.add_argument("--repeat", type=int, default=1, help="timed flows per runner and N")
     parser.add_argument(
-        "--warmup", type=int, default=4, help="tasks in one untimed flow per runner first (0: none)"
+        "--warmup", type=int, default=4, help="untimed tasks at the start of each flow (0: none)"
     )
     parser.add_argument(
         "--supervisors", type=int, default=None, help="AioRayTaskRunner(supervisors=...)"
@@ -472,45 +320,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.prefect_logs:
-        # Console only (the API still receives the logs): 1000s of "Finished in
-        # state Completed()" lines would bury the progress. Inherited by Ray workers.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    if args.prefect_logs:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
+    quiet_environment()  # else Prefect's console shows warnings only (the API gets all)
+    from aioray_runner._bench.flows import missing_runners
+    from aioray_runner._bench.suite import prefect_api
 
+    for name, reason in missing_runners(args.runners).items():
+        log(f"   left out {name}: {reason}")
+        args.runners.remove(name)
     started = time.perf_counter()
-    log("== importing Prefect and Ray, starting a temporary Prefect server")
-    import prefect
-    import prefect_ray
-    import ray
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
     import aioray_runner
+    from aioray_runner._bench.common import versions as installed
 
+    found = installed("prefect", "prefect-ray", "prefect-dask", "ray")
     versions = {
         "aioray-runner": aioray_runner.__version__,
-        "prefect": prefect.__version__,
-        "prefect-ray": getattr(prefect_ray, "__version__", "?"),
-        "ray": ray.__version__,
-        "Python": platform.python_version(),
+        **{name: v for name, v in found.items() if v is not None},
     }
-    with prefect_test_harness(server_startup_timeout=120):
-        api_url = PREFECT_API_URL.value()
-        # Ray workers inherit this environment: they reach the same server even
-        # before a task's serialized settings are entered.
-        os.environ["PREFECT_API_URL"] = api_url
-        log(f"   Prefect server at {api_url} ({time.perf_counter() - started:.1f} s)")
-        log(f"== starting Ray (num_cpus={args.num_cpus})")
-        ray_started = time.perf_counter()
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-        log(f"   Ray up in {time.perf_counter() - ray_started:.1f} s")
-        try:
-            results = asyncio.run(run(args))
-        finally:
-            log("== shutting Ray down, stopping the Prefect server")
-            ray.shutdown()
-            # Let the server record the last events before it is stopped.
-            time.sleep(args.server_grace)
+    with (
+        prefect_api(True, grace=args.server_grace),
+        local_ray(args.num_cpus, log_to_driver=args.prefect_logs),
+    ):
+        results = asyncio.run(run(args))
     failed = any(isinstance(runs, str) for per_n in results.values() for runs in per_n.values())
     print(report(args, results, versions))
     log(f"== done in {time.perf_counter() - started:.0f} s")

@@ -10,6 +10,10 @@ Measures, in one run:
   at the peak with N calls in flight, and after the calls are done and their
   futures dropped (the supervisors should give the memory back).
 
+``aioray-runner bench --scenario core`` runs the first two (and one-call latency)
+with the same code (``aioray_runner/_bench/core.py``); this script adds supervisor
+counts, repeats, allocators and the memory phase.
+
 Usage::
 
     python benchmarks/bench_runtime.py                      # N=10,000, 1 supervisor
@@ -36,9 +40,9 @@ import platform
 import resource
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,71 +52,27 @@ from _common import log, ray_instance, write_figures
 
 import aioray_runner
 from aioray_runner import Runtime
+from aioray_runner._bench.common import COUNTERS, Progress, table
+from aioray_runner._bench.core import (
+    actor_run,
+    check_sum,
+    plain_actor,
+    runtime_run,
+    sleep_then,
+    warm_up,
+)
 
 MIB = 1024 * 1024
 
-# -- what runs remotely ------------------------------------------------------------------
 
-
-async def noop(i: int) -> int:
-    return i
-
-
-async def sleep_then(i: int, delay: float) -> int:
-    await asyncio.sleep(delay)
-    return i
-
-
-@ray.remote
-class PlainActor:
-    """The baseline: one actor call per coroutine."""
-
-    async def run(self, i: int) -> int:
-        return i
-
-    async def sleep(self, i: int, delay: float) -> int:
-        await asyncio.sleep(delay)
-        return i
-
-
-# -- progress -------------------------------------------------------------------------------
-
-
-class Progress:
-    """Counters updated by the benchmark, printed to stderr by a thread every second.
-
-    A thread (not a task on the benchmark's loop) so it keeps printing while a
-    long submit loop holds the loop.
-    """
-
-    def __init__(self, label: str, total: int, interval: float = 1.0) -> None:
-        self.label = label
-        self.total = total
-        self.interval = interval
-        self.submitted = 0
-        self.done = 0
-        self.extra: Callable[[], str] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._started = time.perf_counter()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            elapsed = time.perf_counter() - self._started
-            extra = f" {self.extra()}" if self.extra else ""
-            log(
-                f"    {self.label}: submitted {self.submitted}/{self.total},"
-                f" done {self.done}/{self.total}, {elapsed:.1f} s{extra}"
-            )
-
-    def __enter__(self) -> Progress:
-        self._started = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+@contextmanager
+def step(label: str, n: int) -> Iterator[None]:
+    """Progress on stderr for one measurement of ``n`` calls (a counter every second)."""
+    with Progress(1, quiet_interval=1.0) as progress:
+        progress.start_step(label, n)
+        started = time.perf_counter()
+        yield
+        progress.end_step(f"{time.perf_counter() - started:.2f} s")
 
 
 # -- memory helpers --------------------------------------------------------------------------
@@ -149,66 +109,6 @@ def mib(n: float) -> str:
 
 
 # -- measurements --------------------------------------------------------------------------
-
-
-async def actor_run(actor: Any, n: int, delay: float | None, label: str) -> dict[str, Any]:
-    """N calls of the plain actor, one per coroutine; submit all, then await all."""
-    with Progress(label, n) as progress:
-        started = time.perf_counter()
-        refs = []
-        for i in range(n):
-            refs.append(actor.run.remote(i) if delay is None else actor.sleep.remote(i, delay))
-            progress.submitted += 1
-        submitted = time.perf_counter()
-        total = 0
-        for ref in refs:
-            total += await ref
-            progress.done += 1
-        finished = time.perf_counter()
-    _check(label, total, n)
-    return _timing(n, started, submitted, finished)
-
-
-async def runtime_run(rt: Runtime, n: int, delay: float | None, label: str) -> dict[str, Any]:
-    """N calls through Runtime: submit all, then await each future."""
-    with Progress(label, n) as progress:
-        started = time.perf_counter()
-        futures = []
-        for i in range(n):
-            futures.append(rt.submit(noop, i) if delay is None else rt.submit(sleep_then, i, delay))
-            progress.submitted += 1
-        submitted = time.perf_counter()
-        total = 0
-        for future in futures:
-            total += await future
-            progress.done += 1
-        finished = time.perf_counter()
-    _check(label, total, n)
-    return _timing(n, started, submitted, finished)
-
-
-def _check(label: str, total: int, n: int) -> None:
-    if total != n * (n - 1) // 2:
-        raise RuntimeError(f"{label}: wrong results (sum {total}, expected {n * (n - 1) // 2})")
-
-
-def _timing(n: int, started: float, submitted: float, finished: float) -> dict[str, Any]:
-    wall = finished - started
-    return {
-        "n": n,
-        "wall_s": wall,
-        "submit_s": submitted - started,
-        "per_s": n / wall if wall > 0 else float("inf"),
-    }
-
-
-async def warm_up(rt: Runtime, calls: int) -> None:
-    futures = [rt.submit(noop, i) for i in range(calls)]
-    for future in futures:
-        await future
-    futures = [rt.submit(sleep_then, i, 0.0) for i in range(calls)]
-    for future in futures:
-        await future
 
 
 def _sum_stats(stats: list[dict[str, Any]], key: str) -> int:
@@ -278,26 +178,21 @@ async def _memory_round(rt: Runtime, n: int, hold_s: float, label: str) -> dict[
             except TimeoutError:
                 pass
 
-    with Progress(label, n) as progress:
-        progress.extra = lambda: (
-            f"(supervisors {mib(samples[-1]['rss_bytes'])} MiB, running {samples[-1]['running']})"
-            if samples
-            else ""
-        )
+    with step(label, n):
         started = time.perf_counter()
         futures = []
         for i in range(n):
             futures.append(rt.submit(sleep_then, i, hold_s))
-            progress.submitted += 1
+            COUNTERS.submitted += 1
         sampler = asyncio.create_task(sample())
         total = 0
         for future in futures:
             total += await future
-            progress.done += 1
+            COUNTERS.done += 1
         finished = time.perf_counter()
         stop.set()
         await sampler
-    _check(label, total, n)
+    check_sum(label, total, n)
 
     done_stats = await rt.stats()
     caller_done = caller_rss()
@@ -354,18 +249,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.skip_actor and {"throughput", "sleep"} & set(args.phases):
         log("== plain async actor (max_concurrency=1000), one call per coroutine")
-        actor = PlainActor.options(max_concurrency=1000).remote()  # type: ignore[attr-defined]
-        await actor.run.remote(0)
+        actor = plain_actor(max_concurrency=1000)
         for r in range(repeat):
             tag = f"[{r + 1}/{repeat}]"
             if "throughput" in args.phases:
-                res = await actor_run(actor, n, None, f"actor noop {tag}")
+                with step(f"actor noop {tag}", n):
+                    res = await actor_run(actor, n, None, f"actor noop {tag}")
                 results["throughput"].setdefault("actor", []).append(res)
-                log(f"  actor noop {tag}: {res['wall_s']:.2f} s, {res['per_s']:,.0f}/s")
+                log(f"  actor noop {tag}: {res['total_s']:.2f} s, {res['per_s']:,.0f}/s")
             if "sleep" in args.phases:
-                res = await actor_run(actor, n, args.delay, f"actor sleep {tag}")
+                with step(f"actor sleep {tag}", n):
+                    res = await actor_run(actor, n, args.delay, f"actor sleep {tag}")
                 results["sleep"].setdefault("actor", []).append(res)
-                log(f"  actor sleep {tag}: {res['wall_s']:.2f} s")
+                log(f"  actor sleep {tag}: {res['total_s']:.2f} s")
         ray.kill(actor)
 
     for k, allocator in itertools.product(args.supervisors, args.allocators):
@@ -378,13 +274,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for r in range(repeat):
                     tag = f"[{r + 1}/{repeat}]"
                     if "throughput" in args.phases:
-                        res = await runtime_run(rt, n, None, f"{name} noop {tag}")
+                        with step(f"{name} noop {tag}", n):
+                            res = await runtime_run(rt, n, None, f"{name} noop {tag}")
                         results["throughput"].setdefault(key, []).append(res)
-                        log(f"  {name} noop {tag}: {res['wall_s']:.2f} s, {res['per_s']:,.0f}/s")
+                        log(f"  {name} noop {tag}: {res['total_s']:.2f} s, {res['per_s']:,.0f}/s")
                     if "sleep" in args.phases:
-                        res = await runtime_run(rt, n, args.delay, f"{name} sleep {tag}")
+                        with step(f"{name} sleep {tag}", n):
+                            res = await runtime_run(rt, n, args.delay, f"{name} sleep {tag}")
                         results["sleep"].setdefault(key, []).append(res)
-                        log(f"  {name} sleep {tag}: {res['wall_s']:.2f} s")
+                        log(f"  {name} sleep {tag}: {res['total_s']:.2f} s")
         if "memory" in args.phases:
             log(
                 f"== memory, Runtime(supervisors={k}), {allocator}:"
@@ -420,23 +318,6 @@ def fmt_pair(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(lo)} / {fmt.format(med)}"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [
-        "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))
-        ),
-        "  ".join("-" * w for w in widths),
-    ]
-    for row in rows:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
-            )
-        )
-    return "\n".join(lines)
-
-
 def path_name(key: str) -> str:
     if key == "actor":
         return "plain actor (1 call/coroutine)"
@@ -467,18 +348,18 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
             rows.append(
                 [
                     path_name(key),
-                    fmt_pair([r["wall_s"] for r in res]),
+                    fmt_pair([r["total_s"] for r in res]),
                     fmt_pair([r["submit_s"] for r in res]),
                     fmt_pair([r["per_s"] for r in res], "{:,.0f}"),
                 ]
             )
         out.append(table(["path", "wall s", "submit s", "coroutines/s"], rows))
         if "actor" in runs:
-            actor_med = statistics.median(r["wall_s"] for r in runs["actor"])
+            actor_med = statistics.median(r["total_s"] for r in runs["actor"])
             for key, res in runs.items():
                 if key == "actor":
                     continue
-                med = statistics.median(r["wall_s"] for r in res)
+                med = statistics.median(r["total_s"] for r in res)
                 out.append(
                     f"  {path_name(key)} vs plain actor: {actor_med / med:.1f}x faster"
                     f" (median wall times)"
@@ -486,7 +367,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
         if phase == "sleep" and args.n == 10_000:
             for key, res in runs.items():
                 if key != "actor":
-                    med = statistics.median(r["wall_s"] for r in res)
+                    med = statistics.median(r["total_s"] for r in res)
                     goal = "meets" if med < 1.0 else "MISSES"
                     out.append(f"  {path_name(key)}: {goal} the goal of < 1 s for 10,000")
 

@@ -58,9 +58,12 @@ def _missing_member_docstrings(name: str, cls: type[Any]) -> list[str]:
     return problems
 
 
-def python_blocks(path: Path) -> list[tuple[int, str]]:
-    """``(first line number, source)`` of each Python code block in a Markdown file."""
-    blocks: list[tuple[int, str]] = []
+def code_blocks(path: Path) -> list[tuple[int, str, str]]:
+    """``(first line number, language, source)`` of each fenced code block in a Markdown file.
+
+    Also used by tests/test_readme.py, which runs the README's blocks.
+    """
+    blocks: list[tuple[int, str, str]] = []
     lines = path.read_text(encoding="utf-8").splitlines()
     i = 0
     while i < len(lines):
@@ -74,11 +77,15 @@ def python_blocks(path: Path) -> list[tuple[int, str]]:
         i += 1
         while i < len(lines) and not lines[i].strip().startswith(fence):
             i += 1
-        if lang in PYTHON_LANGS:
-            body = [line[indent:] if line[:indent].isspace() else line for line in lines[start:i]]
-            blocks.append((start + 1, "\n".join(body) + "\n"))
+        body = [line[indent:] if line[:indent].isspace() else line for line in lines[start:i]]
+        blocks.append((start + 1, lang, "\n".join(body) + "\n"))
         i += 1  # past the closing fence
     return blocks
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    """``(first line number, source)`` of each Python code block in a Markdown file."""
+    return [(line, source) for line, lang, source in code_blocks(path) if lang in PYTHON_LANGS]
 
 
 def broken_code_blocks() -> tuple[int, list[str]]:

@@ -1,84 +1,19 @@
 """The main job: a real Prefect flow on a temporary local Ray, no setup needed.
 
-    python examples/pipeline.py            # 500 pages
-    python examples/pipeline.py 2000       # more
+    python examples/pipeline.py               # 500 pages
+    python examples/pipeline.py --pages 2000  # more (same as `aioray-runner demo`)
 
-The flow "downloads" pages (async tasks that wait on I/O, here a sleep, run
-concurrently on a supervisor actor), "parses" each one (a sync task: a Ray task
-on its own worker slot), then summarises the parsed pages (an async task whose
-upstream futures are resolved inside the supervisor). Prefect starts a temporary
-local API and the runner a temporary local Ray; both stop when the flow ends.
+The flow and its tasks are in aioray_runner/demo.py (the package ships them, so
+that `aioray-runner demo` runs the same job from an installed wheel): read them
+there. In short, the flow "downloads" 500 pages (async tasks that await I/O, all
+in flight at once on a supervisor actor), "parses" some of them (sync tasks, in
+threads of the supervisor) and summarises them (an async task whose upstream
+futures are resolved inside the supervisor).
 """
 
-from __future__ import annotations
-
-import asyncio
-import hashlib
-import os
 import sys
-import time
 
-# No telemetry (this machine has no network for it), and keep a local Ray on 127.0.0.1.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-from prefect import flow, get_run_logger, task
-
-from aioray_runner import AioRayTaskRunner
-
-
-@task
-async def download(page: int) -> bytes:
-    """Stands for an HTTP request: 100 ms of waiting, no CPU."""
-    await asyncio.sleep(0.1)
-    return f"page {page}: ".encode() + os.urandom(64)
-
-
-@task
-def parse(raw: bytes) -> str:
-    """A little CPU work in plain Python: a sync task, run in a thread of a supervisor."""
-    digest = raw
-    for _ in range(2_000):
-        digest = hashlib.sha256(digest).digest()
-    return digest.hex()[:12]
-
-
-@task
-async def summarise(checksums: list[str]) -> dict[str, int | str]:
-    """Gets the parsed pages themselves: the futures were resolved in the supervisor."""
-    return {"pages": len(checksums), "first": min(checksums), "last": max(checksums)}
-
-
-@flow(task_runner=AioRayTaskRunner(init_kwargs={"include_dashboard": False}))
-async def pipeline(pages: int = 500, parsed: int = 20) -> dict[str, int | str]:
-    logger = get_run_logger()
-    started = time.monotonic()
-    first = await download.submit(0)  # awaiting a submitted task gives its result
-    logger.info("First page is %d bytes", len(first))
-
-    downloads = download.map(range(pages))  # all in flight at once on the supervisor
-    raw_pages = [await f for f in downloads]
-    elapsed = time.monotonic() - started
-    logger.info(
-        "Downloaded %d pages of 100 ms each in %.1f s (%.0f pages/s)",
-        pages,
-        elapsed,
-        pages / elapsed,
-    )
-
-    checksums = [parse.submit(raw) for raw in raw_pages[:parsed]]
-    summary = await summarise.submit(checksums)
-    logger.info("Summary: %s", summary)
-    return summary
-
-
-def main() -> None:
-    pages = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    # With no PREFECT_API_URL set, Prefect starts a temporary local API for this
-    # process, and AioRayTaskRunner points the supervisors at it.
-    summary = asyncio.run(pipeline(pages))
-    print(f"pipeline finished: {summary}")
-
+from aioray_runner.demo import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -238,9 +238,12 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _traceback_lines(stderr: str) -> int:
+def _traceback_frames(stderr: str) -> int:
+    """Frames in the last traceback (lines differ: 3.13 also prints whole statements)."""
     start = stderr.rfind("Traceback (most recent call last)")
-    return len(stderr[start:].splitlines()) if start >= 0 else 0
+    if start < 0:
+        return 0
+    return sum(line.startswith('  File "') for line in stderr[start:].splitlines())
 
 
 @pytest.mark.parametrize(("scheme", "port_hint"), [("ray://", "10001"), ("", "6379")])
@@ -252,7 +255,7 @@ def test_unreachable_address_fails_at_once_naming_it(scheme: str, port_hint: str
     assert address in out["message"] and port_hint in out["message"]
     assert "ray start --head" in out["message"]
     assert not out["chained"]
-    assert _traceback_lines(out["stderr"]) < 15, out["stderr"]
+    assert _traceback_frames(out["stderr"]) <= 5, out["stderr"]  # no chain of Ray internals
 
 
 FLOW = """
