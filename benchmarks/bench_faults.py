@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     try:
         kill = asyncio.run(kill_under_load(args.in_flight, args.fresh))
         overhead = asyncio.run(watchdog_overhead(args.n, args.repeat))

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     log(f"== starting Ray (num_cpus={args.num_cpus}) and a temporary Prefect API")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     try:
         with prefect_test_harness():
             results = run(args)

@@ -39,7 +39,7 @@ def ray_session() -> Iterator[None]:
     if started:
         # The custom resource lets the Prefect tests check that `remote_options`
         # reaches Ray (tests/test_prefect_runner.py).
-        ray.init(num_cpus=2, include_dashboard=False, resources={TEST_RESOURCE: 4})
+        ray.init(address="local", num_cpus=2, include_dashboard=False, resources={TEST_RESOURCE: 4})
     yield
     if started:
         ray.shutdown()
