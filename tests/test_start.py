@@ -53,7 +53,15 @@ def other_cluster() -> Iterator[tuple[str, str]]:
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # As tests/test_prefect_cluster.py: the head keeps Ray 2.60's token
+        # authentication on (ignored by older Ray), and its client proxy must not
+        # lose the server it forks (ray-project/ray#63202).
+        RAY_AUTH_MODE="token",
+        GRPC_ENABLE_FORK_SUPPORT="0",
+    )
     env.update(extra)
     return env
 
