@@ -115,24 +115,20 @@ class Runtime:
         forward_logs: Iterable[str] = (),
         on_log: Callable[[logging.LogRecord], object] | None = None,
     ) -> None:
-        if settings is None:
-            settings = Settings(
-                address=address,
-                supervisors=supervisors,
-                max_concurrency=max_concurrency,
-                backend=backend,
-                threads=threads,
-                init_kwargs=init_kwargs or {},
-                actor_options=actor_options or {},
-                start_timeout=start_timeout,
-                preload=preload,  # type: ignore[arg-type]  # Settings makes it a tuple
-                blocked_loop_threshold=blocked_loop_threshold,
-                forward_logs=forward_logs,  # type: ignore[arg-type]  # made a tuple
-            )
-        elif not isinstance(settings, Settings):
-            raise TypeError(
-                f"settings must be an aioray_runner.Settings, got {type(settings).__name__}"
-            )
+        settings = Settings.from_arguments(
+            settings,
+            address=address,
+            supervisors=supervisors,
+            max_concurrency=max_concurrency,
+            backend=backend,
+            threads=threads,
+            init_kwargs=init_kwargs or {},
+            actor_options=actor_options or {},
+            start_timeout=start_timeout,
+            preload=preload,
+            blocked_loop_threshold=blocked_loop_threshold,
+            forward_logs=forward_logs,
+        )
         #: Every setting, checked (see :class:`Settings`).
         self.settings = settings
         self.logger = logger or logging.getLogger("aioray_runner")

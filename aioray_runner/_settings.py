@@ -83,6 +83,21 @@ class Settings:
         _set(self, "forward_logs", _names("forward_logs", self.forward_logs))
         _set(self, "blocked_loop_threshold", self.blocked_loop_threshold or None)  # 0 is off
 
+    @classmethod
+    def from_arguments(cls, settings: Settings | None, **fields: Any) -> Settings:
+        """``settings`` if one was given, else ``Settings(**fields)`` (both checked).
+
+        For constructors that take the fields as keyword arguments or a whole
+        ``settings=`` object (``Runtime``, ``AioRayTaskRunner``).
+        """
+        if settings is None:
+            return cls(**fields)
+        if not isinstance(settings, Settings):
+            raise TypeError(
+                f"settings must be an aioray_runner.Settings, got {type(settings).__name__}"
+            )
+        return settings
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (and checked)."""
         return dataclasses.replace(self, **changes)

@@ -272,25 +272,21 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         self.sync_tasks = sync_tasks
         if threads is None:
             threads = _thread_pool_size(max_concurrency)
-        if settings is None:
-            settings = Settings(
-                address=address,
-                supervisors=supervisors,
-                max_concurrency=max_concurrency,
-                backend=backend,
-                threads=threads,
-                # As in RayTaskRunner: the namespace defaults to "prefect".
-                init_kwargs={"namespace": "prefect", **(init_kwargs or {})},
-                actor_options=actor_options or {},
-                start_timeout=start_timeout,
-                preload=preload,  # type: ignore[arg-type]  # Settings makes it a tuple
-                blocked_loop_threshold=blocked_loop_threshold,
-                forward_logs=forward_logs,  # type: ignore[arg-type]  # made a tuple
-            )
-        elif not isinstance(settings, Settings):
-            raise TypeError(
-                f"settings must be an aioray_runner.Settings, got {type(settings).__name__}"
-            )
+        settings = Settings.from_arguments(
+            settings,
+            address=address,
+            supervisors=supervisors,
+            max_concurrency=max_concurrency,
+            backend=backend,
+            threads=threads,
+            # As in RayTaskRunner: the namespace defaults to "prefect".
+            init_kwargs={"namespace": "prefect", **(init_kwargs or {})},
+            actor_options=actor_options or {},
+            start_timeout=start_timeout,
+            preload=preload,
+            blocked_loop_threshold=blocked_loop_threshold,
+            forward_logs=forward_logs,
+        )
         if settings.backend != "asyncio":
             raise ValueError(
                 f"AioRayTaskRunner runs Prefect's task engine, which needs asyncio: backend"

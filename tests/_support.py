@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -247,3 +248,14 @@ def started_ray_head(
                 break
             time.sleep(2)
         log.close()
+
+
+class CollectRecords(logging.Handler):
+    """A logging handler that keeps every record it is given (in the test's process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

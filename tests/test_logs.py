@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from aioray_runner import Runtime
+from tests._support import CollectRecords
 
 LOGGER = "tests.forwarded"
 
@@ -27,18 +28,9 @@ def log_some(token: str) -> int:
     return 2
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def collected() -> Iterator[Collect]:
-    handler = Collect()
+def collected() -> Iterator[CollectRecords]:
+    handler = CollectRecords()
     logger = logging.getLogger(LOGGER)
     logger.addHandler(handler)
     try:
@@ -48,7 +40,7 @@ def collected() -> Iterator[Collect]:
 
 
 def test_records_arrive_under_their_own_logger_with_their_extras(
-    ray_session: None, collected: Collect
+    ray_session: None, collected: CollectRecords
 ) -> None:
     token = uuid.uuid4().hex
     with Runtime(supervisors=1, forward_logs=[LOGGER]) as rt:

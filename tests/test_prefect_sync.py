@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from aioray_runner import AioRayTaskRunner
 from tests._prefect_support import poll, read_logs, read_task_run_when, supervisor_pids
-from tests._support import gauge_peak, gauged_sleep_sync
+from tests._support import CollectRecords, gauge_peak, gauged_sleep_sync
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
@@ -165,17 +165,8 @@ def prefect_promises(directory: str) -> dict[str, Any]:
     }
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def test_prefect_features_hold_for_sync_tasks_in_threads(tmp_path: Path) -> None:
-    console = Collect()
+    console = CollectRecords()
     task_runs = logging.getLogger("prefect.task_runs")
     task_runs.addHandler(console)
     try:
