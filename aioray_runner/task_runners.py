@@ -688,7 +688,9 @@ def _share_ephemeral_api() -> Iterator[None]:
 
 #: Seconds to wait at most for Prefect's temporary API to record the task runs.
 RECORD_WAIT_S = 10.0
-_NOT_FINAL = ("PENDING", "SCHEDULED", "RUNNING", "PAUSED", "CANCELLING")
+# States a task run has before its end. Pending counts only under its own name:
+# Pending("NotReady") is how a run whose upstream failed ends.
+_NOT_FINAL = ("SCHEDULED", "RUNNING", "PAUSED", "CANCELLING")
 
 
 def _wait_until_recorded(submitted: int) -> None:
@@ -714,6 +716,7 @@ def _wait_until_recorded(submitted: int) -> None:
         FlowRunFilterId,
         TaskRunFilter,
         TaskRunFilterState,
+        TaskRunFilterStateName,
         TaskRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
@@ -722,6 +725,12 @@ def _wait_until_recorded(submitted: int) -> None:
     unfinished = TaskRunFilter(
         state=TaskRunFilterState(
             type=TaskRunFilterStateType(any_=[StateType(t) for t in _NOT_FINAL])
+        )
+    )
+    just_pending = TaskRunFilter(
+        state=TaskRunFilterState(
+            type=TaskRunFilterStateType(any_=[StateType.PENDING]),
+            name=TaskRunFilterStateName(any_=["Pending"]),
         )
     )
     deadline = time.monotonic() + RECORD_WAIT_S
@@ -737,7 +746,7 @@ def _wait_until_recorded(submitted: int) -> None:
                 return int(response.json())
 
             while time.monotonic() < deadline:
-                if count() >= submitted and not count(unfinished):
+                if count() >= submitted and not count(unfinished) and not count(just_pending):
                     return
                 time.sleep(0.2)
     except Exception:  # the API going away must not fail the flow
