@@ -21,7 +21,7 @@ import ray
 from prefect import flow, task
 from prefect.context import FlowRunContext
 
-from aioray_runner import AioRayTaskRunner
+from aioray_runner import AioRayTaskRunner, remote_options
 
 
 @task
@@ -44,7 +44,9 @@ def where_sync(i: int) -> dict[str, Any]:
 async def body(n: int) -> dict[str, Any]:
     runtime = FlowRunContext.get().task_runner._runtime
     async_futures = where_async.map(range(n))
-    sync_futures = where_sync.map(range(4))
+    sync_futures = where_sync.map(range(4))  # threads of the supervisors
+    with remote_options(num_cpus=1):
+        ray_task_futures = where_sync.map(range(2))  # a Ray task each
     return {
         "ray_initialized_in_flow": ray.is_initialized(),
         "owns_ray": runtime.owns_ray,
@@ -53,6 +55,7 @@ async def body(n: int) -> dict[str, Any]:
         "session_dir": _session_dir(),
         "async": [await f for f in async_futures],
         "sync": [f.result() for f in sync_futures],
+        "sync_ray_tasks": [f.result() for f in ray_task_futures],
     }
 
 

@@ -84,9 +84,12 @@ def _check_ran_everywhere(out: dict[str, Any]) -> None:
     supervisor_pids = {s["pid"] for s in out["supervisors"]}
     assert sorted(r["i"] for r in out["async"]) == list(range(len(out["async"])))
     assert {r["pid"] for r in out["async"]} <= supervisor_pids
+    # Sync tasks: in threads of the supervisors, or (with Ray options) Ray tasks.
     assert sorted(r["i"] for r in out["sync"]) == [0, 1, 2, 3]
-    assert all(r["actor"] is None for r in out["sync"])  # Ray tasks, not actors
-    assert not {r["pid"] for r in out["sync"]} & supervisor_pids
+    assert {r["pid"] for r in out["sync"]} <= supervisor_pids
+    assert sorted(r["i"] for r in out["sync_ray_tasks"]) == [0, 1]
+    assert all(r["actor"] is None for r in out["sync_ray_tasks"])  # Ray tasks, not actors
+    assert not {r["pid"] for r in out["sync_ray_tasks"]} & supervisor_pids
 
 
 def test_temporary_local_ray_started_and_stopped_by_the_runner(prefect_api: str) -> None:
