@@ -126,7 +126,11 @@ def tests(session: nox.Session, ray: str) -> None:
     # The long fault-injection cases (Prefect runs under killed supervisors,
     # Ray killed under a flow, a node removed) run once, on the newest Ray; the
     # fault cases that touch what differs between Ray versions run on every one.
-    only_fast = [] if ray == RAY_NEWEST or session.posargs else ["-m", "not slow"]
+    # So does the differential suite (Prefect's semantics do not depend on Ray's
+    # version; tests/test_differential.py).
+    only_fast = (
+        [] if ray == RAY_NEWEST or session.posargs else ["-m", "not slow and not differential"]
+    )
     session.run("pytest", "tests", *only_fast, *session.posargs)
 
 

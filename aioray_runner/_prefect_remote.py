@@ -34,6 +34,7 @@ from contextlib import ExitStack
 from typing import Any, NamedTuple
 from uuid import UUID
 
+from . import _prefect_futures, _prefect_transactions
 from ._supervisor import Attempt, current_attempt
 
 
@@ -157,10 +158,13 @@ async def run_async_task(
         with ExitStack() as stack:
             _enter_call_context(stack, call_context)
             try:
+                entered = _prefect_transactions.enter_snapshot(
+                    stack, call_context.get("transaction")
+                )
                 settled, run_task, task_run = await _after_loss(task, task_run_id, attempt)
                 if settled is not None:
                     return settled
-                return await run_task_async(
+                state = await run_task_async(
                     task=run_task,
                     task_run_id=task_run_id,
                     task_run=task_run,
@@ -170,6 +174,7 @@ async def run_async_task(
                     return_type="state",
                     context=None,  # already entered, once per flow run
                 )
+                return _prefect_transactions.outcome(state, entered)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
@@ -372,7 +377,10 @@ async def run_sync_task_in_thread(
             _enter_call_context(stack, call_context)
             cpu, wall = time.thread_time(), time.monotonic()
             try:
-                return run_task_sync(
+                entered = _prefect_transactions.enter_snapshot(
+                    stack, call_context.get("transaction")
+                )
+                state = run_task_sync(
                     task=run_task,
                     task_run_id=task_run_id,
                     task_run=task_run,
@@ -382,6 +390,7 @@ async def run_sync_task_in_thread(
                     return_type="state",
                     context=None,  # already entered, once per flow run
                 )
+                return _prefect_transactions.outcome(state, entered)
             except BaseException as exc:
                 return crashed_state(exc)
             finally:
@@ -426,13 +435,22 @@ def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, be
     )
 
 
-def _run_sync_task(task: Any, task_run_id: UUID, context: dict[str, Any], **kwargs: Any) -> Any:
+def _run_sync_task(
+    task: Any,
+    task_run_id: UUID,
+    context: dict[str, Any],
+    transaction: list[dict[str, Any]] | None,
+    **kwargs: Any,
+) -> Any:
     """Runs in a Ray worker, as prefect-ray runs every task."""
     from prefect.task_engine import run_task_sync
 
-    return run_task_sync(
-        task=task, task_run_id=task_run_id, context=context, return_type="state", **kwargs
-    )
+    with ExitStack() as stack:
+        entered = _prefect_transactions.enter_snapshot(stack, transaction)
+        state = run_task_sync(
+            task=task, task_run_id=task_run_id, context=context, return_type="state", **kwargs
+        )
+        return _prefect_transactions.outcome(state, entered)
 
 
 async def run_sync_task(
@@ -466,15 +484,18 @@ async def run_sync_task(
         _sync_runner = ray.remote(_run_sync_task)
     remote = _sync_runner.options(name=getattr(task, "name", "task"), **(ray_options or {}))
     context = {**flow_context, **call_context}
-    ref = remote.remote(
-        task,
-        task_run_id,
-        context,
-        task_run=task_run,
-        parameters=parameters,
-        wait_for=wait_for,
-        dependencies=dependencies,
-    )
+    transaction = context.pop("transaction", None)
+    with _prefect_futures.transporting():  # upstream futures Prefect leaves alone
+        ref = remote.remote(
+            task,
+            task_run_id,
+            context,
+            transaction,
+            task_run=task_run,
+            parameters=parameters,
+            wait_for=wait_for,
+            dependencies=dependencies,
+        )
     try:
         return await ref
     except asyncio.CancelledError:

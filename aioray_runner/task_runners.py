@@ -56,13 +56,14 @@ from prefect.context import (
 from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFuture
 from prefect.states import Pending
 from prefect.task_runners import TaskRunner
+from prefect.transactions import BaseTransaction, get_transaction
 from prefect.utilities import annotations as prefect_annotations
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from typing_extensions import ParamSpec
 
 # The core's public names only (each from the module that defines it, so that
 # this adapter and the package's __init__ do not import each other).
-from . import _prefect_remote
+from . import _prefect_futures, _prefect_remote, _prefect_transactions
 from ._futures import AioRayFuture
 from ._runtime import Runtime
 from ._settings import (
@@ -110,6 +111,16 @@ def _rebuild_annotation(annotation: Any) -> tuple[Any, ...]:
     return type(annotation), (annotation[0],)
 
 
+def _reduce_future(future: PrefectAioRayFuture[Any]) -> tuple[Any, ...]:
+    # A future in a task's parameters travels as its runtime future, which the
+    # runtime lifts out and the supervisor awaits; it arrives as a finished
+    # Prefect future, which Prefect's engine resolves where the thread pool's
+    # would (see _prefect_futures).
+    return _prefect_futures.settled_future, (future.task_run_id, future._wrapped_future)
+
+
+_TRANSACTION_LOCK = threading.Lock()
+
 for _annotation in vars(prefect_annotations).values():
     if (
         isinstance(_annotation, type)
@@ -128,14 +139,42 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
     and ``wait_async`` / ``result_async`` do not block the flow's event loop.
     """
 
-    def __aioray_future__(self) -> AioRayFuture[Any]:
-        # Lets the runtime resolve this future inside a supervisor when it is
-        # passed to another task: it becomes the upstream's final State there.
-        return self._wrapped_future
+    # The flow's transaction this run was submitted in (see _prefect_transactions).
+    _transaction: BaseTransaction | None = None
+    _transaction_steps: set[str] | None = None
 
     def _settle(self) -> None:
         if self._final_state is None and self._wrapped_future.done():
             self._final_state = _state_of(self._wrapped_future)
+        if self._transaction is not None:
+            self._join_transaction(roll_back=True)
+
+    def _join_transaction(self, *, roll_back: bool) -> None:
+        """Hand the run's transactions to the flow's; roll it back if the run did.
+
+        Handing over happens as soon as the run finishes (I/O thread); rolling
+        back runs hooks, so it happens in the thread that waits for the run.
+        """
+        parent = self._transaction
+        if parent is None or not self._wrapped_future.done():
+            return
+        try:
+            outcome = self._wrapped_future.result(0)
+        except BaseException:
+            return
+        if not isinstance(outcome, _prefect_transactions.TransactionOutcome):
+            return
+        with _TRANSACTION_LOCK:
+            done = self._transaction_steps
+            if done is None:
+                done = self._transaction_steps = set()
+            attach = "attach" not in done
+            rollback = roll_back and "rollback" not in done
+            done.update({"attach"} | ({"rollback"} if rollback else set()))
+        if attach:
+            _prefect_transactions.attach(parent, outcome)
+        if rollback:
+            _prefect_transactions.roll_back(parent, outcome)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the task run finishes, or ``timeout`` seconds pass."""
@@ -188,7 +227,7 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
 def _state_of(future: AioRayFuture[Any]) -> State[Any]:
     """The final State a finished runtime future stands for."""
     try:
-        state = future.result(0)
+        state = _prefect_transactions.unwrap(future.result(0))
     except UpstreamError as exc:
         # An upstream was lost before it could report a State of its own: the
         # usual Prefect outcome for a task whose upstream did not complete.
@@ -201,6 +240,9 @@ def _state_of(future: AioRayFuture[Any]) -> State[Any]:
             f"expected a Prefect State from the supervisor, got a {type(state).__name__}"
         )
     return state
+
+
+register_reducer(PrefectAioRayFuture, _reduce_future)
 
 
 class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
@@ -450,6 +492,11 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         runtime = self._runtime or self._start_runtime()
         task_run_id = uuid.uuid4()
         call_context = self._call_context(task, task_run_id, parameters)
+        try:
+            _prefect_transactions.check_task(task)
+            call_context["transaction"] = _prefect_transactions.snapshot()
+        except _prefect_transactions.TransactionNotPortable as exc:
+            return self._failed_at_submit(task, task_run_id, exc)
         options = current_remote_options()
         request = _prefect_remote.TaskRunRequest(task_run_id, wait_for, dependencies, call_context)
         # A run whose supervisor dies is run again elsewhere: once to settle its
@@ -491,6 +538,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
             task_run_id=task_run_id, wrapped_future=wrapped
         )
+        if call_context["transaction"]:
+            future._transaction = get_transaction()
+            wrapped.add_done_callback(lambda _: future._join_transaction(roll_back=False))
         flow_run = FlowRunContext.get()
         self._submitted += 1
         self._runs_by_call[wrapped.call_id] = (
@@ -570,12 +620,17 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
     # -- failures the runtime reports on the flow's side ---------------------------------------
 
     def _failed_at_submit(
-        self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: SerializationError
+        self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: Exception
     ) -> PrefectAioRayFuture[Any]:
-        """A parameter cannot be pickled: this task run fails, the flow goes on."""
+        """A parameter cannot be pickled, or the run cannot take part in the
+        flow's transaction: this task run fails, the flow goes on."""
         from prefect.states import Failed
 
-        message = f"Task run {task.name!r} could not be sent to a supervisor: {exc}"
+        message = (
+            f"Task run {task.name!r} could not be sent to a supervisor: {exc}"
+            if isinstance(exc, SerializationError)
+            else f"Task run {task.name!r} cannot run: {exc}"
+        )
         state: State[Any] = Failed(message=message, data=exc)
         _record_state(task, task_run_id, state, exists=False)
         flow_run = FlowRunContext.get()

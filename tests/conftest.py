@@ -11,6 +11,9 @@ import os
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # before Prefect is imported
+# Task runs' logs reach the API in batches, every 2 s by default: tests that read
+# them back (tests/test_differential.py) wait for less. Ray workers inherit it.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.25")
 
 from collections.abc import Iterator
 
