@@ -126,8 +126,8 @@ def tests(session: nox.Session, ray: str) -> None:
     # The long fault-injection cases (Prefect runs under killed supervisors,
     # Ray killed under a flow, a node removed) run once, on the newest Ray; the
     # fault cases that touch what differs between Ray versions run on every one.
-    # So does the differential suite (Prefect's semantics do not depend on Ray's
-    # version; tests/test_differential.py).
+    # The differential suite (tests/test_differential.py) also runs once, on the
+    # newest Ray: what it compares, Prefect's semantics, does not depend on Ray's version.
     only_fast = (
         [] if ray == RAY_NEWEST or session.posargs else ["-m", "not slow and not differential"]
     )
@@ -143,7 +143,7 @@ def tests_py(session: nox.Session) -> None:
     # What differs between Pythons is in the core (pickling, asyncio, trio,
     # typing) and in importing Prefect; the Prefect suites and the extra-cluster
     # cases run on 3.11 for every Ray version, and keep CI near half an hour.
-    lean = ["-m", "not slow and not cluster", "-k", "not test_prefect_"]
+    lean = ["-m", "not slow and not cluster and not differential", "-k", "not test_prefect_"]
     session.run("pytest", "tests", *(session.posargs or lean))
 
 

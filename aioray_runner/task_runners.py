@@ -22,9 +22,12 @@ A drop-in for ``prefect_ray.RayTaskRunner``::
 * **sync tasks** run as Ray tasks, as under ``RayTaskRunner``, honouring
   :func:`aioray_runner.remote_options`;
 * upstream futures in parameters (nested anywhere) and ``wait_for`` are
-  resolved inside the supervisor, into the upstream's final State: Prefect's
-  engine then does what it always does (results, ``allow_failure``,
-  ``NotReady`` for a failed upstream).
+  awaited inside the supervisor and arrive as finished Prefect futures:
+  Prefect's engine then does what it always does (results, ``allow_failure``,
+  ``NotReady`` for a failed upstream, a future left alone under ``quote``);
+* a task submitted inside a flow's ``transaction()`` takes part in it, its
+  commit and rollback hooks running in the flow's process (see
+  ``_prefect_transactions``).
 
 This module only translates Prefect's calls into the runtime's; the runtime
 never imports Prefect.
@@ -116,7 +119,7 @@ def _reduce_future(future: PrefectAioRayFuture[Any]) -> tuple[Any, ...]:
     # runtime lifts out and the supervisor awaits; it arrives as a finished
     # Prefect future, which Prefect's engine resolves where the thread pool's
     # would (see _prefect_futures).
-    return _prefect_futures.settled_future, (future.task_run_id, future._wrapped_future)
+    return _prefect_futures.settled_future, (future.task_run_id, future.wrapped_future)
 
 
 _TRANSACTION_LOCK = threading.Lock()

@@ -37,7 +37,11 @@ from prefect.transactions import CommitMode, IsolationLevel, get_transaction, tr
 from prefect.utilities.annotations import allow_failure, quote, unmapped
 from prefect.variables import Variable
 
+#: The runners every scenario runs under; the first is the reference.
 RUNNERS = ("threadpool", "aioray")
+#: Also run for scenarios with sync tasks (``sync_ray=True``): sync tasks as Ray
+#: tasks, as under RayTaskRunner, instead of in supervisor threads.
+SYNC_RAY = "aioray-sync-ray"
 
 
 def make_runner(kind: str) -> Any:
@@ -50,6 +54,10 @@ def make_runner(kind: str) -> Any:
         from aioray_runner import AioRayTaskRunner
 
         return AioRayTaskRunner()
+    if kind == SYNC_RAY:
+        from aioray_runner import AioRayTaskRunner
+
+        return AioRayTaskRunner(sync_tasks="ray")
     if kind == "ray":
         from prefect_ray import RayTaskRunner
 
@@ -65,13 +73,19 @@ class Scenario:
     body: Callable[..., Any]
     #: Reads more from the API after the flow: ``extra(kind, root, flow_run_id)``.
     extra: Callable[..., Any] | None = None
-    #: ``difference(threadpool_observation, aioray_observation)`` asserts the
-    #: exact, documented difference; ``None``: the observations must be equal.
-    difference: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+    #: ``difference(threadpool_observation, other_observation, other_kind)``
+    #: asserts the exact, documented difference; ``None``: they must be equal.
+    difference: Callable[[dict[str, Any], dict[str, Any], str], None] | None = None
     flow_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: ``expect(observation)`` asserts what both runners must show (not only
+    #: ``expect(observation)`` asserts what every runner must show (not only
     #: that they agree), for the behaviours issue 10 fixed.
     expect: Callable[[dict[str, Any]], None] | None = None
+    #: Also compare AioRayTaskRunner(sync_tasks="ray") (the scenario has sync tasks).
+    sync_ray: bool = False
+
+    @property
+    def runners(self) -> tuple[str, ...]:
+        return (*RUNNERS, SYNC_RAY) if self.sync_ray else RUNNERS
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -80,13 +94,14 @@ SCENARIOS: dict[str, Scenario] = {}
 def scenario(
     *,
     extra: Callable[..., Any] | None = None,
-    difference: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    difference: Callable[[dict[str, Any], dict[str, Any], str], None] | None = None,
     expect: Callable[[dict[str, Any]], None] | None = None,
+    sync_ray: bool = False,
     **flow_options: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(body: Callable[..., Any]) -> Callable[..., Any]:
         name = body.__name__.removeprefix("s_")
-        SCENARIOS[name] = Scenario(name, body, extra, difference, flow_options, expect)
+        SCENARIOS[name] = Scenario(name, body, extra, difference, flow_options, expect, sync_ray)
         return body
 
     return register
@@ -96,7 +111,8 @@ def log_difference(
     replace: list[tuple[str, str]] = (),  # type: ignore[assignment]
     drop: Callable[[tuple[str, str, str]], bool] | None = None,
     missing: Callable[[tuple[str, str, str]], bool] | None = None,
-) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    kinds: tuple[str, ...] = ("aioray", SYNC_RAY),
+) -> Callable[[dict[str, Any], dict[str, Any], str], None]:
     """An expected difference in the API's logs only, asserted exactly.
 
     ``replace``: ``(text in AioRayTaskRunner's log, text the thread pool logs
@@ -104,13 +120,17 @@ def log_difference(
     package directory); each must occur. ``drop``: logs only
     AioRayTaskRunner writes; there must be at least one. ``missing``: logs only
     the thread pool writes; at least one. Everything else must be equal.
+    Runners not in ``kinds`` must show no difference at all.
     """
     import prefect
 
     package = str(Path(prefect.__file__).parent)
     pairs = [(a.replace("{prefect}", package), b.replace("{prefect}", package)) for a, b in replace]
 
-    def check(threadpool: dict[str, Any], aioray: dict[str, Any]) -> None:
+    def check(threadpool: dict[str, Any], aioray: dict[str, Any], kind: str) -> None:
+        if kind not in kinds:
+            assert aioray == threadpool
+            return
         logs = list(aioray["logs"])
         if drop is not None:
             dropped = [log for log in logs if drop(log)]
@@ -188,7 +208,7 @@ async def aadd(x: int, y: int) -> int:
     return x + y
 
 
-@scenario()
+@scenario(sync_ray=True)
 def s_submit_sync_and_async(kind: str, root: str) -> Any:
     return [add.submit(1, 2).result(), aadd.submit(3, 4).result(), add(5, 6)]
 
@@ -254,7 +274,7 @@ def describe(x: Any) -> str:
     return f"{type(x).__name__}: {x}"
 
 
-@scenario()
+@scenario(sync_ray=True)
 def s_not_ready_and_allow_failure(kind: str, root: str) -> Any:
     bad = boom.submit("upstream failed")
     abad = aboom.submit("async upstream failed")
@@ -334,7 +354,7 @@ async def aflaky(root: str, name: str, fail_times: int) -> int:
     return len(lines(root, name))
 
 
-@scenario()
+@scenario(sync_ray=True)
 def s_retries_with_delays(kind: str, root: str) -> Any:
     ok = flaky.submit(root, "sync.txt", 2)
     aok = aflaky.submit(root, "async.txt", 1)
@@ -410,8 +430,11 @@ def slow_sync(root: str) -> str:
     # A sync task runs in a Ray worker's main thread, where Prefect's timeout
     # interrupts it with SIGALRM; in the thread pool's worker thread it injects
     # the error (and warns that it may not interrupt blocking calls). Same
-    # outcome: one more frame in the logged traceback, no warning.
+    # outcome: one more frame in the logged traceback, no warning. In a
+    # supervisor's thread (the default) it is as in the thread pool.
+    sync_ray=True,
     difference=log_difference(
+        kinds=(SYNC_RAY,),
         missing=lambda log: (
             log[1] == "WARNING"
             and log[2].startswith(
@@ -426,7 +449,7 @@ def slow_sync(root: str) -> str:
                 "",
             )
         ],
-    )
+    ),
 )
 def s_timeout_sync(kind: str, root: str) -> Any:
     future = slow_sync.submit(root)
@@ -722,7 +745,7 @@ async def ahooked(root: str, fail: bool) -> int:
     return 1
 
 
-@scenario()
+@scenario(sync_ray=True)
 def s_state_hooks(kind: str, root: str) -> Any:
     out = []
     for fn in (hooked, ahooked):
@@ -836,7 +859,7 @@ async def acalls_a_flow(x: int) -> int:
 @scenario(
     # An async task that calls a flow runs that flow on its supervisor's event
     # loop, which it blocks meanwhile: the runner says so in the task's logs.
-    difference=log_difference(drop=blocked_loop_warning("acalls_a_flow"))
+    difference=log_difference(drop=blocked_loop_warning("acalls_a_flow"), kinds=("aioray",))
 )
 def s_subflow_in_task(kind: str, root: str) -> Any:
     return [calls_a_flow.submit(1).result(), acalls_a_flow.submit(10).result()]
@@ -870,7 +893,7 @@ async def asubmits_inside(x: int) -> int:
 @scenario(
     # The first task submitted from an async task on a supervisor starts a
     # runtime there, blocking that supervisor's loop meanwhile (docs/design.md).
-    difference=log_difference(drop=blocked_loop_warning("asubmits_inside"))
+    difference=log_difference(drop=blocked_loop_warning("asubmits_inside"), kinds=("aioray",))
 )
 def s_task_in_task(kind: str, root: str) -> Any:
     return [submits_inside.submit(1).result(), asubmits_inside.submit(10).result()]
@@ -910,7 +933,9 @@ def peeked_at_a_future(observation: dict[str, Any]) -> None:
     assert observation["result"] == expected
 
 
-@scenario(difference=log_difference(replace=FUTURE_IN_CACHE_KEY), expect=peeked_at_a_future)
+@scenario(
+    difference=log_difference(replace=FUTURE_IN_CACHE_KEY), expect=peeked_at_a_future, sync_ray=True
+)
 def s_quote_future(kind: str, root: str) -> Any:
     up = add.submit(20, 1)
     payload = {"f": up, "id": str(up.task_run_id)}
@@ -976,6 +1001,7 @@ def futures_where_prefect_leaves_them(observation: dict[str, Any]) -> None:
 @scenario(
     difference=log_difference(replace=FUTURE_IN_CACHE_KEY[1:]),
     expect=futures_where_prefect_leaves_them,
+    sync_ray=True,
 )
 def s_futures_nested_in_values(kind: str, root: str) -> Any:
     one, two = add.submit(1, 0), aadd.submit(2, 0)
@@ -1063,7 +1089,7 @@ def s_transaction_rollback_async(kind: str, root: str) -> Any:
     return _rollback_body(root, atxn_a, atxn_c, atxn_b_fails)
 
 
-@scenario(expect=rolled_back("txn_a", "txn_c", "txn_b_fails"))
+@scenario(expect=rolled_back("txn_a", "txn_c", "txn_b_fails"), sync_ray=True)
 def s_transaction_rollback_sync(kind: str, root: str) -> Any:
     return _rollback_body(root, txn_a, txn_c, txn_b_fails)
 
@@ -1106,7 +1132,7 @@ def s_transaction_nested(kind: str, root: str) -> Any:
     return inner_state
 
 
-@scenario()
+@scenario(sync_ray=True)
 def s_transaction_commit_modes(kind: str, root: str) -> Any:
     out = {}
     for mode in (CommitMode.EAGER, CommitMode.LAZY, CommitMode.OFF):
@@ -1183,7 +1209,7 @@ async def s_async_transaction_rollback(kind: str, root: str) -> Any:
         atxn_b_fails.submit(root).result()
 
 
-def memory_lock_refused(threadpool: dict[str, Any], aioray: dict[str, Any]) -> None:
+def memory_lock_refused(threadpool: dict[str, Any], aioray: dict[str, Any], kind: str) -> None:
     """SERIALIZABLE with Prefect's in-process MemoryLockManager: the thread pool
     locks within its one process; AioRayTaskRunner refuses the task run, saying why."""
     assert threadpool["result"] == (("COMPLETED", "Completed"), None, ["ran 8"])

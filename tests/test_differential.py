@@ -37,7 +37,7 @@ from uuid import UUID
 
 import pytest
 
-from tests._differential_scenarios import RUNNERS, SCENARIOS, Scenario
+from tests._differential_scenarios import SCENARIOS, Scenario
 
 pytestmark = [pytest.mark.differential, pytest.mark.usefixtures("ray_session", "prefect_api")]
 
@@ -286,21 +286,27 @@ def describe_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_same_as_thread_pool(name: str, tmp_path: Path) -> None:
     scenario = SCENARIOS[name]
-    observations = {kind: observe(scenario, kind, tmp_path / kind) for kind in RUNNERS}
-    threadpool, aioray = observations["threadpool"], observations["aioray"]
+    reference, *others = scenario.runners
+    observations = {kind: observe(scenario, kind, tmp_path / kind) for kind in scenario.runners}
+    threadpool = observations[reference]
     # The one difference every scenario may show, asserted exactly: the flow's
     # log of a task's exception has no frames of the task under AioRayTaskRunner.
-    assert all(drop_task_frames(text) == text for _, _, text in aioray["logs"])
     threadpool["logs"] = sorted(
         (run, level, drop_task_frames(text)) for run, level, text in threadpool["logs"]
     )
-    if scenario.expect is not None:
-        scenario.expect(threadpool)
-        scenario.expect(aioray)
-    if scenario.difference is not None:
-        scenario.difference(threadpool, aioray)
-    else:
-        assert aioray == threadpool, describe_difference(threadpool, aioray)
+    for kind in others:
+        assert all(drop_task_frames(text) == text for _, _, text in observations[kind]["logs"])
+    for kind, observation in observations.items():
+        if scenario.expect is not None:
+            scenario.expect(observation)
+        if kind == reference:
+            continue
+        if scenario.difference is not None:
+            scenario.difference(threadpool, observation, kind)
+        else:
+            assert observation == threadpool, f"[{kind}] " + describe_difference(
+                threadpool, observation
+            )
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - run by hand

@@ -23,6 +23,9 @@ FOREIGN_PRIVATES = {
     "_current_frames": "sys._current_frames: the watchdog reads the stuck loop's stack",
     "_final_state": "Prefect's PrefectWrappedFuture, the runner's future's base class",
     "_replace": "NamedTuple's public copy-with-changes method",
+    "_stored_values": "Prefect's transactions keep txn.set values there, and copy no other way",
+    "_token": "Prefect's transactions find their parent through their context-var token",
+    "_last_event": "Prefect's task engine: the event a task run's RolledBack event follows",
 }
 
 
