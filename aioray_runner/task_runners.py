@@ -179,6 +179,21 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
         if rollback:
             _prefect_transactions.roll_back(parent, outcome)
 
+    @property
+    def state(self) -> State[Any]:
+        """The run's final state once it has finished; before that, what the API says.
+
+        Under Prefect's thread pool, a future passed to another task is waited
+        for by that task's engine, in the flow's process, so its ``state`` is
+        final from then on; here that engine runs elsewhere, so a finished
+        run's state is read from the run itself rather than from the API,
+        which hears of it a little later.
+        """
+        self._settle()
+        if self._final_state is not None:
+            return self._final_state
+        return super().state
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until the task run finishes, or ``timeout`` seconds pass."""
         if self._final_state is None:

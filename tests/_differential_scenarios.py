@@ -112,13 +112,14 @@ def log_difference(
     drop: Callable[[tuple[str, str, str]], bool] | None = None,
     missing: Callable[[tuple[str, str, str]], bool] | None = None,
     kinds: tuple[str, ...] = ("aioray", SYNC_RAY),
+    dropped_at_least: int = 1,
 ) -> Callable[[dict[str, Any], dict[str, Any], str], None]:
     """An expected difference in the API's logs only, asserted exactly.
 
     ``replace``: ``(text in AioRayTaskRunner's log, text the thread pool logs
     instead)``, applied to every log message (``{prefect}`` stands for Prefect's
     package directory); each must occur. ``drop``: logs only
-    AioRayTaskRunner writes; there must be at least one. ``missing``: logs only
+    AioRayTaskRunner writes; at least ``dropped_at_least``. ``missing``: logs only
     the thread pool writes; at least one. Everything else must be equal.
     Runners not in ``kinds`` must show no difference at all.
     """
@@ -134,7 +135,7 @@ def log_difference(
         logs = list(aioray["logs"])
         if drop is not None:
             dropped = [log for log in logs if drop(log)]
-            assert dropped, "expected logs that only AioRayTaskRunner writes"
+            assert len(dropped) >= dropped_at_least, "expected logs only AioRayTaskRunner writes"
             logs = [log for log in logs if not drop(log)]
         for ours, theirs in pairs:
             assert any(ours in log[2] for log in logs), f"expected {ours!r} in a log"
@@ -859,7 +860,10 @@ async def acalls_a_flow(x: int) -> int:
 @scenario(
     # An async task that calls a flow runs that flow on its supervisor's event
     # loop, which it blocks meanwhile: the runner says so in the task's logs.
-    difference=log_difference(drop=blocked_loop_warning("acalls_a_flow"), kinds=("aioray",))
+    # (As in task_in_task, the warning may not reach the flow before it ends.)
+    difference=log_difference(
+        drop=blocked_loop_warning("acalls_a_flow"), kinds=("aioray",), dropped_at_least=0
+    )
 )
 def s_subflow_in_task(kind: str, root: str) -> Any:
     return [calls_a_flow.submit(1).result(), acalls_a_flow.submit(10).result()]
@@ -893,7 +897,11 @@ async def asubmits_inside(x: int) -> int:
 @scenario(
     # The first task submitted from an async task on a supervisor starts a
     # runtime there, blocking that supervisor's loop meanwhile (docs/design.md).
-    difference=log_difference(drop=blocked_loop_warning("asubmits_inside"), kinds=("aioray",))
+    # The warning travels with the supervisor's next outcomes: when the flow
+    # ends right after, it may not reach the flow before the runner closes.
+    difference=log_difference(
+        drop=blocked_loop_warning("asubmits_inside"), kinds=("aioray",), dropped_at_least=0
+    )
 )
 def s_task_in_task(kind: str, root: str) -> Any:
     return [submits_inside.submit(1).result(), asubmits_inside.submit(10).result()]
