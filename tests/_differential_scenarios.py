@@ -27,7 +27,11 @@ from typing import Any
 
 import pydantic
 from prefect import flow, get_run_logger, runtime, tags, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import INPUTS, NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.events import emit_event
@@ -766,7 +770,7 @@ def make_artifacts(x: int) -> int:
 
 @task
 async def amake_artifacts(x: int) -> int:
-    create_markdown_artifact(markdown=f"# Async report {x}", description="async md")
+    await acreate_markdown_artifact(markdown=f"# Async report {x}", description="async md")
     return x
 
 
