@@ -384,13 +384,9 @@ class Pool:
     def _lift(self, obj: Any) -> _wire.Lifted | None:
         if isinstance(obj, ray.ObjectRef):
             return _wire.ref_dep(obj), None
-        if isinstance(obj, AioRayFuture):
-            future: AioRayFuture[Any] = obj
-        else:
-            unwrap = getattr(type(obj), "__aioray_future__", None)  # Prefect's futures
-            if unwrap is None:
-                return None
-            future = unwrap(obj)
+        if not isinstance(obj, AioRayFuture):
+            return None
+        future: AioRayFuture[Any] = obj
         slot = home_of(future)
         if future.done() and not slot.alive:
             # The outcome is here and its supervisor cannot answer for it any more.

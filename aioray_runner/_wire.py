@@ -312,8 +312,9 @@ def register_reducer(cls: type, reduce: Callable[[Any], tuple[Any, ...]]) -> Non
     """Pickle instances of exactly ``cls`` in call arguments as ``reduce(obj)`` says.
 
     ``reduce`` returns what ``__reduce__`` would: ``(callable, args)``. For types
-    whose default pickling does not round-trip; the Prefect runner registers
-    Prefect's annotations this way.
+    whose default pickling does not do what a call needs, only inside call
+    arguments; the Prefect runner registers its futures this way (each travels
+    as the runtime future it wraps, which the supervisor awaits).
     """
     _REDUCERS[cls] = reduce
 

@@ -60,7 +60,6 @@ from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFutu
 from prefect.states import Pending
 from prefect.task_runners import TaskRunner
 from prefect.transactions import BaseTransaction, get_transaction
-from prefect.utilities import annotations as prefect_annotations
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from typing_extensions import ParamSpec
 
@@ -107,13 +106,6 @@ _REMOTE_RUNNERS: dict[_Where, Callable[..., Any]] = {
 _PER_CALL_CONTEXT = ("task_run_context", "tags_context", "asset_context")
 
 
-def _rebuild_annotation(annotation: Any) -> tuple[Any, ...]:
-    # Prefect's annotations (allow_failure, quote, ...) are tuples whose __new__
-    # wraps its argument: pickled the default way they come back wrapped twice,
-    # allow_failure((x,)). Rebuild them from their value.
-    return type(annotation), (annotation[0],)
-
-
 def _reduce_future(future: PrefectAioRayFuture[Any]) -> tuple[Any, ...]:
     # A future in a task's parameters travels as its runtime future, which the
     # runtime lifts out and the supervisor awaits; it arrives as a finished
@@ -124,13 +116,9 @@ def _reduce_future(future: PrefectAioRayFuture[Any]) -> tuple[Any, ...]:
 
 _TRANSACTION_LOCK = threading.Lock()
 
-for _annotation in vars(prefect_annotations).values():
-    if (
-        isinstance(_annotation, type)
-        and issubclass(_annotation, prefect_annotations.BaseAnnotation)
-        and _annotation is not prefect_annotations.BaseAnnotation
-    ):
-        register_reducer(_annotation, _rebuild_annotation)
+# Prefect's annotations (quote, allow_failure, unmapped, ...) are pickled by
+# the copyreg entries _prefect_futures registers, for the runtime's pickler and
+# Ray's alike.
 
 
 class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
