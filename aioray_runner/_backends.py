@@ -4,9 +4,10 @@ A supervisor is a Ray async actor, so it always owns an asyncio loop. A backend
 is a *host* for coroutines on that loop:
 
 * ``asyncio``: the coroutine runs on the actor's loop as it is;
-* ``trio``: the coroutine runs in a trio guest run on that loop (``_trio_host``).
+* ``trio``: the coroutine runs in a ``trio.run`` on a thread of the
+  supervisor's own, and its outcome comes back to that loop (``_trio_host``).
 
-Both hosts have the same two methods (:class:`Host`): ``start()`` once, and
+Both hosts have the same two methods (:class:`Host`): ``start(...)`` once, and
 ``adapt(fn)`` once per function, which returns the coroutine function the
 supervisor awaits for each call. The per-call path is therefore the same for
 every backend: no branch on the backend's name, no extra frame for asyncio.
@@ -20,14 +21,21 @@ import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ._watchdog import Stall
+
 AsyncFn = Callable[..., Awaitable[Any]]
 
 
 class Host(Protocol):
     """Runs coroutine functions on a supervisor's loop, for one backend."""
 
-    async def start(self) -> None:
-        """Prepare the backend (once, on the actor's loop, before the first call)."""
+    async def start(self, stall_threshold: float, on_stall: Callable[[Stall], None]) -> None:
+        """Prepare the backend (once, on the actor's loop, before the first call).
+
+        A host that runs code away from the actor's loop (which has a watchdog
+        of its own) watches it with ``stall_threshold`` (0: off) and reports
+        stalls to ``on_stall``, which may be called from any thread.
+        """
 
     def adapt(self, fn: AsyncFn) -> AsyncFn:
         """The coroutine function to await instead of ``fn`` (called once per function)."""
@@ -36,8 +44,8 @@ class Host(Protocol):
 class AsyncioHost:
     """The asyncio backend: coroutines run on the actor's own loop, untouched."""
 
-    async def start(self) -> None:
-        """Nothing to start: the actor's loop is asyncio's."""
+    async def start(self, stall_threshold: float, on_stall: Callable[[Stall], None]) -> None:
+        """Nothing to start: the actor's loop is asyncio's, and already watched."""
 
     def adapt(self, fn: AsyncFn) -> AsyncFn:
         """``fn`` itself."""

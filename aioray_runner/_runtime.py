@@ -56,8 +56,8 @@ class Runtime:
         max_concurrency: Calls running at once in each supervisor; more wait
             their turn inside the supervisor (they are never refused).
         backend: ``"asyncio"`` (default) or ``"trio"``: the library your
-            coroutines are written for. With ``"trio"`` they run in a trio guest
-            run on the supervisor's loop.
+            coroutines are written for. With ``"trio"`` they run in a
+            ``trio.run`` on a thread of each supervisor.
         threads: Size of each supervisor's thread pool, where plain (non-async)
             functions run.
         init_kwargs: Extra keyword arguments for ``ray.init``.
@@ -543,7 +543,15 @@ class Runtime:
         return [dict(slot.info) for slots in pool.groups.values() for slot in slots if slot.alive]
 
     async def stats(self, *, collect: bool = False) -> list[dict[str, Any]]:
-        """Counters and memory of each live supervisor; ``collect`` runs their GC first."""
+        """Counters and memory of each live supervisor; ``collect`` runs their GC first.
+
+        One dict per supervisor: ``index``, ``pid``, ``running`` (calls running
+        now), ``calls_held`` (outcomes kept until their futures are dropped),
+        ``unpolled`` (finished, not yet sent), ``functions`` (distinct functions
+        received), ``started_total``, ``polls`` (batches of results sent back),
+        ``cpu_s`` (the supervisor process's CPU time so far), ``rss_bytes`` and
+        ``peak_rss_bytes``.
+        """
         pool = self._require()
         pool.flush_releases_soon()
         refs = [slot.handle.stats.remote(collect) for slot in pool.slots()]

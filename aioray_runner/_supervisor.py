@@ -32,6 +32,7 @@ import os
 import pickle
 import resource
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,21 +42,52 @@ import cloudpickle
 from . import _wire
 from ._backends import Host, make_host
 from ._settings import Settings
-from ._watchdog import Stall, Watchdog
+from ._watchdog import Stall, Watchdog, watch_asyncio_loop
 from .errors import SerializationError, SupervisorDiedError, UpstreamError
 
 Outcome = _wire.Outcome
 
 
 class _Call:
-    __slots__ = ("call_id", "label", "outcome", "released", "task")
+    """One call on this supervisor: its task while it runs, its outcome once done.
 
-    def __init__(self, call_id: int, label: str, outcome: asyncio.Future[tuple[int, Any]]) -> None:
+    Kept small: one per call, 10,000 at once in a burst. The outcome is a
+    plain field, and a future is made only for a dependent that waits for it.
+    """
+
+    __slots__ = (
+        "admitted",
+        "call_id",
+        "label",
+        "outcome",
+        "released",
+        "started",
+        "task",
+        "waiters",
+    )
+
+    def __init__(self, call_id: int, label: str) -> None:
         self.call_id = call_id
         self.label = label
-        self.outcome = outcome
+        #: ``(kind, pickled payload)`` once finished (see ``_wire.Outcome``).
+        self.outcome: tuple[int, bytes | None] | None = None
+        self.waiters: list[asyncio.Future[tuple[int, bytes | None]]] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.started = False  # its task began running ``_run``
+        self.admitted = False  # it holds a permit taken before its task started
         self.released = False
+
+    async def wait(self) -> tuple[int, bytes | None]:
+        """The outcome, once there is one."""
+        if self.outcome is not None:
+            return self.outcome
+        waiter: asyncio.Future[tuple[int, bytes | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        return await waiter
 
 
 class Supervisor:
@@ -102,6 +134,7 @@ class Supervisor:
         )
         self._running = 0
         self._started_total = 0
+        self._polls = 0  # replies sent: each wakes the caller's loops once (bench_limits)
         self._actor_id: Any = None
         self._logs = _LogForwarder(settings.forward_logs, self._wake_from_any_thread)
 
@@ -134,13 +167,9 @@ class Supervisor:
     def _start_watchdog(self) -> None:
         threshold = self._settings.blocked_loop_threshold
         if self._watchdog is None and threshold:
-            self._watchdog = Watchdog(
-                asyncio.get_running_loop(),
-                threshold,
-                self._calls_holding,
-                self._on_stall,
+            self._watchdog = watch_asyncio_loop(
+                asyncio.get_running_loop(), threshold, self._calls_holding, self._on_stall
             )
-            self._watchdog.start()
 
     def _calls_holding(self, task: asyncio.Task[Any] | None) -> tuple[tuple[int, str], ...]:
         """The call whose code runs in ``task`` (watchdog thread, loop stuck).
@@ -170,7 +199,7 @@ class Supervisor:
         An entry's ``rerun`` is ``None``, or a :class:`_wire.Rerun` for a call run
         again after its supervisor died.
         """
-        loop = self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._start_watchdog()
         self._logs.install()  # again: a library's logging set-up may have reset it
         if not self._host_ready:
@@ -179,7 +208,7 @@ class Supervisor:
             self._add_function(digest, blob)
         starts = self._starts
         for call_id, digest, blob, deps, label, rerun in calls:
-            record = _Call(call_id, label, loop.create_future())
+            record = _Call(call_id, label)
             self._calls[call_id] = record
             arrival = self._arrivals.pop(call_id, None)
             if arrival is not None:
@@ -216,23 +245,21 @@ class Supervisor:
         if rerun is not None:  # the task sees its attempt through current_attempt()
             context = contextvars.copy_context()
             context.run(_attempt.set, Attempt(rerun.attempt, rerun.previous_loss))
-        record.task = task = asyncio.get_running_loop().create_task(
+        record.admitted = admitted
+        record.task = asyncio.get_running_loop().create_task(
             self._run(record, digest, blob, deps, admitted), context=context
         )
-        task.add_done_callback(functools.partial(self._on_task_done, record, admitted))
-
-    def _on_task_done(self, record: _Call, admitted: bool, task: asyncio.Task[None]) -> None:
-        # A task cancelled before its first step never runs ``_run``'s body,
-        # so nothing else would report its outcome.
-        if not record.outcome.done():
-            if admitted:
-                self._permits.release()
-            self._finish(record, _wire.CANCELLED, None)
 
     async def _start_host(self) -> None:
         # Start the host once; a batch arriving meanwhile waits for the same start.
         if self._host_start is None:
-            self._host_start = asyncio.ensure_future(self._host.start())
+            loop = asyncio.get_running_loop()
+
+            def on_stall(stall: Stall) -> None:  # from the host's thread
+                loop.call_soon_threadsafe(self._on_stall, stall)
+
+            threshold = self._settings.blocked_loop_threshold or 0.0
+            self._host_start = asyncio.ensure_future(self._host.start(threshold, on_stall))
         await asyncio.shield(self._host_start)
         self._host_ready = True
 
@@ -247,7 +274,7 @@ class Supervisor:
             self._sent_gate = None
         starts, self._sent_starts = self._sent_starts, []
         for record, digest, blob in starts:
-            if record.outcome.done():  # cancelled while it waited here
+            if record.outcome is not None:  # cancelled while it waited here
                 self._permits.release()
             else:
                 self._start(record, digest, blob, (), admitted=True)
@@ -263,6 +290,7 @@ class Supervisor:
         self._sent_starts, self._starts = self._starts, []
         stalls, self._stalls = self._stalls, []
         logs, dropped = self._logs.take()
+        self._polls += 1
         return _wire.PollReply(batch, announced, stalls, logs, dropped)
 
     async def _admit(self, record: _Call) -> None:
@@ -279,8 +307,7 @@ class Supervisor:
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
         record = await self._arrived(call_id)
-        kind, payload = await asyncio.shield(record.outcome)
-        return kind, payload
+        return await record.wait()
 
     async def cancel(self, call_ids: Sequence[int]) -> None:
         """Cancel calls: their coroutines see the cancellation and unwind."""
@@ -290,7 +317,13 @@ class Supervisor:
                 self._cancel_early.add(call_id)  # still on its way here
             elif record.task is not None:
                 record.task.cancel()  # reaches trio too: see TrioHost.run
-            elif not record.outcome.done():
+                if not record.started:
+                    # A task cancelled before its first step never runs
+                    # ``_run``'s body, so nothing else would report its outcome.
+                    if record.admitted:
+                        self._permits.release()
+                    self._finish(record, _wire.CANCELLED, None)
+            elif record.outcome is None:
                 self._finish(record, _wire.CANCELLED, None)  # waiting at its gate
 
     async def release(self, call_ids: Sequence[int]) -> None:
@@ -299,7 +332,7 @@ class Supervisor:
             record = self._calls.get(call_id)
             if record is None:
                 continue
-            if record.outcome.done():
+            if record.outcome is not None:
                 del self._calls[call_id]
             else:
                 record.released = True
@@ -318,6 +351,8 @@ class Supervisor:
             "unpolled": len(self._ready),
             "functions": len(self._functions),
             "started_total": self._started_total,
+            "polls": self._polls,
+            "cpu_s": time.process_time(),  # this process's, every thread's
             "rss_bytes": status.get("VmRSS", 0),
             "peak_rss_bytes": status.get("VmHWM")
             or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -365,6 +400,7 @@ class Supervisor:
     async def _run(
         self, record: _Call, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
     ) -> None:
+        record.started = True
         kind: int
         value: Any
         try:
@@ -427,7 +463,12 @@ class Supervisor:
             payload = pickle.dumps(_wire.ResendReason(value.index, value.owner))
         # Kept pickled, not as the live object: every dependent, here or on
         # another supervisor, gets its own copy, as the caller does.
-        record.outcome.set_result((kind, payload))
+        record.outcome = outcome = (kind, payload)
+        if record.waiters is not None:
+            for waiter in record.waiters:
+                if not waiter.done():  # a dependent cancelled meanwhile
+                    waiter.set_result(outcome)
+            record.waiters = None
         record.task = None
         self._ready.append((record.call_id, kind, payload))
         self._ready_event.set()
@@ -459,7 +500,7 @@ class Supervisor:
         owner = handle._actor_id.hex()
         if owner == self._actor_id:
             record = await self._arrived(call_id)
-            outcome_kind, payload = await asyncio.shield(record.outcome)
+            outcome_kind, payload = await record.wait()
         else:
             try:
                 outcome_kind, payload = await handle.result_of.remote(call_id)

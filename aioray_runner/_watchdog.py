@@ -116,20 +116,28 @@ class BlockedLoop:
 
 
 class Watchdog:
-    """Watches one event loop; see the module docstring."""
+    """Watches one event loop; see the module docstring.
+
+    Made on the loop's own thread (that is the thread it watches). The loop
+    calls :meth:`beat` every :attr:`interval` seconds: :func:`watch_asyncio_loop`
+    arranges that on an asyncio loop, the trio host from a trio task.
+    """
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         threshold: float,
-        culprits: Callable[[asyncio.Task[Any] | None], tuple[tuple[int, str], ...]],
+        culprits: Callable[[Any], tuple[tuple[int, str], ...]],
         on_stall: Callable[[Stall], None],
+        *,
+        current_task: Callable[[], Any] = lambda: None,
+        what: str = "event loop",
     ) -> None:
-        self._loop = loop
         self._threshold = threshold
-        self._interval = threshold / 4
+        self.interval = threshold / 4
         self._culprits = culprits
         self._on_stall = on_stall
+        self._current_task = current_task
+        self._what = what
         self._loop_thread = threading.get_ident()
         self._last_tick = time.monotonic()
         # Filled by the thread while the loop is stuck: (tick it saw, culprits, where).
@@ -137,42 +145,45 @@ class Watchdog:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="aioray-watchdog", daemon=True)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called (the loop stops beating then)."""
+        return self._stopped.is_set()
+
     def start(self) -> None:
-        """Start the heartbeat (call on the loop) and the watching thread."""
+        """Start the watching thread (the loop beats from now on)."""
         self._last_tick = time.monotonic()
-        self._loop.call_later(self._interval, self._tick)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching (the heartbeat stops at its next turn)."""
+        """Stop watching."""
         self._stopped.set()
 
     # -- on the loop --------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def beat(self) -> None:
+        """The heartbeat: the loop turned. Reports the stall that just ended, if any."""
         now = time.monotonic()
-        late = now - self._last_tick - self._interval
+        late = now - self._last_tick - self.interval
         seen, self._seen = self._seen, None
         previous, self._last_tick = self._last_tick, now
         # Reported only when the thread saw who held the loop, and it was a call
         # or the user's code.
         if late > self._threshold and seen and seen[0] == previous and (seen[1] or seen[2]):
             self._on_stall(Stall(late, seen[1], seen[2]))
-        if not self._stopped.is_set():
-            self._loop.call_later(self._interval, self._tick)
 
     # -- on the watching thread ------------------------------------------------------
 
     def _watch(self) -> None:
         logged_at = 0.0
-        while not self._stopped.wait(self._interval):
+        while not self._stopped.wait(self.interval):
             tick = self._last_tick
-            stuck_for = time.monotonic() - tick - self._interval
+            stuck_for = time.monotonic() - tick - self.interval
             if stuck_for <= self._threshold:
                 continue
             seen = self._seen
             if seen is None or seen[0] != tick:
-                task = asyncio.current_task(self._loop)
+                task = self._current_task()
                 where, in_user_code = self._where()
                 calls = self._culprits(task) if in_user_code else ()
                 if not in_user_code:
@@ -189,7 +200,8 @@ class Watchdog:
             if (seen[1] or seen[2]) and stuck_for - logged_at >= 5.0:
                 logged_at = stuck_for
                 _log.warning(
-                    "this supervisor's event loop has been blocked for %.0f s so far%s",
+                    "this supervisor's %s has been blocked for %.0f s so far%s",
+                    self._what,
                     stuck_for,
                     f" in {seen[2]}" if seen[2] else "",
                 )
@@ -213,3 +225,24 @@ class Watchdog:
                 stuck = stuck or here
             frame = frame.f_back
         return stuck, False
+
+
+def watch_asyncio_loop(
+    loop: asyncio.AbstractEventLoop,
+    threshold: float,
+    culprits: Callable[[asyncio.Task[Any] | None], tuple[tuple[int, str], ...]],
+    on_stall: Callable[[Stall], None],
+) -> Watchdog:
+    """Start a :class:`Watchdog` on the running asyncio ``loop`` (call it on that loop)."""
+    watchdog = Watchdog(
+        threshold, culprits, on_stall, current_task=lambda: asyncio.current_task(loop)
+    )
+
+    def beat() -> None:
+        watchdog.beat()
+        if not watchdog.stopped:
+            loop.call_later(watchdog.interval, beat)
+
+    watchdog.start()
+    loop.call_later(watchdog.interval, beat)
+    return watchdog
