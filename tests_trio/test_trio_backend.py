@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from aioray_runner import CancelledError, Runtime
+from aioray_runner import BlockedLoop, CancelledError, Runtime
 from tests._support import wait_until
 from tests_trio._heartbeat import submit_all_with_heartbeat
 
@@ -111,3 +112,32 @@ async def test_caller_timeout_does_not_cancel_trio_call(
     assert scope.cancelled_caught
     assert await fut == "done"
     assert (tmp_path / "finally").read_text() == "returned"
+
+
+def blocking_sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def trio_blocks(seconds: float) -> str:
+    await trio.lowlevel.checkpoint()
+    blocking_sleep(seconds)  # blocks the supervisor's trio thread
+    return "done"
+
+
+async def test_blocking_the_trio_thread_is_reported_and_other_calls_go_on(
+    ray_session: None,
+) -> None:
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(
+        backend="trio", supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append
+    )
+    async with runtime as rt:
+        culprit = rt.submit(trio_blocks, 1.5)
+        # The actor's own loop is not the trio thread: a plain call is answered meanwhile.
+        with trio.fail_after(1.2):
+            assert (await rt.submit(plain_thread_name)).startswith("aioray-supervisor")
+        assert await culprit == "done"
+        await wait_until(lambda: seen, within=10)
+    (stall,) = seen
+    assert 1.0 <= stall.seconds < 10
+    assert "blocking_sleep" in stall.where and "test_trio_backend.py" in stall.where
