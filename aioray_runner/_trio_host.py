@@ -3,8 +3,8 @@
 Ray's async actors own an asyncio loop, which receives calls and sends results
 back. trio-native code (``trio.sleep``, nurseries, cancel scopes) needs a trio
 run. The first design ran trio as a *guest* on the actor's loop
-(``trio.lowlevel.start_guest_run``); measured, it cost three times the asyncio
-backend for 10,000 ``trio.sleep(0.1)`` (2.16 s against 0.67 s): every trio tick
+(``trio.lowlevel.start_guest_run``); measured, it cost 2.5 to 3.2 times the
+asyncio backend for 10,000 ``trio.sleep(0.1)`` (docs/measurements.md): every trio tick
 that waits hops to a helper thread for I/O and back through
 ``call_soon_threadsafe``. A plain ``trio.run`` on a thread of its own runs the
 same calls at plain trio's pace (docs/measurements.md), so that is the design:
@@ -49,6 +49,8 @@ class TrioHost:
         self._lock = threading.Lock()
         self._to_start: list[Callable[[], Any]] = []
         self._finished: list[tuple[_Waiter, bool, BaseException | None, Any]] = []
+        self._waiting: set[_Waiter] = set()  # calls not reported yet (actor's loop only)
+        self._ended: str | None = None  # why the trio run is over, once it is
 
     async def start(self, stall_threshold: float, on_stall: Callable[[Stall], None]) -> None:
         """Start the trio thread and wait until its nursery is open.
@@ -77,14 +79,18 @@ class TrioHost:
                 loop.call_soon_threadsafe(tell, None)
                 await trio.sleep_forever()
 
+        def ended(why: str) -> None:  # on the actor's loop
+            tell(RuntimeError(why))
+            self._end(why)
+
         def run() -> None:
             try:
                 trio.run(main)
-                ended: BaseException = RuntimeError("the trio run ended")
+                why = "the trio run ended"
             except BaseException as exc:  # told to the loop, not lost in a thread
-                ended = RuntimeError(f"the trio run ended: {exc!r}")
+                why = f"the trio run ended: {exc!r}"
             try:
-                loop.call_soon_threadsafe(tell, ended)
+                loop.call_soon_threadsafe(ended, why)
             except RuntimeError:
                 pass  # the actor's loop is closed: the process is going away
 
@@ -132,6 +138,7 @@ class TrioHost:
             batch, self._finished = self._finished, []
         for waiter, cancelled, error, value in batch:
             waiter.reported = True
+            self._waiting.discard(waiter)
             future = waiter.future
             if future.done():  # its caller was cancelled
                 continue
@@ -142,11 +149,24 @@ class TrioHost:
             else:
                 future.set_result(value)
 
+    def _end(self, why: str) -> None:
+        """The trio run is over: calls still waiting fail, later calls fail at once."""
+        self._ended = why
+        with self._lock:
+            self._to_start.clear()
+        waiting, self._waiting = self._waiting, set()
+        for waiter in waiting:
+            waiter.reported = True
+            if not waiter.future.done():
+                waiter.future.set_exception(RuntimeError(why))
+
     async def run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` under trio; asyncio cancellation cancels it."""
         assert self._token is not None and self._loop is not None
+        if self._ended is not None:
+            raise RuntimeError(self._ended)
         waiter = _Waiter(self._loop.create_future())
         scope = trio.CancelScope()
         context = contextvars.copy_context()
@@ -156,21 +176,29 @@ class TrioHost:
                 variable.set(value)
             result: Any = None
             error: BaseException | None = None
-            with scope:
-                try:
+            # The scope inside the try: cancelled while a nursery in `fn` has
+            # children, trio raises a group of Cancelled, which only the scope
+            # itself takes apart (the call then ends cancelled, not failed).
+            try:
+                with scope:
                     result = await fn(*args, **kwargs)
-                except trio.Cancelled:
-                    raise
-                except BaseException as exc:
-                    error = exc
+            except trio.Cancelled:
+                raise  # the trio run itself is being cancelled: let it unwind
+            except BaseException as exc:
+                error = exc
             self._report(waiter, scope.cancelled_caught, error, result)
 
         # Calls made in one turn of the actor's loop are started by one trio callback.
         with self._lock:
             self._to_start.append(runner)
             first = len(self._to_start) == 1
+        self._waiting.add(waiter)
         if first:
-            self._token.run_sync_soon(self._start_pending)
+            try:
+                self._token.run_sync_soon(self._start_pending)
+            except trio.RunFinishedError:
+                self._end("the trio run ended")
+                raise RuntimeError("the trio run ended") from None
         try:
             # Not shielded (a shield per call costs a third of the backend's
             # time): cancelling this task cancels `waiter.future` too, so the
@@ -179,13 +207,18 @@ class TrioHost:
         except asyncio.CancelledError:
             if waiter.reported:
                 raise
-            # Cancel the trio side and wait for its finally blocks before reporting.
-            waiter.future = self._loop.create_future()
-            self._token.run_sync_soon(scope.cancel)
+            # Cancel the trio side and wait for its finally blocks before
+            # reporting (again if this task is cancelled again meanwhile).
             try:
-                await waiter.future
-            except (asyncio.CancelledError, Exception):
-                pass
+                self._token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass  # _end reports it
+            while not waiter.reported:
+                waiter.future = self._loop.create_future()
+                try:
+                    await waiter.future
+                except (asyncio.CancelledError, Exception):
+                    pass
             raise
 
 

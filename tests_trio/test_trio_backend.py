@@ -103,6 +103,33 @@ async def test_cancel_reaches_trio_and_runs_finally(trio_runtime: Runtime, tmp_p
     assert (tmp_path / "finally").read_text() == "cancelled"
 
 
+async def trio_nursery_forever(marker_dir: str) -> str:
+    directory = Path(marker_dir)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(trio.sleep_forever)
+            (directory / "started").write_text("yes")
+    finally:
+        (directory / "finally").write_text("ran")
+    return "done"
+
+
+async def test_cancel_reaches_a_call_with_an_open_nursery(
+    trio_runtime: Runtime, tmp_path: Path
+) -> None:
+    # trio raises a group of Cancelled out of the nursery: the call still ends
+    # cancelled, not failed.
+    fut = trio_runtime.submit(trio_nursery_forever, str(tmp_path))
+    await wait_until(lambda: (tmp_path / "started").exists())
+    assert fut.cancel()
+    with trio.fail_after(30):
+        with pytest.raises(CancelledError):
+            await fut
+    assert fut.cancelled()
+    assert (tmp_path / "finally").read_text() == "ran"
+
+
 async def test_caller_timeout_does_not_cancel_trio_call(
     trio_runtime: Runtime, tmp_path: Path
 ) -> None:
