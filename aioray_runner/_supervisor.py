@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,9 +44,12 @@ from . import _wire
 from ._backends import Host, make_host
 from ._settings import Settings
 from ._watchdog import Stall, Watchdog, watch_asyncio_loop
-from .errors import SerializationError, SupervisorDiedError, UpstreamError
+from .errors import RemoteError, SerializationError, SupervisorDiedError, UpstreamError
 
 Outcome = _wire.Outcome
+
+#: ``asyncio.Task(..., eager_start=True)`` exists (Python 3.12 and newer).
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class _Call:
@@ -135,6 +139,7 @@ class Supervisor:
         self._running = 0
         self._started_total = 0
         self._polls = 0  # replies sent: each wakes the caller's loops once (bench_limits)
+        self._starting: _Call | None = None  # the call whose first step runs now (3.12+)
         self._actor_id: Any = None
         self._logs = _LogForwarder(settings.forward_logs, self._wake_from_any_thread)
 
@@ -177,6 +182,9 @@ class Supervisor:
         A call's own task, or a task it awaits (Prefect runs each task run in a
         task of its own): follow what each running call waits on, a few hops.
         """
+        starting = self._starting
+        if starting is not None:  # stuck in a call's first step, run as it starts
+            return ((starting.call_id, starting.label),)
         if task is None:
             return ()
         for record in list(self._calls.values()):
@@ -246,9 +254,22 @@ class Supervisor:
             context = contextvars.copy_context()
             context.run(_attempt.set, Attempt(rerun.attempt, rerun.previous_loss))
         record.admitted = admitted
-        record.task = asyncio.get_running_loop().create_task(
-            self._run(record, digest, blob, deps, admitted), context=context
-        )
+        coro = self._run(record, digest, blob, deps, admitted)
+        if _EAGER_TASKS:
+            # Python 3.12+: the call's first step runs now, in its own task (so
+            # asyncio.current_task() and anyio's cancel scopes are right), and a
+            # coroutine that finishes at once never goes through the loop's queue.
+            outer, self._starting = self._starting, record  # the watchdog's culprit meanwhile
+            try:
+                task = asyncio.Task(  # type: ignore[call-arg, unused-ignore]
+                    coro, loop=asyncio.get_running_loop(), context=context, eager_start=True
+                )
+            finally:
+                self._starting = outer
+            if not task.done():  # done: _finish has reported it already
+                record.task = task
+        else:
+            record.task = asyncio.get_running_loop().create_task(coro, context=context)
 
     async def _start_host(self) -> None:
         # Start the host once; a batch arriving meanwhile waits for the same start.
@@ -256,7 +277,10 @@ class Supervisor:
             loop = asyncio.get_running_loop()
 
             def on_stall(stall: Stall) -> None:  # from the host's thread
-                loop.call_soon_threadsafe(self._on_stall, stall)
+                try:
+                    loop.call_soon_threadsafe(self._on_stall, stall)
+                except RuntimeError:
+                    pass  # the actor's loop is closed: the process is going away
 
             threshold = self._settings.blocked_loop_threshold or 0.0
             self._host_start = asyncio.ensure_future(self._host.start(threshold, on_stall))
@@ -455,12 +479,24 @@ class Supervisor:
 
     def _finish(self, record: _Call, kind: int, value: Any) -> None:
         payload: bytes | None = None
-        if kind == _wire.OK:
-            kind, payload = _wire.dumps_value(value, record.label)
-        elif kind == _wire.ERROR:
-            payload = _wire.dumps_exception(value)
-        elif kind == _wire.RESEND:
-            payload = pickle.dumps(_wire.ResendReason(value.index, value.owner))
+        try:
+            if kind == _wire.OK:
+                kind, payload = _wire.dumps_value(value, record.label)
+            elif kind == _wire.ERROR:
+                payload = _wire.dumps_exception(value)
+            elif kind == _wire.RESEND:
+                payload = pickle.dumps(_wire.ResendReason(value.index, value.owner))
+        except BaseException as exc:  # the outcome must be reported, whatever it is
+            kind, payload = (
+                _wire.ERROR,
+                _wire.dumps_exception(
+                    RemoteError(
+                        type(value).__qualname__,
+                        f"the outcome of {record.label} could not be sent back:"
+                        f" {type(exc).__name__}",
+                    )
+                ),
+            )
         # Kept pickled, not as the live object: every dependent, here or on
         # another supervisor, gets its own copy, as the caller does.
         record.outcome = outcome = (kind, payload)

@@ -376,7 +376,7 @@ def dumps_arguments(
     upstream: list[Any] = []
     if not args and not kwargs:
         return b"", deps, upstream
-    if _all_scalars(args) and _all_scalars(kwargs.values()):
+    if type(kwargs) is dict and _all_scalars(args) and _all_scalars(kwargs.values()):
         # The common call (ids, numbers, URLs): nothing to lift, nothing
         # cloudpickle must do. Building a cloudpickle pickler per call was half
         # of the caller's time for 10,000 trivial calls (py-spy).
@@ -483,9 +483,16 @@ def dumps_exception(exc: BaseException) -> bytes:
         blob = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(blob)
     except Exception:
-        substitute = RemoteError(type(exc).__qualname__, str(exc), tb_text)
+        substitute = RemoteError(type(exc).__qualname__, _text_of(exc), tb_text)
         blob = cloudpickle.dumps(substitute, protocol=pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((blob, tb_text), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as broken:  # its __str__ raises: say so, keep going
+        return f"<str() of the exception raised {type(broken).__name__}>"
 
 
 def loads_exception(payload: bytes, label: str) -> BaseException:

@@ -39,6 +39,17 @@ def sync_raise_key_error() -> None:
     raise KeyError("sync-side")
 
 
+class Unprintable(HoldsALock):
+    """Cannot be pickled, and its message cannot be read either."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+async def raise_unprintable() -> None:
+    raise Unprintable("hidden")
+
+
 async def raise_needs_two_args() -> None:
     raise NeedsTwoArgs(7, "not rebuildable")
 
@@ -87,6 +98,17 @@ async def test_unpicklable_exception_becomes_remote_error(runtime: Runtime) -> N
         await runtime.submit(raise_holds_a_lock)
     assert info.value.type_name == "HoldsALock"
     assert "cannot be pickled" in info.value.message
+
+
+async def test_exception_that_cannot_even_be_printed_still_ends_its_call(
+    runtime: Runtime,
+) -> None:
+    fut = runtime.submit(raise_unprintable)
+    with pytest.raises(RemoteError) as info:
+        await asyncio.wait_for(fut, 30)
+    assert info.value.type_name == "Unprintable"
+    assert "ValueError" in info.value.message  # what happened to its text
+    assert await runtime.submit(echo, "next") == "next"  # the supervisor goes on
 
 
 async def test_unpicklable_argument_fails_at_submit_naming_it(runtime: Runtime) -> None:

@@ -113,6 +113,25 @@ async def test_many_calls_in_one_turn_run_concurrently(runtime: Runtime) -> None
     assert many < 10 * one, (one, many)
 
 
+async def own_task_throughout() -> tuple[bool, str]:
+    """A call sees one task of its own from its first step on: anyio's cancel
+    scopes (under httpx and others) break if a scope spans an await across tasks."""
+    import anyio
+    import anyio.lowlevel
+
+    first = asyncio.current_task()
+    with anyio.CancelScope():
+        await anyio.lowlevel.checkpoint()
+    with anyio.move_on_after(5):
+        await anyio.sleep(0.01)
+    return first is asyncio.current_task() and first is not None, type(first).__name__
+
+
+async def test_each_call_has_its_own_task_from_its_first_step(runtime: Runtime) -> None:
+    futures = [runtime.submit(own_task_throughout) for _ in range(200)]
+    assert {await f for f in futures} == {(True, "Task")}
+
+
 async def test_heartbeat_keeps_ticking_while_awaiting(runtime: Runtime) -> None:
     heartbeat = Heartbeat()
     async with asyncio.TaskGroup() as tg:
