@@ -110,8 +110,9 @@ class BlockedLoop:
             f"{self.supervisor}: its event loop was blocked for {self.seconds:.2f} s{who}{at};"
             " every call on that supervisor waited meanwhile. Blocking code (time.sleep,"
             " requests, CPU-bound work) in an `async def` stalls the loop: await an async"
-            " equivalent, wrap it in `await asyncio.to_thread(...)`, or make the function a"
-            " plain `def` (it then runs in a thread)."
+            " equivalent, wrap it in `await asyncio.to_thread(...)` (under the trio backend,"
+            " `await trio.to_thread.run_sync(...)`), or make the function a plain `def`"
+            " (it then runs in a thread)."
         )
 
 
