@@ -26,7 +26,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-# No telemetry (this machine has no network for it), and keep a local Ray on 127.0.0.1.
+# No telemetry (this machine has no network for it). A local Ray on 127.0.0.1 needs
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported, which importing this
+# package does: examples/pipeline.py sets it first; set here it only helps when
+# this module is loaded before the package (it is not, through `aioray-runner demo`).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Prefect 3.8's temporary API, stopped as this script exits, cancels its own
@@ -101,9 +104,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     _task_runs_quiet_on_console()
     # With no PREFECT_API_URL set, Prefect starts a temporary local API for this
     # process, and AioRayTaskRunner points the supervisors at it.
+    _start_temporary_api_quietly()
     summary = asyncio.run(pipeline(args.pages, min(args.parsed, args.pages)))
     print(f"pipeline finished: {summary}")
     return 0
+
+
+def _start_temporary_api_quietly() -> None:
+    """Start Prefect's temporary API now, its process's library warnings quiet.
+
+    As it stops at exit it may also cancel its database pool mid-rollback, which
+    sqlalchemy logs with a traceback on the root logger (PREFECT_SERVER_LOGGING_LEVEL
+    does not cover it). Only the server's process gets the quieter root logger:
+    this process configured its logging when Prefect was imported, and Ray's
+    workers start after the variable is restored.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():  # an API of the user's own: nothing to start
+        return
+    from prefect.client.orchestration import get_client
+
+    previous = os.environ.get("PREFECT_LOGGING_ROOT_LEVEL")
+    os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "CRITICAL"
+    try:
+        with get_client(sync_client=True) as client:
+            client.api_healthcheck()
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_LOGGING_ROOT_LEVEL", None)
+        else:
+            os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = previous
 
 
 def _task_runs_quiet_on_console() -> None:

@@ -11,9 +11,14 @@ threads of the supervisor) and summarises them (an async task whose upstream
 futures are resolved inside the supervisor).
 """
 
+import os
 import sys
 
-from aioray_runner.demo import main
+# Before Ray is imported (importing aioray_runner imports it): Ray reads this once,
+# at import, and then keeps this temporary local instance on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from aioray_runner.demo import main  # after the variable, on purpose
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
