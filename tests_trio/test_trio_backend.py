@@ -6,11 +6,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from aioray_runner import BlockedLoop, CancelledError, Runtime
+from aioray_runner import AioRayFuture, BlockedLoop, CancelledError, Runtime
 from tests._support import wait_until
 from tests_trio._heartbeat import submit_all_with_heartbeat
 
@@ -92,15 +93,21 @@ async def test_trio_exception_keeps_its_type(trio_runtime: Runtime) -> None:
     assert "trio_fail" in "\n".join(info.value.__notes__)
 
 
-async def test_cancel_reaches_trio_and_runs_finally(trio_runtime: Runtime, tmp_path: Path) -> None:
-    fut = trio_runtime.submit(trio_guarded_sleep, str(tmp_path), 3600)
-    await wait_until(lambda: (tmp_path / "started").exists())
+async def cancel_once_started(fut: AioRayFuture[Any], marker_dir: Path) -> str:
+    """Cancel ``fut`` once its call has started; check it ends cancelled; what its
+    ``finally`` block wrote."""
+    await wait_until(lambda: (marker_dir / "started").exists())
     assert fut.cancel()
     with trio.fail_after(30):
         with pytest.raises(CancelledError):
             await fut
     assert fut.cancelled()
-    assert (tmp_path / "finally").read_text() == "cancelled"
+    return (marker_dir / "finally").read_text()
+
+
+async def test_cancel_reaches_trio_and_runs_finally(trio_runtime: Runtime, tmp_path: Path) -> None:
+    fut = trio_runtime.submit(trio_guarded_sleep, str(tmp_path), 3600)
+    assert await cancel_once_started(fut, tmp_path) == "cancelled"
 
 
 async def trio_nursery_forever(marker_dir: str) -> str:
@@ -121,13 +128,7 @@ async def test_cancel_reaches_a_call_with_an_open_nursery(
     # trio raises a group of Cancelled out of the nursery: the call still ends
     # cancelled, not failed.
     fut = trio_runtime.submit(trio_nursery_forever, str(tmp_path))
-    await wait_until(lambda: (tmp_path / "started").exists())
-    assert fut.cancel()
-    with trio.fail_after(30):
-        with pytest.raises(CancelledError):
-            await fut
-    assert fut.cancelled()
-    assert (tmp_path / "finally").read_text() == "ran"
+    assert await cancel_once_started(fut, tmp_path) == "ran"
 
 
 async def test_caller_timeout_does_not_cancel_trio_call(
