@@ -29,6 +29,8 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, PrefectTaskRunFuture
 from prefect.utilities import annotations as prefect_annotations
 
+from ._prefect_transactions import unwrap
+
 R = TypeVar("R")
 
 _transport = threading.local()
@@ -87,8 +89,6 @@ def settled_future(task_run_id: uuid.UUID, outcome: Any) -> SettledPrefectFuture
     ``outcome`` is what the upstream's call returned: its final State, or that
     State with what it did in a transaction (see ``_prefect_transactions``).
     """
-    from ._prefect_transactions import unwrap
-
     state = unwrap(outcome)
     if not isinstance(state, State):
         raise TypeError(

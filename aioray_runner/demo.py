@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Sequence
 
 # No telemetry (this machine has no network for it). A local Ray on 127.0.0.1 needs
-# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported, which importing this
-# package does: examples/pipeline.py sets it first; set here it only helps when
-# this module is loaded before the package (it is not, through `aioray-runner demo`).
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported, and importing this
+# package (before this module) has imported it: examples/pipeline.py sets it first.
+# Set here, it reaches only the processes Ray starts.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Prefect 3.8's temporary API, stopped as this script exits, cancels its own

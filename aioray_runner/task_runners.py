@@ -132,7 +132,8 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
 
     # The flow's transaction this run was submitted in (see _prefect_transactions).
     _transaction: BaseTransaction | None = None
-    _transaction_steps: set[str] | None = None
+    _attached = False  # its transactions were handed to the flow's
+    _rolled_back = False  # it rolled the flow's back
 
     def _settle(self) -> None:
         if self._final_state is None and self._wrapped_future.done():
@@ -155,13 +156,10 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
             return
         if not isinstance(outcome, _prefect_transactions.TransactionOutcome):
             return
-        with _TRANSACTION_LOCK:
-            done = self._transaction_steps
-            if done is None:
-                done = self._transaction_steps = set()
-            attach = "attach" not in done
-            rollback = roll_back and "rollback" not in done
-            done.update({"attach"} | ({"rollback"} if rollback else set()))
+        with _TRANSACTION_LOCK:  # the I/O thread and the waiting thread may both be here
+            attach, self._attached = not self._attached, True
+            rollback = roll_back and not self._rolled_back
+            self._rolled_back = self._rolled_back or rollback
         if attach:
             _prefect_transactions.attach(parent, outcome)
         if rollback:
