@@ -27,14 +27,13 @@ import asyncio
 import concurrent.futures
 import contextvars
 import datetime
-import inspect
 import threading
 import time
 from contextlib import ExitStack
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from . import _prefect_futures, _prefect_transactions
+from . import _prefect_compat, _prefect_futures, _prefect_transactions
 from ._supervisor import Attempt, current_attempt
 
 
@@ -44,9 +43,7 @@ def _set_up_prefect_logging() -> None:
     # loggers, among them the runtime's forwarder of run logs (see
     # Settings.forward_logs). This module is preloaded while the supervisor
     # starts, before that forwarder is installed: configure logging now.
-    from prefect.logging.configuration import ensure_logging_setup
-
-    ensure_logging_setup()
+    _prefect_compat.ensure_logging_setup()
 
 
 _set_up_prefect_logging()
@@ -216,7 +213,9 @@ async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[A
     crashed = crashed_state(loss)
     attempts_so_far = max(task_run.run_count if task_run else 0, attempt.number - 1)
     retries = int(task.retries or 0)
-    retry = attempts_so_far <= retries and await _retry_condition_allows(task, task_run, crashed)
+    retry = attempts_so_far <= retries and await _prefect_compat.retry_condition_allows(
+        task, task_run, crashed
+    )
     if retry:
         delay = _retry_delay(task, attempts_so_far - 1)
         state: Any = AwaitingRetry(
@@ -272,22 +271,6 @@ async def _settled_task_run(client: Any, task_run_id: UUID) -> Any:
             return task_run
         previous = key
     return task_run
-
-
-async def _retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's ``retry_condition_fn``, as its engine calls it (sync or async)."""
-    condition = getattr(task, "retry_condition_fn", None)
-    if task_run is None or condition is None:
-        return True
-    if not inspect.isfunction(condition) and not inspect.iscoroutinefunction(condition):
-        return not condition  # as Prefect's engine reads a non-function value
-    try:
-        allowed = condition(task, task_run, state)
-        if inspect.isawaitable(allowed):
-            allowed = await allowed
-        return bool(allowed)
-    except Exception:
-        return False  # as Prefect does: a failing condition means no retry
 
 
 def _retry_delay(task: Any, retry_index: int) -> float:

@@ -1,0 +1,60 @@
+"""Names that moved between the Prefect 3 releases this package supports.
+
+The supported range (3.4.7 to the newest 3.x, see docs/reference.md) is what CI
+runs. Each function here uses Prefect's own code where the running release has
+it, and otherwise does what that release itself does, so a behaviour always
+matches the Prefect the user runs, never a newer one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The floor: prefect-ray 0.6.0 (the runner this package replaces) supports Prefect
+# from 3.4.7, and so do we; CI runs the Prefect suites on it. Kept in one place
+# for pyproject's words, `aioray-runner doctor` and the docs.
+OLDEST_SUPPORTED = "3.4.7"
+
+
+def ensure_logging_setup() -> None:
+    """Configure Prefect's logging in this process unless it already is.
+
+    ``ensure_logging_setup`` exists from Prefect 3.6.25; before it, the same
+    check is spelled out over ``PROCESS_LOGGING_CONFIG``.
+    """
+    from prefect.logging import configuration
+
+    ensure = getattr(configuration, "ensure_logging_setup", None)
+    if ensure is not None:
+        ensure()
+    elif not configuration.PROCESS_LOGGING_CONFIG:
+        configuration.setup_logging()
+
+
+def dynamic_key_for_task_run(flow_run_context: Any, task: Any) -> str:
+    """The dynamic key Prefect gives the next run of ``task`` in this flow run.
+
+    Moved from ``prefect.utilities._engine`` to ``prefect._internal.engine`` in 3.7.1.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module("prefect._internal.engine")
+    except ImportError:
+        module = importlib.import_module("prefect.utilities._engine")
+    return str(module.dynamic_key_for_task_run(flow_run_context, task))
+
+
+async def retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
+    """Whether ``task.retry_condition_fn`` lets ``task_run`` retry after ``state``.
+
+    Asked of Prefect's own engine, so the rule is the running release's: before
+    3.9 only plain functions are called (anything else counts by its truth
+    value, negated); from 3.9 any callable, and an awaitable answer is awaited.
+    """
+    from prefect.task_engine import AsyncTaskRunEngine
+
+    if task_run is None or getattr(task, "retry_condition_fn", None) is None:
+        return True
+    engine: Any = AsyncTaskRunEngine(task=task, task_run=task_run)
+    return bool(await engine.can_retry(state))
