@@ -41,6 +41,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 from prefect import flow, get_run_logger, task
 
 from aioray_runner import AioRayTaskRunner
+from aioray_runner._prefect_api import start_temporary_api
 
 
 @task
@@ -104,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _task_runs_quiet_on_console()
     # With no PREFECT_API_URL set, Prefect starts a temporary local API for this
     # process, and AioRayTaskRunner points the supervisors at it.
-    _start_temporary_api_quietly()
+    try:
+        _start_temporary_api_quietly()
+    except RuntimeError as exc:  # said what to do: no traceback
+        print(f"aioray-runner demo: {exc}", file=sys.stderr)
+        return 1
     summary = asyncio.run(pipeline(args.pages, min(args.parsed, args.pages)))
     print(f"pipeline finished: {summary}")
     return 0
@@ -119,17 +124,10 @@ def _start_temporary_api_quietly() -> None:
     this process configured its logging when Prefect was imported, and Ray's
     workers start after the variable is restored.
     """
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():  # an API of the user's own: nothing to start
-        return
-    from prefect.client.orchestration import get_client
-
     previous = os.environ.get("PREFECT_LOGGING_ROOT_LEVEL")
     os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "CRITICAL"
     try:
-        with get_client(sync_client=True) as client:
-            client.api_healthcheck()
+        start_temporary_api(announce=lambda line: print(line, file=sys.stderr, flush=True))
     finally:
         if previous is None:
             os.environ.pop("PREFECT_LOGGING_ROOT_LEVEL", None)

@@ -65,7 +65,13 @@ from typing_extensions import ParamSpec
 
 # The core's public names only (each from the module that defines it, so that
 # this adapter and the package's __init__ do not import each other).
-from . import _prefect_futures, _prefect_remote, _prefect_transactions
+from . import (
+    _prefect_api,
+    _prefect_compat,
+    _prefect_futures,
+    _prefect_remote,
+    _prefect_transactions,
+)
 from ._futures import AioRayFuture
 from ._runtime import Runtime
 from ._settings import (
@@ -353,6 +359,10 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         # warning names a call, and belongs in that task run's logs.
         self._runs_by_call: dict[int, tuple[uuid.UUID, Any, str]] = {}
         self._submitted = 0  # task runs submitted by this runner (for _wait_until_recorded)
+        # The flow starts Prefect's temporary API (if it uses one) before it
+        # enters this runner: a first start on a new PREFECT_HOME outlasts
+        # Prefect's 20 s wait on a busy machine. See _prefect_api.
+        _prefect_api.allow_slow_start()
         super().__init__()
 
     @property
@@ -728,20 +738,13 @@ def _share_ephemeral_api() -> Iterator[None]:
     database). The flow's process already runs one: name it in the context the
     supervisors receive. On a remote cluster set ``PREFECT_API_URL`` instead.
     """
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_EPHEMERAL_ENABLED,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    api_url = _prefect_api.start_temporary_api()  # a no-op once the flow started it
+    if api_url is None:
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()  # a no-op when the flow's client already started it
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
         yield
 
 
@@ -762,10 +765,8 @@ def _wait_until_recorded(submitted: int) -> None:
     server of your own (``PREFECT_API_URL``) keeps running, so nothing is
     waited for there. At most :data:`RECORD_WAIT_S` seconds.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
     flow_run = FlowRunContext.get()
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    if not _prefect_api.uses_temporary_api():
         return
     if flow_run is None or flow_run.flow_run is None:
         return
@@ -821,7 +822,6 @@ def _record_state(
 
     Runs in the flow's context (for the flow run and its API client settings).
     """
-    from prefect._internal.engine import dynamic_key_for_task_run
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
@@ -840,7 +840,9 @@ def _record_state(
             client.create_task_run(
                 task=task,
                 flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
-                dynamic_key=str(dynamic_key_for_task_run(flow_run, task)) if flow_run else "0",
+                dynamic_key=_prefect_compat.dynamic_key_for_task_run(flow_run, task)
+                if flow_run
+                else "0",
                 id=task_run_id,
                 state=state,
             )
