@@ -18,30 +18,58 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._futures import AioRayFuture
-from ._runtime import Runtime, RuntimeOptions
-from ._settings import Settings
-from ._supervisor import Attempt, current_attempt
-from ._watchdog import BlockedLoop
-from ._wire import register_reducer
-from .errors import (
-    AioRayError,
-    CancelledError,
-    InvalidCallError,
-    RayLostError,
-    RemoteError,
-    RuntimeNotRunningError,
-    SerializationError,
-    SupervisorDiedError,
-    UpstreamError,
-)
-
 if TYPE_CHECKING:
+    from ._futures import AioRayFuture
+    from ._runtime import Runtime, RuntimeOptions
+    from ._settings import Settings
+    from ._supervisor import Attempt, current_attempt
+    from ._watchdog import BlockedLoop
+    from ._wire import register_reducer
     from .context import remote_options
+    from .errors import (
+        AioRayError,
+        CancelledError,
+        InvalidCallError,
+        RayLostError,
+        RemoteError,
+        RuntimeNotRunningError,
+        SerializationError,
+        SupervisorDiedError,
+        UpstreamError,
+    )
     from .task_runners import AioRayTaskRunner, PrefectAioRayFuture
 
 __version__ = "0.1.0"
 
+# Where each public name lives. Nothing is imported until it is first used:
+# importing Ray takes seconds, and Ray reads some of its settings (such as
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, which keeps a local instance on 127.0.0.1)
+# once, when it is imported, so `aioray-runner --help` and the CLI's own
+# choices must come first. Prefect is optional and slow to import too.
+_HOMES = {
+    "AioRayError": "errors",
+    "AioRayFuture": "_futures",
+    "AioRayTaskRunner": "task_runners",
+    "Attempt": "_supervisor",
+    "BlockedLoop": "_watchdog",
+    "CancelledError": "errors",
+    "InvalidCallError": "errors",
+    "PrefectAioRayFuture": "task_runners",
+    "RayLostError": "errors",
+    "RemoteError": "errors",
+    "Runtime": "_runtime",
+    "RuntimeNotRunningError": "errors",
+    "RuntimeOptions": "_runtime",
+    "SerializationError": "errors",
+    "Settings": "_settings",
+    "SupervisorDiedError": "errors",
+    "UpstreamError": "errors",
+    "current_attempt": "_supervisor",
+    "register_reducer": "_wire",
+    "remote_options": "context",
+}
+
+# Written out (not sorted(_HOMES)) so that type checkers see what is exported.
 __all__ = [
     "AioRayError",
     "AioRayFuture",
@@ -66,35 +94,23 @@ __all__ = [
 ]
 
 
-def _fixup_module_metadata(namespace: dict[str, Any]) -> None:
-    # As trio does: classes and functions defined in private modules say they
-    # live here, so reprs, tracebacks and the docs show aioray_runner.Runtime.
-    for name in __all__:
-        obj = namespace.get(name)
-        module = getattr(obj, "__module__", "")
-        if obj is not None and module.startswith("aioray_runner._"):
-            try:
-                obj.__module__ = __name__
-            except (AttributeError, TypeError):
-                pass
-
-
-_fixup_module_metadata(globals())
-
-_PREFECT_NAMES = {
-    "AioRayTaskRunner": "task_runners",
-    "PrefectAioRayFuture": "task_runners",
-    "remote_options": "context",
-}
-
-
 def __getattr__(name: str) -> Any:
-    # The Prefect integration imports Prefect (slow, optional): load it on first use.
-    module = _PREFECT_NAMES.get(name)
+    module = _HOMES.get(name)
     if module is None:
         raise AttributeError(f"module 'aioray_runner' has no attribute {name!r}")
     import importlib
 
     value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if module.startswith("_"):
+        # As trio does: classes and functions defined in private modules say
+        # they live here, so reprs, tracebacks and the docs show aioray_runner.Runtime.
+        try:
+            value.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import aioray_runner
@@ -126,3 +128,17 @@ def test_public_names_say_they_live_in_the_package() -> None:
                 name,
                 obj.__module__,
             )
+
+
+def test_importing_the_package_imports_neither_ray_nor_prefect() -> None:
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import: the CLI must be
+    # able to set it first, and `aioray-runner --help` should not wait seconds for Ray.
+    code = (
+        "import sys, aioray_runner, aioray_runner.cli, aioray_runner.errors\n"
+        "print(sorted(m for m in ('ray', 'prefect') if m in sys.modules))\n"
+        "print(sorted(aioray_runner.__all__) == sorted(aioray_runner._HOMES))\n"
+        "print(all(getattr(aioray_runner, n) is not None for n in aioray_runner.__all__))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:3] == ["[]", "True", "True"], run.stdout
