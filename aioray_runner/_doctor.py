@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._bench.common import installed_version
+from ._prefect_compat import OLDEST_SUPPORTED
 
 #: Distributions whose versions a bug report needs.
 DISTRIBUTIONS = (
@@ -66,6 +67,41 @@ class Report:
         }
 
 
+def prefect_problems(prefect: str, fastapi: str | None) -> list[Finding]:
+    """What is wrong with this Prefect release, and its fastapi, for AioRayTaskRunner."""
+    problems = []
+    version = _version_tuple(prefect)
+    if version < _version_tuple(OLDEST_SUPPORTED) or version >= (4,):
+        problems.append(
+            Finding(
+                f"prefect {prefect} is outside the range AioRayTaskRunner supports"
+                f" (Prefect {OLDEST_SUPPORTED} to 3.x, what CI tests)",
+                f'pip install "prefect>={OLDEST_SUPPORTED},<4"',
+            )
+        )
+    # Prefect's server (the temporary one a flow starts too) and fastapi releases
+    # it predates; each cap measured (docs/reference.md, "Supported versions").
+    if version < (3, 7, 8) and _version_tuple(fastapi) >= (0, 137):
+        problems.append(
+            Finding(
+                f"fastapi {fastapi} with prefect {prefect}: Prefect's server (also the"
+                " temporary one a flow starts) answers every call with 500 Internal Server"
+                " Error (`'PrefectRouter' object has no attribute 'routes'`)",
+                'pip install "fastapi<0.137"',
+            )
+        )
+    elif version < (3, 9) and _version_tuple(fastapi) >= (0, 155):
+        problems.append(
+            Finding(
+                f"fastapi {fastapi} with prefect {prefect}: Prefect's server (also the"
+                " temporary one a flow starts) fails to start with `TypeError: Body() got"
+                " an unexpected keyword argument 'min_items'`",
+                'pip install "fastapi<0.155"',
+            )
+        )
+    return problems
+
+
 def _version_tuple(text: str | None) -> tuple[int, ...]:
     parts = []
     for piece in (text or "0").split(".")[:3]:
@@ -94,24 +130,7 @@ def check_versions(report: Report) -> None:
         )
     prefect = v["prefect"]
     if prefect is not None:
-        if _version_tuple(prefect) < (3, 4):
-            report.problems.append(
-                Finding(
-                    f"prefect {prefect} is older than 3.4; AioRayTaskRunner needs"
-                    " Prefect 3.4 to 3.x",
-                    "pip install 'aioray-runner[prefect]' (or: pip install \"prefect>=3.4,<4\")",
-                )
-            )
-        fastapi = v["fastapi"]
-        if _version_tuple(prefect)[:2] <= (3, 8) and _version_tuple(fastapi) >= (0, 155):
-            report.problems.append(
-                Finding(
-                    f"fastapi {fastapi} with prefect {prefect}: Prefect's server (also the"
-                    " temporary one a flow starts) fails to start with `TypeError: Body() got"
-                    " an unexpected keyword argument 'min_items'`",
-                    'pip install "fastapi<0.155"',
-                )
-            )
+        report.problems.extend(prefect_problems(prefect, v["fastapi"]))
     else:
         report.notes.append(
             "Prefect is not installed: AioRayTaskRunner needs it"

@@ -200,22 +200,29 @@ def test_doctor_connects_to_a_running_ray(ray_session: None) -> None:
     assert not [p for p in report["problems"] if "Ray" in p["problem"]], report["problems"]
 
 
-def test_doctor_flags_fastapi_0155_with_prefect_38(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aioray_runner import _doctor
+@pytest.mark.parametrize(
+    ("prefect", "fastapi", "fix"),
+    [
+        ("3.4.7", "0.136.3", None),
+        ("3.4.7", "0.154.0", 'pip install "fastapi<0.137"'),
+        ("3.7.7", "0.137.0", 'pip install "fastapi<0.137"'),
+        ("3.7.8", "0.154.0", None),
+        ("3.8.8", "0.155.0", 'pip install "fastapi<0.155"'),
+        ("3.9.1", "0.150.0", None),
+        ("3.4.6", "0.136.3", 'pip install "prefect>=3.4.7,<4"'),
+        ("3.3.7", "0.115.0", 'pip install "prefect>=3.4.7,<4"'),
+        ("4.0.0", "0.160.0", 'pip install "prefect>=3.4.7,<4"'),
+    ],
+)
+def test_doctor_names_the_fix_for_prefect_and_fastapi_releases_that_do_not_work(
+    prefect: str, fastapi: str, fix: str | None
+) -> None:
+    from aioray_runner._doctor import prefect_problems
 
-    real = _doctor.installed_version
-    fake = {"fastapi": "0.155.0", "prefect": "3.8.8"}
-    monkeypatch.setattr(_doctor, "installed_version", lambda name: fake.get(name) or real(name))
-    report = _doctor.Report()
-    _doctor.check_versions(report)
-    [problem] = [p for p in report.problems if "fastapi" in p.problem]
-    assert "fastapi 0.155.0 with prefect 3.8.8" in problem.problem
-    assert problem.fix == 'pip install "fastapi<0.155"'
-
-    fake["fastapi"] = "0.154.0"
-    report = _doctor.Report()
-    _doctor.check_versions(report)
-    assert not [p for p in report.problems if "fastapi" in p.problem]
+    problems = prefect_problems(prefect, fastapi)
+    assert [p.fix for p in problems] == ([fix] if fix else []), problems
+    for problem in problems:
+        assert prefect in problem.problem
 
 
 # -- demo ---------------------------------------------------------------------------------------
