@@ -2,9 +2,11 @@
 
 Examples::
 
-    nox                     # lint, typecheck, docs, tests (every Ray version), tests_py, tests_trio
+    nox                     # lint, typecheck, docs, tests (every Ray version), tests_py,
+                            # tests_prefect (older Prefects), tests_trio
     nox -s tests            # the Ray matrix only (Python 3.11)
     nox -s tests_py         # Python 3.12 and 3.13 on the newest Ray
+    nox -s tests_prefect    # the Prefect suites on the oldest and a middle Prefect
     nox -s lint typecheck   # the quick checks
     nox -s "tests(ray='2.60.0')" -- -x -k cancel   # one Ray version; pytest args after --
 """
@@ -74,9 +76,24 @@ _let_pyenv_shims_find(NEWER_PYTHONS)
 RAY_VERSIONS = ["2.10.0", "2.40.0", "2.60.0"]
 RAY_NEWEST = RAY_VERSIONS[-1]
 
+# The Prefect releases besides the newest (which every other session installs):
+# the oldest supported (prefect-ray 0.6.0's floor too) and a middle one, the last
+# release before Prefect moved the engine helpers we use (3.7.1). Each with the
+# fastapi its server works with: releases before 3.7.8 answer every API call
+# with a 500 on fastapi 0.137+ (measured; docs/reference.md, "Supported versions").
+PREFECT_OLDER = {"3.4.7": "fastapi<0.137", "3.6.29": "fastapi<0.137"}
+
 # The sessions CI runs, and plain `nox` too ("tests" means every Ray version,
-# "tests_py" every newer Python).
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "tests_py", "tests_trio"]
+# "tests_py" every newer Python, "tests_prefect" every older Prefect).
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "docs",
+    "tests",
+    "tests_py",
+    "tests_prefect",
+    "tests_trio",
+]
 
 ENV = {
     # Keep Ray on 127.0.0.1 (and off the host's other interfaces) in every session.
@@ -100,12 +117,12 @@ def _setup(session: nox.Session) -> None:
     session.env.update(ENV)
 
 
-def _install_for_tests(session: nox.Session, ray: str) -> None:
-    # One resolver call, so the Ray pin and the prefect extra's `fastapi<0.155`
-    # (prefect 3.8.8's server breaks on fastapi 0.155+) are solved together.
+def _install_for_tests(session: nox.Session, ray: str, *pins: str) -> None:
+    # One resolver call, so the Ray pin, any Prefect pins and the prefect extra's
+    # `fastapi<0.155` (Prefect 3.7.8 to 3.8.x) are solved together.
     # Not editable: the tests run against the wheel as users install it (a file
     # missing from the wheel fails here). uv rebuilds it on every install.
-    session.install(".[test]", f"ray[default,client]=={ray}")
+    session.install(".[test]", f"ray[default,client]=={ray}", *pins)
     # Show what was actually resolved, so a failing matrix entry is easy to read.
     session.run("python", "-c", _SHOW_VERSIONS, silent=False)
 
@@ -153,6 +170,19 @@ def tests_py(session: nox.Session) -> None:
     # cases run on 3.11 for every Ray version, and keep CI near half an hour.
     lean = ["-m", "not slow and not cluster and not differential", "-k", "not test_prefect_"]
     session.run("pytest", "tests", *(session.posargs or lean))
+
+
+@nox.session(python=PYTHON, allow_parallel=False)
+@nox.parametrize("prefect", list(PREFECT_OLDER))
+def tests_prefect(session: nox.Session, prefect: str) -> None:
+    """The Prefect suites on an older supported Prefect, against the newest Ray."""
+    _setup(session)
+    _install_for_tests(session, RAY_NEWEST, f"prefect=={prefect}", PREFECT_OLDER[prefect])
+    # What differs between Prefect releases is the Prefect adapter: its suites,
+    # less the slow fault cases and the differential suite (those run once, on
+    # the newest Prefect, as does everything else).
+    selection = ["-m", "not slow and not differential", "-k", "test_prefect_"]
+    session.run("pytest", "tests", *(session.posargs or selection))
 
 
 @nox.session(python=PYTHON, allow_parallel=False)

@@ -81,7 +81,16 @@ def prefect_problems(prefect: str, fastapi: str | None) -> list[Finding]:
         )
     # Prefect's server (the temporary one a flow starts too) and fastapi releases
     # it predates; each cap measured (docs/reference.md, "Supported versions").
-    if version < (3, 7, 8) and _version_tuple(fastapi) >= (0, 137):
+    if version < (3, 6, 19) and _version_tuple(fastapi) >= (0, 132):
+        problems.append(
+            Finding(
+                f"fastapi {fastapi} with prefect {prefect}: Prefect's server (also the"
+                " temporary one a flow starts) refuses the client's task runs with 422"
+                " Unprocessable Entity (a subflow fails at once)",
+                'pip install "fastapi<0.132"',
+            )
+        )
+    elif version < (3, 7, 8) and _version_tuple(fastapi) >= (0, 137):
         problems.append(
             Finding(
                 f"fastapi {fastapi} with prefect {prefect}: Prefect's server (also the"

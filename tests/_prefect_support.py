@@ -119,4 +119,14 @@ def read_events(event_name: str, resource_id: str) -> list[Any]:
         resource=EventResourceFilter(id=[resource_id]),
     )
     with get_client(sync_client=True) as client:
-        return list(client.read_events(filter=event_filter, limit=50).events)
+        if hasattr(client, "read_events"):
+            return list(client.read_events(filter=event_filter, limit=50).events)
+    # Prefect releases whose client cannot read events yet: the same endpoint.
+    import httpx
+    from prefect.events.schemas.events import ReceivedEvent
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"filter": event_filter.model_dump(mode="json"), "limit": 50}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, timeout=30)
+    response.raise_for_status()
+    return [ReceivedEvent.model_validate(e) for e in response.json()["events"]]
