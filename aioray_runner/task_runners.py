@@ -279,6 +279,12 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             ``num_cpus=1``) runs as a Ray task of its own instead, on a core of
             its own. ``"ray"``: every sync task runs as a Ray task, as under
             ``RayTaskRunner``. See docs/migrating-from-ray-task-runner.md.
+        console: What task runs print in the flow's console. ``"runs"`` (the
+            default): their log lines, as under Prefect's own runners.
+            ``"summary"``: only their warnings and errors, and one line with
+            the count of each final state when the flow's runner closes: for
+            flows of hundreds of task runs. Prefect's API (and UI) gets every
+            line either way.
         actor_options: Extra Ray actor options for the supervisors.
         blocked_loop_threshold: Seconds a supervisor's loop may stall before the
             runner warns, in the flow's logs and the blocking task run's logs
@@ -313,6 +319,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         settings: Settings | None = None,
         sync_tasks: Literal["threads", "ray"] = "threads",
         forward_logs: Iterable[str] = (),
+        console: Literal["runs", "summary"] = "runs",
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
         if sync_tasks not in ("threads", "ray"):
@@ -322,6 +329,13 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             )
         #: Where sync tasks run: "threads" or "ray" (see the class docstring).
         self.sync_tasks = sync_tasks
+        if console not in ("runs", "summary"):
+            raise ValueError(
+                f"console must be 'runs' (task runs' log lines, as Prefect prints them) or"
+                f" 'summary' (their warnings and errors, then one line of counts), not {console!r}"
+            )
+        #: What task runs print in the flow's console: "runs" or "summary".
+        self.console = console
         if threads is None:
             threads = _thread_pool_size(max_concurrency)
         settings = Settings.from_arguments(
@@ -359,6 +373,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         # warning names a call, and belongs in that task run's logs.
         self._runs_by_call: dict[int, tuple[uuid.UUID, Any, str]] = {}
         self._submitted = 0  # task runs submitted by this runner (for _wait_until_recorded)
+        self._tally = _Tally()  # final states, for console="summary"
         # The flow starts Prefect's temporary API (if it uses one) before it
         # enters this runner: a first start on a new PREFECT_HOME outlasts
         # Prefect's 20 s wait on a busy machine. See _prefect_api.
@@ -377,12 +392,16 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
 
     def duplicate(self) -> Self:
         """A new, unstarted runner with the same settings (one per flow run)."""
-        return type(self)(settings=self.settings, sync_tasks=self.sync_tasks)
+        return type(self)(settings=self.settings, sync_tasks=self.sync_tasks, console=self.console)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AioRayTaskRunner):
             return False
-        return self.settings == other.settings and self.sync_tasks == other.sync_tasks
+        return (
+            self.settings == other.settings
+            and self.sync_tasks == other.sync_tasks
+            and self.console == other.console
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable settings, compared by value
 
@@ -398,6 +417,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             _reporter=None,
             _runs_by_call={},
             _submitted=0,
+            _tally=_Tally(),
             _lock=None,
             _started=False,
         )
@@ -439,7 +459,9 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                     settings=settings,
                     logger=self.logger,  # Prefect's console shows it
                     on_blocked_loop=self._on_blocked_loop,
-                    on_log=_print_forwarded_log,
+                    on_log=functools.partial(
+                        _print_forwarded_log, only_problems=self.console == "summary"
+                    ),
                 ).start()
             return self._runtime
 
@@ -453,6 +475,8 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
                 self._reporter = None
             if runtime is not None and self._submitted:
                 _wait_until_recorded(self._submitted)
+            if self.console == "summary" and (line := self._tally.line()):
+                self.logger.info(line)
         finally:
             super().__exit__(exc_type, exc_value, traceback)
 
@@ -686,6 +710,8 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
     ) -> None:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(future.call_id, None)
+        if self.console == "summary":
+            self._tally.add(_state_of(future).name or "?")
         error = future.exception(0)
         if not isinstance(error, SupervisorDiedError) or self._submit_context is None:
             return
@@ -708,14 +734,43 @@ def _merged(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*first, *then)))
 
 
-def _print_forwarded_log(record: logging.LogRecord) -> None:
+def _print_forwarded_log(record: logging.LogRecord, *, only_problems: bool = False) -> None:
     """Show a run's log record from a supervisor in this process's console.
 
     The supervisor's own API log handler already sent it to the API: here it
     only goes to the console handlers (Prefect's, and any the user added).
+    ``only_problems``: task runs' records below WARNING are not shown.
     """
+    if only_problems and record.name == "prefect.task_runs" and record.levelno < logging.WARNING:
+        return
     record.send_to_api = False
     logging.getLogger(record.name).handle(record)
+
+
+class _Tally:
+    """How many task runs ended in each state (console="summary"); any thread may add."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._started = time.monotonic()
+
+    def add(self, state_name: str) -> None:
+        with self._lock:
+            self._counts[state_name] = self._counts.get(state_name, 0) + 1
+
+    def line(self) -> str | None:
+        """One line of counts, most common state first; None if no run ended."""
+        with self._lock:
+            counts = sorted(self._counts.items(), key=lambda item: (-item[1], item[0]))
+        if not counts:
+            return None
+        total = sum(n for _, n in counts)
+        each = ", ".join(f"{n:,} {name}" for name, n in counts)
+        return (
+            f"{total:,} task run(s) ended in {time.monotonic() - self._started:.1f} s: {each}"
+            " (their log lines are in Prefect's API and UI)"
+        )
 
 
 def _thread_pool_size(max_concurrency: object) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 import os
 import threading
 import uuid
@@ -18,13 +19,20 @@ import pytest
 import ray
 from prefect import flow, task
 from prefect.futures import PrefectFutureList, as_completed, wait
+from prefect.logging import get_logger
 from prefect.states import StateType
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 from aioray_runner import AioRayTaskRunner, PrefectAioRayFuture, remote_options
-from tests._prefect_support import current_runner, read_flow_run, supervisor_pids
-from tests._support import TEST_RESOURCE, gauge_peak, gauged_sleep
+from tests._prefect_support import (
+    current_runner,
+    poll,
+    read_flow_run,
+    read_logs,
+    supervisor_pids,
+)
+from tests._support import TEST_RESOURCE, CollectRecords, gauge_peak, gauged_sleep
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
@@ -418,3 +426,63 @@ def test_prefect_collections_entry_point_is_registered() -> None:
 def test_an_unstarted_runner_refuses_to_submit() -> None:
     with pytest.raises(RuntimeError, match="must be started"):
         AioRayTaskRunner().submit(nap, {"i": 1})
+
+
+# -- console="summary": one line instead of a line per task run ----------------------------
+
+
+@task
+async def quietly(i: int) -> int:
+    from prefect import get_run_logger
+
+    if i == 3:
+        get_run_logger().warning("item %d looks odd", i)
+    return i
+
+
+@task
+def fails_quietly() -> None:
+    raise ValueError("boom")
+
+
+@flow(task_runner=AioRayTaskRunner(console="summary"))
+async def summarised() -> Any:
+    values = [await f for f in quietly.map(range(8))]
+    failed = fails_quietly.submit()
+    failed.wait()
+    return values, failed.task_run_id
+
+
+def test_console_summary_prints_problems_and_one_line_and_the_api_keeps_every_line() -> None:
+    console = CollectRecords()
+    watched = [logging.getLogger("prefect.task_runs"), get_logger("task_runner.aioray")]
+    for logger in watched:
+        logger.addHandler(console)
+    try:
+        state = asyncio.run(summarised(return_state=True))
+    finally:
+        for logger in watched:
+            logger.removeHandler(console)
+    assert state.is_completed(), state
+    values, failed_id = asyncio.run(state.result())
+    assert values == list(range(8))
+    printed = [r.getMessage() for r in console.records if r.name == "prefect.task_runs"]
+    # No "Finished in state Completed()" line per run; the warning and the failure print.
+    assert not [m for m in printed if "Completed()" in m], printed
+    assert any("item 3 looks odd" in m for m in printed), printed
+    assert any("boom" in m for m in printed), printed
+    [summary] = [r.getMessage() for r in console.records if "task run(s) ended" in r.getMessage()]
+    assert "9 task run(s) ended" in summary and "8 Completed, 1 Failed" in summary, summary
+    # Prefect's API still has every run's own lines.
+    flow_run_id = state.state_details.flow_run_id
+    finished = poll(
+        lambda: [log for log in read_logs(flow_run_id) if "Finished in state" in log.message],
+        lambda logs: len(logs) >= 9,
+    )
+    assert len({log.task_run_id for log in finished}) == 9
+    assert failed_id in {log.task_run_id for log in finished}
+
+
+def test_console_must_be_runs_or_summary() -> None:
+    with pytest.raises(ValueError, match=r"console must be 'runs'.*not 'quiet'"):
+        AioRayTaskRunner(console="quiet")  # type: ignore[arg-type]
