@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import prefect
 import pydantic
 from prefect import flow, get_run_logger, runtime, tags, task
 from prefect.artifacts import (
@@ -1094,6 +1095,68 @@ def rolled_back(first: str, second: str, failing: str) -> Callable[[dict[str, An
         assert observation["flow_state"][:2] == ("FAILED", "Failed")
 
     return check
+
+
+def _txn_returns_failed(name: str, is_async: bool) -> Any:
+    def body(root: str) -> Any:
+        get_transaction().set("task", name)
+        note(root, "transaction.txt", f"ran {name}")
+        return Failed(message=f"{name} returned Failed")
+
+    async def abody(root: str) -> Any:
+        return body(root)
+
+    fn = abody if is_async else body
+    fn.__name__ = fn.__qualname__ = name
+    made = task(name=name)(fn)
+    made.on_rollback(record_rollback)
+    made.on_commit(record_commit)
+    return made
+
+
+txn_returns_failed = _txn_returns_failed("txn_returns_failed", is_async=False)
+atxn_returns_failed = _txn_returns_failed("atxn_returns_failed", is_async=True)
+
+# Prefect 3.9 rolls a transaction back when a task in it *returns* Failed, as it
+# always did for a raised error; older releases commit. The suite compares with
+# the thread pool of the Prefect under test; this checks which of the two it saw.
+RETURNED_FAILED_ROLLS_BACK = tuple(int(p) for p in prefect.__version__.split(".")[:2]) >= (3, 9)
+
+
+def returned_failed(first: str, failing: str) -> Callable[[dict[str, Any]], None]:
+    def check(observation: dict[str, Any]) -> None:
+        states = {run[1].rsplit("-", 1)[0]: run[2] for run in observation["task_runs"]}
+        assert states[failing] == ("FAILED", "Failed"), states
+        if RETURNED_FAILED_ROLLS_BACK:
+            assert observation["files"] == {
+                "transaction.txt": f"ran {first}\nran {failing}\nrollback {first}\n"
+            }
+            assert states[first] == ("COMPLETED", "RolledBack"), states
+        else:
+            assert "rollback" not in observation["files"]["transaction.txt"], observation
+            assert states[first] == ("COMPLETED", "Completed"), states
+
+    return check
+
+
+@scenario(expect=returned_failed("txn_a", "txn_returns_failed"), sync_ray=True)
+def s_transaction_task_returns_failed_sync(kind: str, root: str) -> Any:
+    with transaction() as txn:
+        txn.set("root", root)
+        txn_a.submit(root).result()
+        failed = txn_returns_failed.submit(root)
+        failed.wait()
+    return {"state": summary(failed.state), "transaction": txn.state.name}
+
+
+@scenario(expect=returned_failed("atxn_a", "atxn_returns_failed"))
+def s_transaction_task_returns_failed_async(kind: str, root: str) -> Any:
+    with transaction() as txn:
+        txn.set("root", root)
+        atxn_a.submit(root).result()
+        failed = atxn_returns_failed.submit(root)
+        failed.wait()
+    return {"state": summary(failed.state), "transaction": txn.state.name}
 
 
 @scenario(expect=rolled_back("atxn_a", "atxn_c", "atxn_b_fails"))

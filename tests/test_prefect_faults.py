@@ -7,6 +7,7 @@ run again (the API never sees Completed followed by Running).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import prefect
 import pytest
 from prefect import flow, task
 from prefect.states import StateType
@@ -129,6 +131,72 @@ async def test_a_crashed_run_with_retries_is_retried_on_the_replacement(tmp_path
     assert out["crashed_type"] == StateType.CRASHED
     assert "died" in out["crashed_message"] and "supervisor" in out["crashed_message"]
     poll(lambda: task_run_state_type(out["crashed_id"]), lambda t: t == "CRASHED", within=60)
+
+
+# -- retry_condition_fn decides a retry after a crash, by the Prefect release's own rule ---------
+
+# Prefect 3.9 calls any callable as retry_condition_fn; older releases call only
+# plain functions and read anything else by its truth value (a truthy object
+# means no retry). A crash is judged by the same rule as a raised error.
+CALLS_ANY_CALLABLE = tuple(int(p) for p in prefect.__version__.split(".")[:2]) >= (3, 9)
+
+
+class RetryIfLost:
+    """A callable object (not a function) as retry_condition_fn."""
+
+    def __init__(self, allow: bool) -> None:
+        self.allow = allow
+
+    def __call__(self, task: Any, task_run: Any, state: Any) -> bool:
+        return self.allow and "died" in (state.message or "") + repr(state.data)
+
+
+def _retry_if(allow: bool, task: Any, task_run: Any, state: Any) -> bool:
+    return allow
+
+
+async def _die_once(marker: str) -> str:
+    path = anyio.Path(marker)
+    if not await path.exists():
+        await path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second run"
+
+
+dies_once_object_says_yes = task(retries=1, retry_condition_fn=RetryIfLost(True))(_die_once)
+dies_once_partial_says_no = task(retries=1, retry_condition_fn=functools.partial(_retry_if, False))(
+    _die_once
+)
+
+
+@flow(task_runner=AioRayTaskRunner())
+async def crash_with_retry_conditions(tmp: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, made in (("yes", dies_once_object_says_yes), ("no", dies_once_partial_says_no)):
+        future = made.submit(str(Path(tmp) / f"{name}.marker"))
+        await future.wait_async(timeout=120)
+        out[name] = (future.state.type, future.task_run_id)
+        # Let the API record this run before the next kill (unsent events die too).
+        read_task_run_when(future.task_run_id, lambda r: r.state.is_final(), within=60)
+    return out
+
+
+async def test_retry_condition_fn_decides_after_a_crash_as_prefect_does(tmp_path: Path) -> None:
+    state = await crash_with_retry_conditions(str(tmp_path), return_state=True)
+    assert state.is_completed(), state
+    out = await state.result()
+    yes_type, yes_id = out["yes"]
+    no_type, no_id = out["no"]
+    # A callable object saying yes: retried from Prefect 3.9 on, as Prefect's own
+    # engine would; before 3.9 Prefect reads the object as "no retry".
+    expected_yes = StateType.COMPLETED if CALLS_ANY_CALLABLE else StateType.CRASHED
+    assert yes_type == expected_yes, out
+    names = assert_never_restarted_after_finishing(yes_id)
+    assert ("SCHEDULED:AwaitingRetry" in names) is CALLS_ANY_CALLABLE, names
+    # A partial saying no: never retried (on 3.9 because it says no; before,
+    # because it is not a plain function).
+    assert no_type == StateType.CRASHED, out
+    assert "SCHEDULED:AwaitingRetry" not in assert_never_restarted_after_finishing(no_id)
 
 
 # -- a run that finished before its supervisor died keeps its outcome ----------------------------
