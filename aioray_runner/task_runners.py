@@ -417,7 +417,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
             _reporter=None,
             _runs_by_call={},
             _submitted=0,
-            _tally=_Tally(),
+            _tally=None,  # holds a lock: made anew on the other side
             _lock=None,
             _started=False,
         )
@@ -426,6 +426,7 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._tally = _Tally()
         from prefect.logging.loggers import get_logger
 
         self.logger = get_logger(f"task_runner.{self.name}")

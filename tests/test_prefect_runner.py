@@ -486,3 +486,15 @@ def test_console_summary_prints_problems_and_one_line_and_the_api_keeps_every_li
 def test_console_must_be_runs_or_summary() -> None:
     with pytest.raises(ValueError, match=r"console must be 'runs'.*not 'quiet'"):
         AioRayTaskRunner(console="quiet")  # type: ignore[arg-type]
+
+
+def test_a_runner_pickles_with_its_choices_and_without_its_machinery() -> None:
+    # Prefect pickles the flow, and so its runner, into the context each task run
+    # gets (some releases on every submit): locks must not travel.
+    import cloudpickle
+
+    runner = AioRayTaskRunner(console="summary", sync_tasks="ray", supervisors=1)
+    copy = cloudpickle.loads(cloudpickle.dumps(runner))
+    assert copy == runner
+    assert (copy.console, copy.sync_tasks) == ("summary", "ray")
+    assert copy.duplicate() == runner
