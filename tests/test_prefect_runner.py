@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import inspect
 import logging
 import os
 import threading
@@ -464,7 +465,8 @@ def test_console_summary_prints_problems_and_one_line_and_the_api_keeps_every_li
         for logger in watched:
             logger.removeHandler(console)
     assert state.is_completed(), state
-    values, failed_id = asyncio.run(state.result())
+    result = state.result()  # a coroutine in an async context on some Prefect releases
+    values, failed_id = asyncio.run(result) if inspect.isawaitable(result) else result
     assert values == list(range(8))
     printed = [r.getMessage() for r in console.records if r.name == "prefect.task_runs"]
     # No "Finished in state Completed()" line per run; the warning and the failure print.
