@@ -6,7 +6,8 @@ The public surface is small:
   configured by one :class:`Settings`;
 * :class:`AioRayFuture` is what ``submit`` returns: awaitable from asyncio and trio;
 * :class:`AioRayTaskRunner` and :func:`remote_options` are the Prefect 3 task
-  runner (imported lazily, so the core runtime does not need Prefect);
+  runner, :func:`aresult` and :func:`aresults` await its tasks' results in typed
+  code (imported lazily, so the core runtime does not need Prefect);
 * :mod:`aioray_runner.errors` holds the exceptions.
 
 The modules with a leading underscore are private: everything public is
@@ -38,7 +39,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .context import remote_options
-    from .task_runners import AioRayTaskRunner, PrefectAioRayFuture
+    from .task_runners import AioRayTaskRunner, PrefectAioRayFuture, aresult, aresults
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,8 @@ __all__ = [
     "Settings",
     "SupervisorDiedError",
     "UpstreamError",
+    "aresult",
+    "aresults",
     "current_attempt",
     "register_reducer",
     "remote_options",
@@ -84,6 +87,8 @@ _fixup_module_metadata(globals())
 _PREFECT_NAMES = {
     "AioRayTaskRunner": "task_runners",
     "PrefectAioRayFuture": "task_runners",
+    "aresult": "task_runners",
+    "aresults": "task_runners",
     "remote_options": "context",
 }
 

@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeGuard, TypeVar, overload
 
 import anyio
 import ray
@@ -56,7 +56,12 @@ from prefect.context import (
     TaskRunContext,
     serialize_context,
 )
-from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFuture
+from prefect.futures import (
+    PrefectDistributedFuture,
+    PrefectFuture,
+    PrefectFutureList,
+    PrefectWrappedFuture,
+)
 from prefect.states import Pending
 from prefect.task_runners import TaskRunner
 from prefect.transactions import BaseTransaction, get_transaction
@@ -82,7 +87,7 @@ from .errors import SerializationError, SupervisorDiedError, UpstreamError
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-__all__ = ["AioRayTaskRunner", "PrefectAioRayFuture"]
+__all__ = ["AioRayTaskRunner", "PrefectAioRayFuture", "aresult", "aresults"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -249,7 +254,97 @@ def _state_of(future: AioRayFuture[Any]) -> State[Any]:
 register_reducer(PrefectAioRayFuture, _reduce_future)
 
 
-class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
+# Prefect types an async task's future as PrefectFuture[Coroutine[..., R]]
+# (Task.submit's first overload takes any Task[P, R]); its result is the R the
+# task engine awaited. The first overload of each says so.
+
+
+def _awaitable(
+    future: PrefectFuture[Any],
+) -> TypeGuard[PrefectAioRayFuture[Any] | PrefectDistributedFuture[Any]]:
+    """A future with ``result_async``: waiting for it needs no thread."""
+    return isinstance(future, PrefectAioRayFuture | PrefectDistributedFuture)
+
+
+@overload
+async def aresult(
+    future: PrefectFuture[Coroutine[Any, Any, R]], timeout: float | None = None
+) -> R: ...
+
+
+@overload
+async def aresult(future: PrefectFuture[R], timeout: float | None = None) -> R: ...
+
+
+async def aresult(future: PrefectFuture[Any], timeout: float | None = None) -> Any:
+    """The result of a submitted task run, awaited: ``await aresult(fetch.submit(1))``.
+
+    The typed spelling of ``await fetch.submit(1)``: Prefect's types say
+    ``Task.submit`` returns a plain ``PrefectFuture``, which is not awaitable, so
+    mypy and pyright reject ``await`` on it; this function gives the task's
+    return type. It raises the task's exception if the run failed, and
+    ``TimeoutError`` if the run has not finished after ``timeout`` seconds.
+
+    Under :class:`AioRayTaskRunner` it awaits the future itself (nothing
+    blocks the event loop). Any other Prefect future (Prefect's
+    ``ThreadPoolTaskRunner``, ...) is waited for in a worker thread, so the same
+    flow code runs under any task runner.
+    """
+    if _awaitable(future):
+        return await future.result_async(timeout)
+    return await anyio.to_thread.run_sync(
+        functools.partial(future.result, timeout), abandon_on_cancel=True
+    )
+
+
+@overload
+async def aresults(
+    futures: Iterable[PrefectFuture[Coroutine[Any, Any, R]]], timeout: float | None = None
+) -> list[R]: ...
+
+
+@overload
+async def aresults(
+    futures: Iterable[PrefectFuture[R]], timeout: float | None = None
+) -> list[R]: ...
+
+
+async def aresults(
+    futures: Iterable[PrefectFuture[Any]], timeout: float | None = None
+) -> list[Any]:
+    """The results of many task runs, in order: ``await aresults(fetch.map(range(10)))``.
+
+    As :func:`aresult` for each future, with ``timeout`` the seconds to wait
+    for all of them together. Raises the exception of the first failed run met.
+    Futures that cannot be awaited (other task runners') are waited for in one
+    worker thread, not one each.
+    """
+    futures = list(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    others = [f for f in futures if not _awaitable(f)]
+    by_future: dict[int, Any] = {}
+    if others:
+        values = await anyio.to_thread.run_sync(
+            lambda: [f.result(left()) for f in others], abandon_on_cancel=True
+        )
+        by_future = dict(zip(map(id, others), values))
+    results = []
+    for future in futures:
+        if _awaitable(future):
+            results.append(await future.result_async(left()))
+        else:
+            results.append(by_future[id(future)])
+    return results
+
+
+# Declared with the future type Prefect's @flow takes (TaskRunner is invariant in
+# it, so a TaskRunner[PrefectAioRayFuture[Any]] is refused by mypy and pyright);
+# submit and map still say they return PrefectAioRayFuture.
+class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     """Runs Prefect task runs on aioray-runner's supervisor actors.
 
     Args:
@@ -555,13 +650,15 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         wrapped.add_done_callback(functools.partial(self._on_done, task, task_run_id))
         return future
 
-    @overload
+    # PrefectFutureList[R] is a list of PrefectFuture[R]; its items are ours.
+    # Prefect's own annotation (PrefectFutureList[F]) is a list of futures of futures.
+    @overload  # type: ignore[override]
     def map(
         self,
         task: Task[P, Coroutine[Any, Any, R]],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectAioRayFuture[R]]: ...
+    ) -> PrefectFutureList[R]: ...
 
     @overload
     def map(
@@ -569,14 +666,14 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         task: Task[Any, R],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectAioRayFuture[R]]: ...
+    ) -> PrefectFutureList[R]: ...
 
     def map(
         self,
         task: Task[P, Any],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectAioRayFuture[Any]]:
+    ) -> PrefectFutureList[Any]:
         """Submit one task run per item of the iterable parameters (Prefect's rules)."""
         return super().map(task, parameters, wait_for)
 
