@@ -44,6 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import contextmanager
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeGuard, TypeVar, overload
 
 import anyio
@@ -256,7 +257,9 @@ register_reducer(PrefectAioRayFuture, _reduce_future)
 
 # Prefect types an async task's future as PrefectFuture[Coroutine[..., R]]
 # (Task.submit's first overload takes any Task[P, R]); its result is the R the
-# task engine awaited. The first overload of each says so.
+# task engine awaited. The first two overloads of each say so: pyright spells an
+# async def's return type CoroutineType, mypy Coroutine, and PrefectFuture is
+# invariant, so each needs its own.
 
 
 def _awaitable(
@@ -264,6 +267,12 @@ def _awaitable(
 ) -> TypeGuard[PrefectAioRayFuture[Any] | PrefectDistributedFuture[Any]]:
     """A future with ``result_async``: waiting for it needs no thread."""
     return isinstance(future, PrefectAioRayFuture | PrefectDistributedFuture)
+
+
+@overload
+async def aresult(
+    future: PrefectFuture[CoroutineType[Any, Any, R]], timeout: float | None = None
+) -> R: ...
 
 
 @overload
@@ -295,6 +304,12 @@ async def aresult(future: PrefectFuture[Any], timeout: float | None = None) -> A
     return await anyio.to_thread.run_sync(
         functools.partial(future.result, timeout), abandon_on_cancel=True
     )
+
+
+@overload
+async def aresults(
+    futures: Iterable[PrefectFuture[CoroutineType[Any, Any, R]]], timeout: float | None = None
+) -> list[R]: ...
 
 
 @overload
