@@ -3,7 +3,7 @@
 A drop-in for ``prefect_ray.RayTaskRunner``::
 
     from prefect import flow, task
-    from aioray_runner import AioRayTaskRunner
+    from aioray_runner import AioRayTaskRunner, aresult, aresults
 
     @task
     async def fetch(i: int) -> int:
@@ -12,9 +12,12 @@ A drop-in for ``prefect_ray.RayTaskRunner``::
 
     @flow(task_runner=AioRayTaskRunner())
     async def pipeline(n: int) -> int:
-        first = await fetch.submit(0)        # awaiting a submitted task gives its result
-        futures = fetch.map(range(n))        # thousands in flight on a few supervisors
-        return sum([await f for f in futures])
+        first = await aresult(fetch.submit(0))  # a submitted task's result, awaited
+        futures = fetch.map(range(n))           # thousands in flight on a few supervisors
+        return first + sum(await aresults(futures))
+
+(``await fetch.submit(0)`` works too; :func:`aresult` is the spelling that
+mypy and pyright accept.)
 
 * **async tasks** run through Prefect's async task engine on a supervisor's
   event loop, many at once, with the flow run's context and API client set up

@@ -26,8 +26,10 @@ async def fetch_task(i: int) -> int:
 
 
 async def wrong_arguments(rt: Runtime) -> None:
+    # Typed as a ref of str: Ray 2.10 types ray.put as returning a bare ObjectRef (of Any).
+    text_ref: ray.ObjectRef[str] = ray.put("1")
     rt.submit(fetch, "1")  # error
-    rt.submit(fetch, ray.put("1"))  # error
+    rt.submit(fetch, text_ref)  # error
     rt.submit(fetch, rt.submit(checksum, b"x"))  # error
     rt.submit(checksum, b"x", b"y")  # error
     rt.map(checksum, [1, 2])  # error
