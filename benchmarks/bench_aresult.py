@@ -8,7 +8,7 @@ microseconds; the median of the repeats):
   ``await aresults(futures)``;
 * under Prefect's ``ThreadPoolTaskRunner``: ``f.result()`` each (blocking the
   flow's loop, what ``aresult`` avoids), ``await aresult(f)`` each (a worker
-  thread per call) and ``await aresults(futures)`` (one worker thread for all).
+  thread per call) and ``await aresults(futures)`` (the same, in turn).
 
 The runs have finished before timing starts, so the figures are the cost of the
 collecting alone; a run still in flight costs its run time on top, whatever the
