@@ -536,6 +536,11 @@ class Runtime:
         Returns at once, from sync or async code; the call is sent at the end of
         the current event-loop turn together with the other calls made in it.
 
+        For type checkers each of the first four positional arguments takes the
+        parameter's type ``T``, an ``AioRayFuture[T]`` or an ``ObjectRef[T]``;
+        other arguments take the parameter's own type (docs/guide.md, "Type
+        checking").
+
         Raises:
             InvalidCallError: ``fn`` is not something a supervisor can run (not
                 callable, a coroutine object, a generator); nothing is sent.
