@@ -258,13 +258,6 @@ def _state_of(future: AioRayFuture[Any]) -> State[Any]:
 register_reducer(PrefectAioRayFuture, _reduce_future)
 
 
-# Prefect types an async task's future as PrefectFuture[Coroutine[..., R]]
-# (Task.submit's first overload takes any Task[P, R]); its result is the R the
-# task engine awaited. The first two overloads of each say so: pyright spells an
-# async def's return type CoroutineType, mypy Coroutine, and PrefectFuture is
-# invariant, so each needs its own.
-
-
 def _awaitable(
     future: PrefectFuture[Any],
 ) -> TypeGuard[PrefectAioRayFuture[Any] | PrefectDistributedFuture[Any]]:
@@ -272,6 +265,11 @@ def _awaitable(
     return isinstance(future, PrefectAioRayFuture | PrefectDistributedFuture)
 
 
+# Prefect types an async task's future as PrefectFuture[Coroutine[..., R]]
+# (Task.submit's first overload takes any Task[P, R]); its result is the R the
+# task engine awaited. The first two overloads of each say so: pyright spells an
+# async def's return type CoroutineType, mypy Coroutine, and PrefectFuture is
+# invariant, so each needs its own.
 @overload
 async def aresult(
     future: PrefectFuture[CoroutineType[Any, Any, R]], timeout: float | None = None
@@ -300,7 +298,8 @@ async def aresult(future: PrefectFuture[Any], timeout: float | None = None) -> A
     Under :class:`AioRayTaskRunner` it awaits the future itself (nothing
     blocks the event loop). Any other Prefect future (Prefect's
     ``ThreadPoolTaskRunner``, ...) is waited for in a worker thread, so the same
-    flow code runs under any task runner.
+    flow code runs under any task runner. Cancelling the awaiting task stops
+    the wait at once (that thread then finishes its wait on its own).
     """
     if _awaitable(future):
         return await future.result_async(timeout)
