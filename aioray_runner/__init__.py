@@ -6,12 +6,14 @@ The public surface is small:
   configured by one :class:`Settings`;
 * :class:`AioRayFuture` is what ``submit`` returns: awaitable from asyncio and trio;
 * :class:`AioRayTaskRunner` and :func:`remote_options` are the Prefect 3 task
-  runner (imported lazily, so the core runtime does not need Prefect);
+  runner, :func:`aresult` and :func:`aresults` await its tasks' results in typed
+  code (they need Prefect; the core runtime does not);
 * :mod:`aioray_runner.errors` holds the exceptions.
 
 The modules with a leading underscore are private: everything public is
 assembled here (classes show as ``aioray_runner.X``), and ``docs/design.md``
-says which module does what.
+says which module does what. Each name is imported when first used, so
+importing the package imports neither Ray nor Prefect.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
         SupervisorDiedError,
         UpstreamError,
     )
-    from .task_runners import AioRayTaskRunner, PrefectAioRayFuture
+    from .task_runners import AioRayTaskRunner, PrefectAioRayFuture, aresult, aresults
 
 __version__ = "0.1.0"
 
@@ -64,6 +66,8 @@ _HOMES = {
     "Settings": "_settings",
     "SupervisorDiedError": "errors",
     "UpstreamError": "errors",
+    "aresult": "task_runners",
+    "aresults": "task_runners",
     "current_attempt": "_supervisor",
     "register_reducer": "_wire",
     "remote_options": "context",
@@ -88,6 +92,8 @@ __all__ = [
     "Settings",
     "SupervisorDiedError",
     "UpstreamError",
+    "aresult",
+    "aresults",
     "current_attempt",
     "register_reducer",
     "remote_options",

@@ -15,7 +15,17 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Self,
+    TypeAlias,
+    TypeVar,
+    overload,
+)
 
 import anyio
 import ray
@@ -36,8 +46,24 @@ from ._settings import (
 from ._watchdog import BlockedLoop
 from .errors import RuntimeNotRunningError
 
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
 P = ParamSpec("P")
 T = TypeVar("T")
+A = TypeVar("A")
+A1 = TypeVar("A1")
+A2 = TypeVar("A2")
+A3 = TypeVar("A3")
+A4 = TypeVar("A4")
+
+# What may stand for an argument of type A in submit and map: the value, or a
+# future or ObjectRef of one, which the supervisor awaits before the call. The
+# overloads give each of the first four positional arguments this type, so that
+# the type checkers accept `rt.submit(add, x_future, ray.put(2))` and still
+# reject a str where an int is expected; later and keyword arguments take the
+# function's own types (a future there needs a cast).
+_Arg: TypeAlias = "A | AioRayFuture[A] | ObjectRef[A]"
 
 
 class Runtime:
@@ -391,12 +417,112 @@ class Runtime:
 
     @overload
     def submit(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+        self,
+        fn: Callable[P, Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> AioRayFuture[T]: ...
 
     @overload
     def submit(
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+        self,
+        fn: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, P], Awaitable[T]],
+        a1: _Arg[A1],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, P], T],
+        a1: _Arg[A1],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, P], Awaitable[T]],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, P], T],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, P], Awaitable[T]],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, P], T],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, A4, P], Awaitable[T]],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        a4: _Arg[A4],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, A4, P], T],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        a4: _Arg[A4],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> AioRayFuture[T]: ...
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
@@ -409,6 +535,11 @@ class Runtime:
 
         Returns at once, from sync or async code; the call is sent at the end of
         the current event-loop turn together with the other calls made in it.
+
+        For type checkers each of the first four positional arguments takes the
+        parameter's type ``T``, an ``AioRayFuture[T]`` or an ``ObjectRef[T]``;
+        other arguments take the parameter's own type (docs/guide.md, "Type
+        checking").
 
         Raises:
             InvalidCallError: ``fn`` is not something a supervisor can run (not
@@ -468,8 +599,89 @@ class Runtime:
             reruns=reruns,
         )
 
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1], Awaitable[T]],
+        items1: Iterable[_Arg[A1]],
+        /,
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1], T],
+        items1: Iterable[_Arg[A1]],
+        /,
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2], Awaitable[T]],
+        items1: Iterable[_Arg[A1]],
+        items2: Iterable[_Arg[A2]],
+        /,
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2], T],
+        items1: Iterable[_Arg[A1]],
+        items2: Iterable[_Arg[A2]],
+        /,
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2, A3], Awaitable[T]],
+        items1: Iterable[_Arg[A1]],
+        items2: Iterable[_Arg[A2]],
+        items3: Iterable[_Arg[A3]],
+        /,
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2, A3], T],
+        items1: Iterable[_Arg[A1]],
+        items2: Iterable[_Arg[A2]],
+        items3: Iterable[_Arg[A3]],
+        /,
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        items1: Iterable[Any],
+        items2: Iterable[Any],
+        items3: Iterable[Any],
+        items4: Iterable[Any],
+        /,
+        *more: Iterable[Any],
+    ) -> list[AioRayFuture[T]]: ...
+
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        items1: Iterable[Any],
+        items2: Iterable[Any],
+        items3: Iterable[Any],
+        items4: Iterable[Any],
+        /,
+        *more: Iterable[Any],
+    ) -> list[AioRayFuture[T]]: ...
+
     def map(self, fn: Callable[..., Any], /, *iterables: Iterable[Any]) -> list[AioRayFuture[Any]]:
-        """Submit ``fn`` once per item (``zip`` of the iterables); return the futures in order."""
+        """Submit ``fn`` once per item (``zip`` of the iterables); return the futures in order.
+
+        Items may be futures or ``ObjectRef``\\ s, as arguments of :meth:`submit`.
+        """
         pool = self._require()
         return [pool.submit(fn, args, {}) for args in zip(*iterables)]
 
@@ -591,6 +803,117 @@ class RuntimeOptions:
     def __init__(self, pool: Pool, group: GroupKey) -> None:
         self._pool = pool
         self._group = group
+
+    # The same overloads as Runtime.submit (see _Arg).
+    @overload
+    def submit(
+        self,
+        fn: Callable[P, Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, P], Awaitable[T]],
+        a1: _Arg[A1],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, P], T],
+        a1: _Arg[A1],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, P], Awaitable[T]],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, P], T],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, P], Awaitable[T]],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, P], T],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, A4, P], Awaitable[T]],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        a4: _Arg[A4],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
+
+    @overload
+    def submit(
+        self,
+        fn: Callable[Concatenate[A1, A2, A3, A4, P], T],
+        a1: _Arg[A1],
+        a2: _Arg[A2],
+        a3: _Arg[A3],
+        a4: _Arg[A4],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AioRayFuture[T]: ...
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
         """Like :meth:`Runtime.submit`, on this group's supervisors."""

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 # No telemetry (this machine has no network for it). A local Ray on 127.0.0.1 needs
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported, and importing this
@@ -40,7 +41,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 from prefect import flow, get_run_logger, task
 
-from aioray_runner import AioRayTaskRunner
+from aioray_runner import AioRayTaskRunner, aresult
 from aioray_runner._prefect_api import start_temporary_api
 
 
@@ -71,14 +72,14 @@ async def pipeline(pages: int = 500, parsed: int = 20) -> dict[str, int | str]:
     """Download ``pages`` pages, parse the first ``parsed`` of them, summarise those."""
     logger = get_run_logger()
     started = time.monotonic()
-    first = await download.submit(0)  # awaiting a submitted task gives its result
+    first = await aresult(download.submit(0))  # a submitted task's result, awaited
     logger.info("First page is %d bytes", len(first))
 
     downloads = download.map(range(pages))  # all in flight at once on the supervisor
     raw_pages = []
     with _ProgressBar(pages, "downloading") as advance:
         for future in downloads:
-            raw_pages.append(await future)
+            raw_pages.append(await aresult(future))
             advance()
     elapsed = time.monotonic() - started
     logger.info(
@@ -89,7 +90,9 @@ async def pipeline(pages: int = 500, parsed: int = 20) -> dict[str, int | str]:
     )
 
     checksums = [parse.submit(raw) for raw in raw_pages[:parsed]]
-    summary = await summarise.submit(checksums)
+    # Prefect resolves futures in a task's parameters before it runs (here inside
+    # the supervisor), but types the parameters as the task's own: hence the cast.
+    summary = await aresult(summarise.submit(cast("list[str]", checksums)))
     logger.info("Summary: %s", summary)
     return summary
 

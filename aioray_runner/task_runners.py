@@ -3,7 +3,7 @@
 A drop-in for ``prefect_ray.RayTaskRunner``::
 
     from prefect import flow, task
-    from aioray_runner import AioRayTaskRunner
+    from aioray_runner import AioRayTaskRunner, aresult, aresults
 
     @task
     async def fetch(i: int) -> int:
@@ -12,9 +12,12 @@ A drop-in for ``prefect_ray.RayTaskRunner``::
 
     @flow(task_runner=AioRayTaskRunner())
     async def pipeline(n: int) -> int:
-        first = await fetch.submit(0)        # awaiting a submitted task gives its result
-        futures = fetch.map(range(n))        # thousands in flight on a few supervisors
-        return sum([await f for f in futures])
+        first = await aresult(fetch.submit(0))  # a submitted task's result, awaited
+        futures = fetch.map(range(n))           # thousands in flight on a few supervisors
+        return first + sum(await aresults(futures))
+
+(``await fetch.submit(0)`` works too; :func:`aresult` is the spelling that
+mypy and pyright accept.)
 
 * **async tasks** run through Prefect's async task engine on a supervisor's
   event loop, many at once, with the flow run's context and API client set up
@@ -44,7 +47,8 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeGuard, TypeVar, overload
 
 import anyio
 import ray
@@ -56,7 +60,12 @@ from prefect.context import (
     TaskRunContext,
     serialize_context,
 )
-from prefect.futures import PrefectFuture, PrefectFutureList, PrefectWrappedFuture
+from prefect.futures import (
+    PrefectDistributedFuture,
+    PrefectFuture,
+    PrefectFutureList,
+    PrefectWrappedFuture,
+)
 from prefect.states import Pending
 from prefect.task_runners import TaskRunner
 from prefect.transactions import BaseTransaction, get_transaction
@@ -88,7 +97,7 @@ from .errors import SerializationError, SupervisorDiedError, UpstreamError
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-__all__ = ["AioRayTaskRunner", "PrefectAioRayFuture"]
+__all__ = ["AioRayTaskRunner", "PrefectAioRayFuture", "aresult", "aresults"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -255,7 +264,98 @@ def _state_of(future: AioRayFuture[Any]) -> State[Any]:
 register_reducer(PrefectAioRayFuture, _reduce_future)
 
 
-class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
+def _awaitable(
+    future: PrefectFuture[Any],
+) -> TypeGuard[PrefectAioRayFuture[Any] | PrefectDistributedFuture[Any]]:
+    """A future with ``result_async``: waiting for it needs no thread."""
+    return isinstance(future, PrefectAioRayFuture | PrefectDistributedFuture)
+
+
+# Prefect types an async task's future as PrefectFuture[Coroutine[..., R]]
+# (Task.submit's first overload takes any Task[P, R]); its result is the R the
+# task engine awaited. The first two overloads of each say so: pyright spells an
+# async def's return type CoroutineType, mypy Coroutine, and PrefectFuture is
+# invariant, so each needs its own.
+@overload
+async def aresult(
+    future: PrefectFuture[CoroutineType[Any, Any, R]], timeout: float | None = None
+) -> R: ...
+
+
+@overload
+async def aresult(
+    future: PrefectFuture[Coroutine[Any, Any, R]], timeout: float | None = None
+) -> R: ...
+
+
+@overload
+async def aresult(future: PrefectFuture[R], timeout: float | None = None) -> R: ...
+
+
+async def aresult(future: PrefectFuture[Any], timeout: float | None = None) -> Any:
+    """The result of a submitted task run, awaited: ``await aresult(fetch.submit(1))``.
+
+    The typed spelling of ``await fetch.submit(1)``: Prefect's types say
+    ``Task.submit`` returns a plain ``PrefectFuture``, which is not awaitable, so
+    mypy and pyright reject ``await`` on it; this function gives the task's
+    return type. It raises the task's exception if the run failed, and
+    ``TimeoutError`` if the run has not finished after ``timeout`` seconds.
+
+    Under :class:`AioRayTaskRunner` it awaits the future itself (nothing
+    blocks the event loop). Any other Prefect future (Prefect's
+    ``ThreadPoolTaskRunner``, ...) is waited for in a worker thread, so the same
+    flow code runs under any task runner. Cancelling the awaiting task stops
+    the wait at once (that thread then finishes its wait on its own).
+    """
+    if _awaitable(future):
+        return await future.result_async(timeout)
+    return await anyio.to_thread.run_sync(
+        functools.partial(future.result, timeout), abandon_on_cancel=True
+    )
+
+
+@overload
+async def aresults(
+    futures: Iterable[PrefectFuture[CoroutineType[Any, Any, R]]], timeout: float | None = None
+) -> list[R]: ...
+
+
+@overload
+async def aresults(
+    futures: Iterable[PrefectFuture[Coroutine[Any, Any, R]]], timeout: float | None = None
+) -> list[R]: ...
+
+
+@overload
+async def aresults(
+    futures: Iterable[PrefectFuture[R]], timeout: float | None = None
+) -> list[R]: ...
+
+
+async def aresults(
+    futures: Iterable[PrefectFuture[Any]], timeout: float | None = None
+) -> list[Any]:
+    """The results of many task runs, in order: ``await aresults(fetch.map(range(10)))``.
+
+    :func:`aresult` for each future in turn, with ``timeout`` the seconds to
+    wait for all of them together. Raises the exception of the first failed run
+    met, and ``TimeoutError`` once the time is up.
+    """
+    # One future after another: they run concurrently anyway, and the list's
+    # results are all needed. (One worker thread for all of a thread pool's
+    # futures measured slower than a thread hop each: benchmarks/bench_aresult.py.)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    results = []
+    for future in futures:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        results.append(await aresult(future, left))
+    return results
+
+
+# Declared with the future type Prefect's @flow takes (TaskRunner is invariant in
+# it, so a TaskRunner[PrefectAioRayFuture[Any]] is refused by mypy and pyright);
+# submit and map still say they return PrefectAioRayFuture.
+class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     """Runs Prefect task runs on aioray-runner's supervisor actors.
 
     Args:
@@ -590,13 +690,15 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         wrapped.add_done_callback(functools.partial(self._on_done, task, task_run_id))
         return future
 
-    @overload
+    # PrefectFutureList[R] is a list of PrefectFuture[R]; its items are ours.
+    # Prefect's own annotation (PrefectFutureList[F]) is a list of futures of futures.
+    @overload  # type: ignore[override]
     def map(
         self,
         task: Task[P, Coroutine[Any, Any, R]],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectAioRayFuture[R]]: ...
+    ) -> PrefectFutureList[R]: ...
 
     @overload
     def map(
@@ -604,14 +706,14 @@ class AioRayTaskRunner(TaskRunner[PrefectAioRayFuture[Any]]):
         task: Task[Any, R],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectAioRayFuture[R]]: ...
+    ) -> PrefectFutureList[R]: ...
 
     def map(
         self,
         task: Task[P, Any],
         parameters: dict[str, Any],
         wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectAioRayFuture[Any]]:
+    ) -> PrefectFutureList[Any]:
         """Submit one task run per item of the iterable parameters (Prefect's rules)."""
         return super().map(task, parameters, wait_for)
 

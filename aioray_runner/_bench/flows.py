@@ -65,7 +65,9 @@ def make_runner(
 
         return ThreadPoolTaskRunner(max_workers=threadpool_workers)
     if name == "dask":
-        from prefect_dask import DaskTaskRunner
+        # From where it is defined: the package's __init__ imports it without
+        # re-exporting it, which mypy --strict refuses once prefect-dask is installed.
+        from prefect_dask.task_runners import DaskTaskRunner
 
         # A local cluster of processes on 127.0.0.1, no dashboard port.
         return DaskTaskRunner(
