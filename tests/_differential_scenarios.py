@@ -1128,8 +1128,11 @@ def returned_failed(first: str, failing: str) -> Callable[[dict[str, Any]], None
         states = {run[1].rsplit("-", 1)[0]: run[2] for run in observation["task_runs"]}
         assert states[failing] == ("FAILED", "Failed"), states
         if RETURNED_FAILED_ROLLS_BACK:
+            # Its own rollback hook runs too, then the earlier task's (last in, first out).
             assert observation["files"] == {
-                "transaction.txt": f"ran {first}\nran {failing}\nrollback {first}\n"
+                "transaction.txt": (
+                    f"ran {first}\nran {failing}\nrollback {failing}\nrollback {first}\n"
+                )
             }
             assert states[first] == ("COMPLETED", "RolledBack"), states
         else:
