@@ -52,9 +52,14 @@ async def retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
     3.9 only plain functions are called (anything else counts by its truth
     value, negated); from 3.9 any callable, and an awaitable answer is awaited.
     """
+    from prefect.client.schemas.objects import TaskRun
     from prefect.task_engine import AsyncTaskRunEngine
 
-    if task_run is None or getattr(task, "retry_condition_fn", None) is None:
+    if getattr(task, "retry_condition_fn", None) is None:
         return True
+    if task_run is None:
+        # Lost before the API heard of it: the condition still decides, given
+        # a task run that says what is known (Prefect's engine needs one).
+        task_run = TaskRun(task_key=task.task_key, dynamic_key="0", name=task.name)
     engine: Any = AsyncTaskRunEngine(task=task, task_run=task_run)
     return bool(await engine.can_retry(state))
