@@ -127,15 +127,23 @@ def _start_temporary_api_quietly() -> None:
     this process configured its logging when Prefect was imported, and Ray's
     workers start after the variable is restored.
     """
-    previous = os.environ.get("PREFECT_LOGGING_ROOT_LEVEL")
-    os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "CRITICAL"
+    quiet = {
+        "PREFECT_LOGGING_ROOT_LEVEL": "CRITICAL",
+        # Prefect 3.4's server also logs its own retried database calls ("database
+        # is locked" from its triggers service on a busy machine, with tracebacks)
+        # on "prefect._internal", which has a level of its own.
+        "PREFECT_INTERNAL_LOGGING_LEVEL": "CRITICAL",
+    }
+    previous = {name: os.environ.get(name) for name in quiet}
+    os.environ.update(quiet)
     try:
         start_temporary_api(announce=lambda line: print(line, file=sys.stderr, flush=True))
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_LOGGING_ROOT_LEVEL", None)
-        else:
-            os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _task_runs_quiet_on_console() -> None:
