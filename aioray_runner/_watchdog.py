@@ -102,8 +102,9 @@ class Evidence:
         run_wait: Seconds it was runnable but waited for a CPU, as far as the
             kernel has counted (Linux ``schedstat`` counts a wait when it ends;
             ``None``: not available).
-        overslept: Seconds the watchdog's own thread slept past its timeout: the
-            whole process was not running (stopped, or starved of CPU).
+        stopped: Seconds the watchdog's own thread slept past its timeouts
+            without waiting for a CPU (where that wait can be read): the whole
+            process was not running (a SIGSTOP, a paused VM).
         samples: Times the loop's thread was sampled while the loop was late.
         states: Of those, samples where its scheduler state could be read.
         runnable: Of those, samples where it was running or runnable (``R``)
@@ -115,7 +116,7 @@ class Evidence:
     wall: float
     cpu: float | None
     run_wait: float | None
-    overslept: float
+    stopped: float
     samples: int
     states: int = 0
     runnable: int = 0
@@ -127,7 +128,7 @@ def classify(evidence: Evidence, threshold: float) -> str:
 
     The loop's thread's time splits into time on a CPU, time runnable but not
     run, and the rest: stopped with the whole process (as long as the
-    watchdog's own oversleep says), or else asleep in a call. The code the loop
+    watchdog's own thread was stopped too), or else asleep in a call. The code the loop
     ran is to blame for the CPU time and the sleep; the machine for the rest.
     A call is named only when its code had most of the stall (or would have
     stalled the loop past ``threshold`` on its own) and it is the same call of
@@ -138,7 +139,7 @@ def classify(evidence: Evidence, threshold: float) -> str:
     cpu = min(max(evidence.cpu or 0.0, 0.0), wall)
     run_wait = min(max(evidence.run_wait or 0.0, 0.0), wall - cpu)
     off = wall - cpu - run_wait  # neither running nor counted as waiting to run
-    stopped = min(max(evidence.overslept, 0.0), off)
+    stopped = min(max(evidence.stopped, 0.0), off)
     rest = off - stopped
     # A wait still in progress is not counted yet: the state samples tell it from
     # a sleep in a call. No per-thread CPU clock: "R" may be running, so trust
@@ -281,7 +282,7 @@ class _Window:
     def __init__(self, tick: float, start: tuple[float, float | None, float | None]) -> None:
         self.tick = tick
         self.start = start  # (monotonic, cpu, run_wait) at the sample before the loop's beat
-        self.overslept = 0.0
+        self.stopped = 0.0
         self.samples = 0
         self.states = 0
         self.runnable = 0
@@ -295,7 +296,7 @@ class _Window:
             wall=now - start,
             cpu=None if cpu is None or cpu0 is None else cpu - cpu0,
             run_wait=None if run_wait is None or wait0 is None else run_wait - wait0,
-            overslept=self.overslept,
+            stopped=self.stopped,
             samples=self.samples,
             states=self.states,
             runnable=self.runnable,
@@ -373,6 +374,8 @@ class Watchdog:
 
     def _watch(self) -> None:
         probe = self._probe
+        mine = _ThreadProbe()  # this thread's own: did it wait for a CPU, or was it stopped?
+        my_wait = mine.times()[1]
         before = (time.monotonic(), *probe.times())
         window = _Window(self._last_tick, before)
         logged_at = 0.0
@@ -389,7 +392,11 @@ class Watchdog:
                 window = _Window(tick, before)
                 logged_at = 0.0
             before = (now, cpu, run_wait)
-            window.overslept += max(0.0, now - asleep_since - self.interval)
+            overslept = now - asleep_since - self.interval
+            waited, my_wait = my_wait, mine.times()[1]
+            if waited is not None and my_wait is not None:
+                overslept -= my_wait - waited  # late for want of a CPU: not stopped
+            window.stopped += max(0.0, overslept)
             age = now - tick
             if age <= 1.5 * self.interval:
                 continue  # on time
