@@ -20,7 +20,8 @@ VM): the frame that happened to be current then did nothing wrong. So the thread
 also measures how the loop's thread spent the stall (:class:`Evidence`): on a
 CPU, runnable but waiting for one (Linux's per-thread ``schedstat``), asleep in
 a call (its state in ``/proc``), or stopped with the rest of the process (the
-watchdog's own sleep overshot too). :func:`classify` turns that into a cause:
+watchdog's own sleep overshot too, and not for want of a CPU). :func:`classify`
+turns that into a cause:
 only a stall spent in the user's code, in one call, names that call. Where
 ``/proc`` or per-thread CPU clocks are missing, the measurements that are
 there are used (the watchdog's oversleep works everywhere).
