@@ -64,7 +64,7 @@ RELEASE_EVERY_S = 0.2
 # A call whose upstream's supervisor died is sent again; a few times at most, in
 # case the upstream keeps moving (each move is a supervisor death).
 MAX_SENDS = 5
-# Seconds between two mentions of stalls no call caused (an overloaded machine).
+# Seconds between two mentions of stalls no call caused, per cause (an overloaded machine).
 STALL_MENTION_INTERVAL = 60.0
 # Everything needed to send one call (again): the future, the function's digest
 # and bytes, the pickled arguments, their dependencies and, parallel to those,
@@ -192,7 +192,8 @@ class Pool:
         self.io = IOThread(f"aioray-io-{self.name}")
         self._closed = False
         self._started = False
-        self._stall_mentioned_at = -STALL_MENTION_INTERVAL  # the first one is said
+        # When each cause of stalls no call caused was last mentioned.
+        self._stall_mentioned_at: dict[str, float] = {}
 
     # -- lifecycle (caller's thread) -------------------------------------------------
 
@@ -713,15 +714,17 @@ class Pool:
             self.logger.warning("%s", blocked)
 
     def _mention_stall(self, slot: RemoteSupervisor, seconds: float, cause: str) -> None:
-        """A stall no call of the user's caused: said as what it was, at most once a minute.
+        """A stall no call of the user's caused: said as what it was.
 
-        Not a warning, and not a :class:`BlockedLoop`: there is nothing to fix in
+        Each cause (no CPU; work of no single call) once a minute at most. Not a warning, and not a :class:`BlockedLoop`: there is nothing to fix in
         the calls' code, and on a loaded machine it would come often.
         """
         now = time.monotonic()
-        if now - self._stall_mentioned_at < STALL_MENTION_INTERVAL:
+        if now - self._stall_mentioned_at.get(cause, -STALL_MENTION_INTERVAL) < (
+            STALL_MENTION_INTERVAL
+        ):
             return
-        self._stall_mentioned_at = now
+        self._stall_mentioned_at[cause] = now
         if cause == UNSCHEDULED:
             what = (
                 f"{slot.describe()} got little or no CPU for {seconds:.1f} s: the machine is"

@@ -339,6 +339,8 @@ class Watchdog:
         self._loop_thread = threading.get_ident()
         self._probe = _ThreadProbe()
         self._last_tick = time.monotonic()
+        self._tick_cpu = time.thread_time()  # the loop's thread's CPU time at the last beat
+        self._woke_at = self._last_tick  # the watching thread's last wake-up
         # Set by the thread while the loop is stuck past the threshold.
         self._seen: _Seen | None = None
         self._stopped = threading.Event()
@@ -363,13 +365,21 @@ class Watchdog:
     def beat(self) -> None:
         """The heartbeat: the loop turned. Reports the stall that just ended, if any."""
         now = time.monotonic()
+        cpu = time.thread_time()
         late = now - self._last_tick - self.interval
         seen, self._seen = self._seen, None
         previous, self._last_tick = self._last_tick, now
-        # Reported only when the thread saw the stall while it lasted (a process
-        # stopped as a whole may turn its loop before the thread wakes).
-        if late > self._threshold and seen is not None and seen.tick == previous:
+        ran, self._tick_cpu = cpu - self._tick_cpu, cpu
+        if late <= self._threshold:
+            return
+        if seen is not None and seen.tick == previous:
             self._on_stall(Stall(late, seen.calls, seen.where, seen.cause))
+        elif now - self._woke_at > self._threshold and ran < late / 2:
+            # The watching thread, which wakes every interval, did not run
+            # either, and this thread was not on a CPU: the whole process was
+            # stopped or starved. (When it resumes, this thread usually beats
+            # before that one has the GIL to look.)
+            self._on_stall(Stall(late, (), "", UNSCHEDULED))
 
     # -- on the watching thread ------------------------------------------------------
 
@@ -384,7 +394,7 @@ class Watchdog:
             asleep_since = time.monotonic()
             if self._stopped.wait(self.interval):
                 return
-            now = time.monotonic()
+            now = self._woke_at = time.monotonic()
             cpu, run_wait = probe.times()
             tick = self._last_tick
             if tick != window.tick:
@@ -445,8 +455,9 @@ class Watchdog:
 
         Innermost first: the first frame outside the loop machinery is where
         the code is (a C call such as time.sleep shows as its caller). If that
-        is inside a library, the nearest frame of the user's own code is the
-        one to fix: name both. No frame of the user's: ``None``.
+        is inside a library (or a module being imported), the nearest frame
+        of the user's own code is the one to fix: name both. No frame of the
+        user's: ``None``.
         """
         frame: FrameType | None = sys._current_frames().get(self._loop_thread)
         stuck = ""
@@ -455,7 +466,9 @@ class Watchdog:
             filename = code.co_filename
             if not any(part in filename for part in _MACHINERY):
                 here = f"{code.co_name} ({filename}:{frame.f_lineno})"
-                if not _is_library(filename):
+                # A module's top level runs as it is imported: when the supervisor
+                # unpickles a function, the import is its doing, not a call's.
+                if not _is_library(filename) and code.co_name != "<module>":
                     return (f"{stuck}, called from {here}" if stuck else here), code
                 stuck = stuck or here
             frame = frame.f_back

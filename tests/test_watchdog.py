@@ -27,6 +27,7 @@ from aioray_runner._watchdog import (
     BlockedLoop,
     Evidence,
     Stall,
+    Watchdog,
     classify,
     watch_asyncio_loop,
 )
@@ -211,6 +212,20 @@ def test_a_cpu_bound_loop_is_named() -> None:
         assert stall.cause == BUSY
     assert stall.calls == ((7, "blocker#7"),)
     assert stall.where.startswith(f"_spin ({__file__}:")
+
+
+def test_a_stall_the_watching_thread_slept_through_is_the_process_not_running() -> None:
+    # As after a SIGSTOP: the loop's thread resumes first and beats before the
+    # watching thread (not started here) has looked. Without CPU time on the
+    # loop's thread, the process did not run; with it, something held the GIL
+    # (the watching thread could not run) and nothing is said without a culprit.
+    stalls: list[Stall] = []
+    watchdog = Watchdog(0.1, lambda task: (), stalls.append)
+    time.sleep(0.5)
+    watchdog.beat()
+    _spin(0.5)
+    watchdog.beat()
+    assert stalls == [Stall(stalls[0].seconds, (), "", UNSCHEDULED)]
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc/self/task")
