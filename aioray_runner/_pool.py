@@ -716,7 +716,8 @@ class Pool:
     def _mention_stall(self, slot: RemoteSupervisor, seconds: float, cause: str) -> None:
         """A stall no call of the user's caused: said as what it was.
 
-        Each cause (no CPU; work of no single call) once a minute at most. Not a warning, and not a :class:`BlockedLoop`: there is nothing to fix in
+        Each cause (no CPU; work of no single call) once a minute at most. Not
+        a warning, and not a :class:`BlockedLoop`: there is nothing to fix in
         the calls' code, and on a loaded machine it would come often.
         """
         now = time.monotonic()

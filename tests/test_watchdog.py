@@ -168,7 +168,7 @@ async def _spins_in_async(seconds: float) -> None:
 
 
 def _stalls_of(blocker: Any, seconds: float) -> list[Stall]:
-    """Run ``blocker(seconds)`` under a watchdog (threshold 0.2 s); the stalls it reported."""
+    """Run ``blocker(seconds)`` under a watchdog (threshold 0.2 s); the stalls it blamed on code."""
     stalls: list[Stall] = []
 
     async def main() -> None:
@@ -188,7 +188,8 @@ def _stalls_of(blocker: Any, seconds: float) -> list[Stall]:
             watchdog.stop()
 
     asyncio.run(main())
-    return stalls
+    # A loaded machine may add a stall of its own (not a call's): only the named ones.
+    return [stall for stall in stalls if stall.cause in BLOCKING_CAUSES]
 
 
 def _line_of(fn: Any, text: str) -> int:
@@ -198,7 +199,6 @@ def _line_of(fn: Any, text: str) -> int:
 
 def test_a_blocking_sleep_is_named_with_its_file_and_line() -> None:
     (stall,) = _stalls_of(_sleeps_in_async, 1.0)
-    assert stall.cause in BLOCKING_CAUSES
     if LINUX:  # elsewhere it may not tell a sleep from a busy loop
         assert stall.cause == BLOCKING_CALL
     assert stall.calls == ((7, "blocker#7"),)
@@ -207,7 +207,6 @@ def test_a_blocking_sleep_is_named_with_its_file_and_line() -> None:
 
 def test_a_cpu_bound_loop_is_named() -> None:
     (stall,) = _stalls_of(_spins_in_async, 1.0)
-    assert stall.cause in BLOCKING_CAUSES
     if LINUX:
         assert stall.cause == BUSY
     assert stall.calls == ((7, "blocker#7"),)
