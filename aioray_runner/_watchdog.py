@@ -91,6 +91,11 @@ ELSEWHERE = "elsewhere"
 #: The causes that name a call: its code blocked the loop.
 BLOCKING_CAUSES = frozenset({BUSY, BLOCKING_CALL, BLOCKED})
 
+#: Seconds of CPU that one step of a call may take on the loop's thread before
+#: it counts as blocking, however little CPU the process got: asyncio's debug
+#: mode calls a step slow past the same (``slow_callback_duration``).
+SLOW_STEP = 0.1
+
 
 @dataclass(frozen=True)
 class Evidence:
@@ -108,8 +113,8 @@ class Evidence:
             process was not running (a SIGSTOP, a paused VM).
         samples: Times the loop's thread was sampled while the loop was late.
         states: Of those, samples where its scheduler state could be read.
-        runnable: Of those, samples where it was running or runnable (``R``)
-            rather than asleep in a call (``S``, ``D``) or stopped.
+        sleeping: Of those, samples where it was asleep in a call (``S``, ``D``)
+            rather than running or runnable (``R``) or stopped.
         culprit: Samples stuck in the same call's own code as the latest sample
             that was in the user's code.
     """
@@ -120,7 +125,7 @@ class Evidence:
     stopped: float
     samples: int
     states: int = 0
-    runnable: int = 0
+    sleeping: int = 0
     culprit: int = 0
 
 
@@ -129,12 +134,14 @@ def classify(evidence: Evidence, threshold: float) -> str:
 
     The loop's thread's time splits into time on a CPU, time runnable but not
     run, and the rest: stopped with the whole process (as long as the
-    watchdog's own thread was stopped too), or else asleep in a call. The code the loop
-    ran is to blame for the CPU time and the sleep; the machine for the rest.
-    A call is named only when its code had most of the stall (or would have
-    stalled the loop past ``threshold`` on its own) and it is the same call of
-    the user's in most samples: a frame seen once, among others, may just be
-    where a busy loop happened to be.
+    watchdog's own thread was stopped too), or else asleep in a call or waiting
+    for a CPU, in the proportion of the state samples. The code the loop ran is
+    to blame for the CPU time and the sleep; the machine for the rest. A call is
+    named only when its code had most of the stall (or would have stalled the
+    loop past ``threshold`` on its own, or ran :data:`SLOW_STEP` on a CPU
+    without yielding: on a loaded machine, a step that yields would have been
+    done long before) and it is the same call of the user's in most samples: a
+    frame seen once, among others, may just be where a busy loop happened to be.
     """
     wall = max(evidence.wall, 1e-9)
     cpu = min(max(evidence.cpu or 0.0, 0.0), wall)
@@ -142,16 +149,15 @@ def classify(evidence: Evidence, threshold: float) -> str:
     off = wall - cpu - run_wait  # neither running nor counted as waiting to run
     stopped = min(max(evidence.stopped, 0.0), off)
     rest = off - stopped
-    # A wait still in progress is not counted yet: the state samples tell it from
-    # a sleep in a call. No per-thread CPU clock: "R" may be running, so trust
-    # no state then.
+    # A run-queue wait still in progress is not counted yet: the state samples
+    # tell it from a sleep in a call. No per-thread CPU clock: "R" may be
+    # running, so trust no state then.
     if evidence.states and evidence.cpu is not None:
-        pending = rest * evidence.runnable / evidence.states
+        asleep = rest * evidence.sleeping / evidence.states
     else:
-        pending = 0.0
-    asleep = rest - pending
+        asleep = rest
     own = cpu + asleep  # the loop's code held it: on a CPU, or waiting in a call
-    if own < wall / 2 and own < threshold:
+    if own < wall / 2 and own < threshold and cpu < SLOW_STEP:
         return UNSCHEDULED
     if evidence.culprit * 2 <= evidence.samples:
         return ELSEWHERE
@@ -249,20 +255,27 @@ class _ThreadProbe:
             self._schedstat = self._stat = None
 
     def times(self) -> tuple[float | None, float | None]:
-        """``(seconds on a CPU, seconds runnable but waiting)`` so far; ``None``: unknown."""
+        """``(seconds on a CPU, seconds runnable but waiting)`` so far; ``None``: unknown.
+
+        The CPU time is the thread's CPU clock, the one ``time.thread_time()``
+        reads on the thread itself (the heartbeat does); schedstat's is used
+        only where there is no such clock.
+        """
+        on_cpu: float | None = None
+        waiting: float | None = None
         if self._schedstat is not None:
             try:
                 with open(self._schedstat, "rb") as file:
-                    on_cpu, waiting = file.read().split()[:2]
-                return int(on_cpu) / 1e9, int(waiting) / 1e9
+                    ran_ns, waited_ns = file.read().split()[:2]
+                on_cpu, waiting = int(ran_ns) / 1e9, int(waited_ns) / 1e9
             except (OSError, ValueError):  # no schedstat in this kernel, or the thread is gone
                 self._schedstat = None
         if self._clock is not None:
             try:
-                return time.clock_gettime(self._clock), None
+                on_cpu = time.clock_gettime(self._clock)
             except OSError:  # the thread is gone
                 self._clock = None
-        return None, None
+        return on_cpu, waiting
 
     def state(self) -> str:
         """The thread's scheduler state (``"R"``, ``"S"``, ``"D"``, ``"T"``...); ``""``: unknown."""
@@ -282,11 +295,11 @@ class _Window:
 
     def __init__(self, tick: float, start: tuple[float, float | None, float | None]) -> None:
         self.tick = tick
-        self.start = start  # (monotonic, cpu, run_wait) at the sample before the loop's beat
+        self.start = start  # (monotonic, cpu, run_wait) as the window starts
         self.stopped = 0.0
         self.samples = 0
         self.states = 0
-        self.runnable = 0
+        self.sleeping = 0
         self.keys: Counter[Hashable] = Counter()
         # The latest sample in the user's code: its key, calls and where.
         self.culprit: tuple[Hashable, tuple[tuple[int, str], ...], str] | None = None
@@ -300,7 +313,7 @@ class _Window:
             stopped=self.stopped,
             samples=self.samples,
             states=self.states,
-            runnable=self.runnable,
+            sleeping=self.sleeping,
             culprit=self.keys[self.culprit[0]] if self.culprit else 0,
         )
 
@@ -368,8 +381,8 @@ class Watchdog:
         cpu = time.thread_time()
         late = now - self._last_tick - self.interval
         seen, self._seen = self._seen, None
+        ran, self._tick_cpu = cpu - self._tick_cpu, cpu  # set before the tick (see _watch)
         previous, self._last_tick = self._last_tick, now
-        ran, self._tick_cpu = cpu - self._tick_cpu, cpu
         if late <= self._threshold:
             return
         if seen is not None and seen.tick == previous:
@@ -396,11 +409,15 @@ class Watchdog:
                 return
             now = self._woke_at = time.monotonic()
             cpu, run_wait = probe.times()
+            tick_cpu = self._tick_cpu  # read before the tick: never newer than it
             tick = self._last_tick
             if tick != window.tick:
-                # The loop turned: measure from the last sample before it did, so
-                # a stall that begins before this sample is covered whole.
-                window = _Window(tick, before)
+                # The loop turned: measure from its beat (the CPU time its thread
+                # read then), so a stall that begins before this sample is covered
+                # whole and what the loop did before the beat is not; the
+                # run-queue wait from the last sample before it (counted only
+                # when a wait ends, it cannot be read at the beat).
+                window = _Window(tick, (tick, tick_cpu, before[2]))
                 logged_at = 0.0
             before = (now, cpu, run_wait)
             overslept = now - asleep_since - self.interval
@@ -440,7 +457,7 @@ class Watchdog:
         state = self._probe.state()
         if state:
             window.states += 1
-            window.runnable += state == "R"
+            window.sleeping += state in ("S", "D")
         task = self._current_task()
         where, code = self._where()
         if code is None:
