@@ -28,6 +28,7 @@ import itertools
 import logging
 import pickle
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -51,7 +52,7 @@ from ._placement import (
 from ._raywatch import PROBE_EVERY_S, Probe
 from ._settings import Settings
 from ._supervisor import Supervisor
-from ._watchdog import BlockedLoop
+from ._watchdog import BLOCKING_CAUSES, UNSCHEDULED, BlockedLoop
 from .errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
 
 # One supervisor-side poll returns at most this many outcomes, and one submit
@@ -63,6 +64,8 @@ RELEASE_EVERY_S = 0.2
 # A call whose upstream's supervisor died is sent again; a few times at most, in
 # case the upstream keeps moving (each move is a supervisor death).
 MAX_SENDS = 5
+# Seconds between two mentions of stalls no call caused, per cause (an overloaded machine).
+STALL_MENTION_INTERVAL = 60.0
 # Everything needed to send one call (again): the future, the function's digest
 # and bytes, the pickled arguments, their dependencies and, parallel to those,
 # the futures behind them (None for an ObjectRef).
@@ -189,6 +192,8 @@ class Pool:
         self.io = IOThread(f"aioray-io-{self.name}")
         self._closed = False
         self._started = False
+        # When each cause of stalls no call caused was last mentioned.
+        self._stall_mentioned_at: dict[str, float] = {}
 
     # -- lifecycle (caller's thread) -------------------------------------------------
 
@@ -681,14 +686,23 @@ class Pool:
         return [slot for slots in self.groups.values() for slot in slots]
 
     def _report_stall(
-        self, slot: RemoteSupervisor, seconds: float, calls: tuple[tuple[int, str], ...], where: str
+        self,
+        slot: RemoteSupervisor,
+        seconds: float,
+        calls: tuple[tuple[int, str], ...],
+        where: str,
+        cause: str,
     ) -> None:
+        if cause not in BLOCKING_CAUSES:
+            self._mention_stall(slot, seconds, cause)
+            return
         blocked = BlockedLoop(
             supervisor=slot.describe(),
             seconds=seconds,
             calls=tuple(label for _, label in calls),
             call_ids=tuple(call_id for call_id, _ in calls),
             where=where,
+            cause=cause,
         )
         if self.on_blocked_loop is None:
             self.logger.warning("%s", blocked)
@@ -698,6 +712,32 @@ class Pool:
         except Exception:
             self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
             self.logger.warning("%s", blocked)
+
+    def _mention_stall(self, slot: RemoteSupervisor, seconds: float, cause: str) -> None:
+        """A stall no call of the user's caused: said as what it was.
+
+        Each cause (no CPU; work of no single call) once a minute at most. Not
+        a warning, and not a :class:`BlockedLoop`: there is nothing to fix in
+        the calls' code, and on a loaded machine it would come often.
+        """
+        now = time.monotonic()
+        if now - self._stall_mentioned_at.get(cause, -STALL_MENTION_INTERVAL) < (
+            STALL_MENTION_INTERVAL
+        ):
+            return
+        self._stall_mentioned_at[cause] = now
+        if cause == UNSCHEDULED:
+            what = (
+                f"{slot.describe()} got little or no CPU for {seconds:.1f} s: the machine is"
+                " overloaded (or the process was paused); its calls waited meanwhile"
+            )
+        else:
+            what = (
+                f"{slot.describe()}'s event loop was busy for {seconds:.1f} s with work that is"
+                " no single call's own code (this package's, Prefect's engine's, a library's,"
+                " or many calls' short steps at once); its calls waited meanwhile"
+            )
+        self.logger.info("%s (said at most once a minute)", what)
 
     def _on_failure(self, slot: RemoteSupervisor, exc: BaseException) -> None:
         if not slot.alive or self._closed:

@@ -95,8 +95,9 @@ class Runtime:
             reports ready, so the first calls do not pay for slow imports.
         blocked_loop_threshold: Seconds a supervisor's event loop may go without
             turning before the runtime warns, naming the call that blocked it and
-            where (see ``docs/failures.md``). ``None`` or ``0`` switches the
-            watchdog off.
+            where (see ``docs/failures.md``); a stall that was no call's doing
+            (a supervisor that got no CPU) is mentioned at INFO level instead,
+            at most once a minute. ``None`` or ``0`` switches the watchdog off.
         on_blocked_loop: Called with a :class:`BlockedLoop` for each such stall,
             on the runtime's I/O thread (keep it short), instead of the warning
             on ``logger`` (the Prefect runner puts it in the task run's logs).

@@ -198,7 +198,7 @@ class Supervisor:
         return ()
 
     def _on_stall(self, stall: Stall) -> None:
-        self._stalls.append(_wire.StallReport(stall.seconds, stall.calls, stall.where))
+        self._stalls.append(_wire.StallReport(stall.seconds, stall.calls, stall.where, stall.cause))
         self._ready_event.set()
 
     async def submit(self, functions: dict[bytes, bytes], calls: Sequence[_wire.CallEntry]) -> int:

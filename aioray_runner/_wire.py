@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import collections
 import collections.abc
 import functools
 import hashlib
@@ -24,6 +25,7 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from types import CodeType
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -97,6 +99,8 @@ class StallReport(NamedTuple):
     #: ``(call id, label)`` of the call whose code held the loop, if known.
     calls: tuple[tuple[int, str], ...]
     where: str
+    #: What stalled it (``_watchdog.classify``): only some causes name a call.
+    cause: str
 
 
 class PollReply(NamedTuple):
@@ -289,9 +293,41 @@ class FunctionCache:
         return cached
 
 
+def _code_at(rebuild: Callable[..., CodeType], args: tuple[Any, ...], filename: str) -> CodeType:
+    """Rebuild a code object pickled by :func:`_reduce_code`, with its own file name."""
+    return rebuild(*args).replace(co_filename=filename)
+
+
+def _reduce_code(code: CodeType) -> tuple[Any, ...]:
+    # cloudpickle (3.0+) writes "<dynamic-code>" for the file name of every
+    # function it ships by value (a Prefect task's function, a function of the
+    # user's __main__), so a traceback or the watchdog on a supervisor could not
+    # say which file a line is in. The line numbers travel; so does the name now.
+    rebuild, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    return _code_at, (rebuild, args, code.co_filename)
+
+
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table.get(CodeType)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, keeping the file names of the code it ships by value."""
+
+    if _CLOUDPICKLE_CODE_REDUCE is not None:
+        dispatch_table = collections.ChainMap(
+            {CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
+        )
+
+
+def _dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
 def _pickle_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     try:
-        blob = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = _dumps(fn)
     except Exception as exc:
         # `from None`: the pickling error's own text may quote a value the
         # function closes over (see describe_error).
@@ -319,7 +355,7 @@ def register_reducer(cls: type, reduce: Callable[[Any], tuple[Any, ...]]) -> Non
     _REDUCERS[cls] = reduce
 
 
-class _ArgPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _ArgPickler(_Pickler):
     """cloudpickle, with futures and ObjectRefs lifted out as dependencies."""
 
     def __init__(

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 # No telemetry (this machine has no network for it). A local Ray on 127.0.0.1 needs
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported, and importing this
@@ -43,6 +43,9 @@ from prefect import flow, get_run_logger, task
 
 from aioray_runner import AioRayTaskRunner, aresult
 from aioray_runner._prefect_api import start_temporary_api
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @task
@@ -162,9 +165,17 @@ def _task_runs_quiet_on_console() -> None:
 
 
 class _ProgressBar:
-    """A progress bar on stderr (rich's, which Prefect brings) while pages arrive."""
+    """A progress bar on stderr (rich's, which Prefect brings) while pages arrive.
 
-    def __init__(self, total: int, what: str) -> None:
+    While it is drawn, log records print above it: on a terminal rich puts a
+    proxy in ``sys.stderr`` that prints through the bar's console, and the
+    logging handlers that hold the real stderr (Prefect's console handler, which
+    prints the runner's warnings and the task runs' logs, among them) are
+    pointed at that proxy until the bar is gone. Written past it, a line would
+    land inside the bar and the next redraw would tear it.
+    """
+
+    def __init__(self, total: int, what: str, console: Console | None = None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         self._progress = Progress(
@@ -172,16 +183,55 @@ class _ProgressBar:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            console=console,
             transient=not sys.stderr.isatty(),  # a log file keeps only the summary
         )
         self._task = self._progress.add_task(what, total=total)
+        self._redirected: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     def __enter__(self) -> Callable[[], None]:
         self._progress.start()
+        self._redirected = _log_through(sys.stderr)
         return lambda: self._progress.advance(self._task)
 
     def __exit__(self, *exc: object) -> None:
+        for handler, stream in self._redirected:
+            _point(handler, stream)
+        self._redirected = []
         self._progress.stop()
+
+
+def _log_through(proxy: Any) -> list[tuple[logging.StreamHandler[Any], Any]]:
+    """Point the handlers that write to the file ``proxy`` stands for at ``proxy``.
+
+    ``proxy`` is rich's stand-in for stderr while a live display is drawn (it
+    has ``rich_proxied_file``); anything else (not a terminal: no bar to tear)
+    redirects nothing. Returns each handler redirected, with its stream before.
+    """
+    original = getattr(proxy, "rich_proxied_file", None)
+    if original is None:
+        return []
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    redirected: list[tuple[logging.StreamHandler[Any], Any]] = []
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is original:
+                _point(handler, proxy)
+                redirected.append((handler, original))
+    return redirected
+
+
+def _point(handler: logging.StreamHandler[Any], stream: Any) -> None:
+    handler.setStream(stream)
+    # Prefect's console handler prints through a rich Console of its own, made
+    # on the handler's stream.
+    console = getattr(handler, "console", None)
+    if console is not None and hasattr(console, "file"):
+        console.file = stream
 
 
 def _positive(text: str) -> int:

@@ -7,7 +7,9 @@ is what the console script calls), as a user would, with its own temporary Ray
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -249,3 +251,27 @@ def test_the_main_job_runs_from_examples_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr, out.stderr[-3000:]  # not even Prefect's own
     assert "Downloaded 500 pages" in out.stderr
     assert "Started a temporary local Ray instance" in out.stderr
+
+
+def test_logs_print_above_the_demos_progress_bar() -> None:
+    # A handler made before the bar holds the real stderr (as Prefect's console
+    # handler does): while the bar is drawn its lines go through the bar's console.
+    from rich.console import Console
+
+    from aioray_runner.demo import _ProgressBar
+
+    screen = io.StringIO()
+    stream = sys.stderr
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("tests.progress_bar")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with _ProgressBar(2, "testing", Console(file=screen, force_terminal=True)) as advance:
+            advance()
+            logger.warning("a warning while the bar is drawn")
+            advance()
+    finally:
+        logger.removeHandler(handler)
+    assert "a warning while the bar is drawn" in screen.getvalue()
+    assert handler.stream is stream  # and back where it was

@@ -7,11 +7,16 @@ calls run anyway, and what reaches the ``aioray_runner`` logger.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,6 +29,7 @@ from aioray_runner import (
     UpstreamError,
     current_attempt,
 )
+from aioray_runner._watchdog import BLOCKING_CALL, BUSY
 from tests._support import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -186,7 +192,8 @@ async def test_a_blocked_loop_is_reported_with_the_call_and_the_line(
     assert stall.calls == (culprit.label,)
     assert 1.0 <= stall.seconds < 10
     assert stall.call_ids == (culprit.call_id,)
-    assert "blocking_sleep" in stall.where and "test_faults.py" in stall.where
+    assert stall.where == f"blocking_sleep ({__file__}:{line_of(blocking_sleep, 'time.sleep(')})"
+    assert stall.cause == BLOCKING_CALL
     messages = [r.getMessage() for r in caplog.records]
     warnings = [m for m in messages if "event loop was blocked" in m and logged.label in m]
     assert len(warnings) == 1 and "asyncio.to_thread" in warnings[0]
@@ -204,6 +211,141 @@ async def test_the_watchdog_can_be_switched_off(
         with caplog.at_level(logging.WARNING, logger="aioray_runner"):
             assert await rt.submit(blocks_the_loop, 1.0) == "done"
             await anyio.sleep(0.5)
+    assert seen == []
+    assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+
+
+def spin_for(seconds: float) -> int:
+    """Burn ``seconds`` of this thread's CPU time (however long a loaded machine takes)."""
+    end, turns = time.thread_time() + seconds, 0
+    while time.thread_time() < end:
+        turns += 1
+    return turns
+
+
+async def spins_the_loop(seconds: float) -> int:
+    return spin_for(seconds)  # the mistake: CPU-bound work inside async def
+
+
+async def never_blocks(seconds: float) -> int:
+    """Many short steps, each awaiting: the loop is mostly in this code, never stuck in it."""
+    end, steps = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        sum(range(2_000))
+        steps += 1
+        await asyncio.sleep(0)
+    return steps
+
+
+def line_of(fn: Callable[..., Any], text: str) -> int:
+    """The line number of the first line of ``fn``'s source that contains ``text``."""
+    lines, first = inspect.getsourcelines(fn)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+async def test_blocking_code_shipped_by_value_is_named_with_its_file_and_line(
+    ray_session: None,
+) -> None:
+    async def sleeps_in_async(seconds: float) -> str:  # local: cloudpickle ships it by value
+        time.sleep(seconds)  # noqa: ASYNC251 - the mistake this test is about
+        return "done"
+
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
+    async with runtime as rt:
+        sleeper = rt.submit(sleeps_in_async, 1.0)
+        assert await sleeper == "done"
+        await wait_until(lambda: seen, within=10)
+        spinner = rt.submit(spins_the_loop, 0.6)
+        assert await spinner > 0
+        await wait_until(lambda: len(seen) >= 2, within=10)
+    slept, spun = seen
+    assert slept.calls == (sleeper.label,) and slept.cause == BLOCKING_CALL
+    assert slept.where == f"sleeps_in_async ({__file__}:{line_of(sleeps_in_async, 'time.sleep(')})"
+    assert spun.calls == (spinner.label,) and spun.cause == BUSY
+    assert spun.where.startswith(f"spin_for ({__file__}:")
+
+
+def not_scheduled_mentions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "got little or no CPU" in r.getMessage()]
+
+
+async def test_a_stopped_supervisor_names_no_call(
+    ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The loop is in the user's code most of the time, so whatever frame is
+    # current when the process stops is the user's: it did nothing wrong.
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
+    with caplog.at_level(logging.INFO, logger="aioray_runner"):
+        async with runtime as rt:
+            pid = rt.supervisor_info()[0]["pid"]
+            work = [rt.submit(never_blocks, 10.0) for _ in range(4)]
+            await anyio.sleep(1.0)
+            for _ in range(3):
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    await anyio.sleep(2.0)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                await anyio.sleep(0.5)
+            assert all(steps > 0 for steps in [await f for f in work])
+            await wait_until(lambda: not_scheduled_mentions(caplog), within=10)
+    assert seen == []
+    assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+    assert len(not_scheduled_mentions(caplog)) == 1  # once a minute at most
+
+
+BURN = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def start_burners(count: int, cpu: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` processes burning CPU ``cpu`` for at most a minute."""
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(count)]
+    for burner in burners:
+        os.sched_setaffinity(burner.pid, {cpu})
+    return burners
+
+
+def stop_burners(burners: list[subprocess.Popen[bytes]]) -> None:
+    for burner in burners:
+        burner.kill()
+        burner.wait()
+
+
+def set_threads(pid: int, cpus: set[int], policy: int) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` under scheduling ``policy`` (Linux: per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+            os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+        except ProcessLookupError:  # a thread that just ended
+            pass
+
+
+async def test_a_starved_supervisor_names_no_call(
+    ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Burners pinned to the supervisor's CPU, the supervisor at idle priority so
+    # that it surely waits for them: its loop stalls in the user's code, which
+    # did nothing wrong.
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
+    with caplog.at_level(logging.INFO, logger="aioray_runner"):
+        async with runtime as rt:
+            pid = rt.supervisor_info()[0]["pid"]
+            cpus = os.sched_getaffinity(pid)
+            cpu = min(cpus)
+            work = [rt.submit(never_blocks, 8.0) for _ in range(4)]
+            burners = start_burners(3, cpu)
+            try:
+                set_threads(pid, {cpu}, os.SCHED_IDLE)
+                await anyio.sleep(8.0)
+            finally:
+                set_threads(pid, cpus, os.SCHED_OTHER)
+                stop_burners(burners)
+            assert all(steps > 0 for steps in [await f for f in work])
+            await wait_until(lambda: not_scheduled_mentions(caplog), within=10)
     assert seen == []
     assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
 
