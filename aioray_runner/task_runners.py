@@ -22,8 +22,10 @@ mypy and pyright accept.)
 * **async tasks** run through Prefect's async task engine on a supervisor's
   event loop, many at once, with the flow run's context and API client set up
   once per supervisor (see ``_prefect_remote``);
-* **sync tasks** run as Ray tasks, as under ``RayTaskRunner``, honouring
-  :func:`aioray_runner.remote_options`;
+* **sync tasks** run in threads of a supervisor, many at once, as in Prefect's
+  ``ThreadPoolTaskRunner``; inside :func:`aioray_runner.remote_options` (say
+  ``num_cpus=1``, for CPU-bound work), or everywhere with ``sync_tasks="ray"``,
+  each runs as a Ray task of its own, as under ``RayTaskRunner``;
 * upstream futures in parameters (nested anywhere) and ``wait_for`` are
   awaited inside the supervisor and arrive as finished Prefect futures:
   Prefect's engine then does what it always does (results, ``allow_failure``,
