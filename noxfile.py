@@ -79,9 +79,10 @@ RAY_NEWEST = RAY_VERSIONS[-1]
 # The Prefect releases besides the newest (which every other session installs):
 # the oldest supported (prefect-ray 0.6.0's floor too) and a middle one, the last
 # release before Prefect moved the engine helpers we use (3.7.1). Each with the
-# fastapi its server works with: releases before 3.7.8 answer every API call
-# with a 500 on fastapi 0.137+ (measured; docs/reference.md, "Supported versions").
-PREFECT_OLDER = {"3.4.7": "fastapi<0.137", "3.6.29": "fastapi<0.137"}
+# fastapi it works with (measured; README, "Supported versions"): before 3.6.19
+# Prefect's client sends task runs in a way fastapi 0.132+ refuses (422, subflows
+# fail); before 3.7.8 its server answers every call with a 500 on fastapi 0.137+.
+PREFECT_OLDER = {"3.4.7": "fastapi<0.132", "3.6.29": "fastapi<0.137"}
 
 # The sessions CI runs, and plain `nox` too ("tests" means every Ray version,
 # "tests_py" every newer Python, "tests_prefect" every older Prefect).

@@ -13,7 +13,8 @@ The public surface is small:
 The modules with a leading underscore are private: everything public is
 assembled here (classes show as ``aioray_runner.X``), and ``docs/design.md``
 says which module does what. Each name is imported when first used, so
-importing the package imports neither Ray nor Prefect.
+``import aioray_runner`` imports neither Ray nor Prefect (a star import loads
+every name, the Prefect ones too).
 """
 
 from __future__ import annotations
@@ -101,21 +102,27 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _HOMES.get(name)
-    if module is None:
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module 'aioray_runner' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    if module.startswith("_"):
-        # As trio does: classes and functions defined in private modules say
-        # they live here, so reprs, tracebacks and the docs show aioray_runner.Runtime.
-        try:
-            value.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-    globals()[name] = value
-    return value
+    module = importlib.import_module(f".{home}", __name__)
+    # Every public name of that module at once, so that objects reached through
+    # it (a BlockedLoop handed to a callback, say) already show where they live.
+    for other, other_home in _HOMES.items():
+        if other_home != home:
+            continue
+        value = getattr(module, other)
+        if home.startswith("_"):
+            # As trio does: classes and functions defined in private modules say
+            # they live here, so reprs, tracebacks and the docs show aioray_runner.Runtime.
+            try:
+                value.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+        globals()[other] = value
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

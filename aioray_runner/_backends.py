@@ -71,7 +71,8 @@ def check_backend_installed(name: str) -> None:
         importlib.import_module(extra)
     except ImportError as exc:
         raise ImportError(
-            f"backend={name!r} needs {extra}: pip install 'aioray-runner[{extra}]'"
+            f"backend={name!r} needs {extra}: python -m pip install '.[{extra}]'"
+            " in a clone of aioray-runner"
         ) from exc
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def prefect_problems(prefect: str, fastapi: str | None) -> list[Finding]:
             )
         )
     # Prefect's server (the temporary one a flow starts too) and fastapi releases
-    # it predates; each cap measured (docs/reference.md, "Supported versions").
+    # it predates; each cap measured (README.md, "Supported versions").
     if version < (3, 6, 19) and _version_tuple(fastapi) >= (0, 132):
         problems.append(
             Finding(
@@ -114,8 +115,9 @@ def prefect_problems(prefect: str, fastapi: str | None) -> list[Finding]:
 def _version_tuple(text: str | None) -> tuple[int, ...]:
     parts = []
     for piece in (text or "0").split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
+        # The leading digits only: "18rc1" is 18 (a pre-release of 3.6.18), not 181.
+        digits = re.match(r"\d*", piece)
+        parts.append(int(digits.group() or 0) if digits else 0)
     return tuple(parts)
 
 
@@ -143,12 +145,12 @@ def check_versions(report: Report) -> None:
     else:
         report.notes.append(
             "Prefect is not installed: AioRayTaskRunner needs it"
-            " (pip install 'aioray-runner[prefect]')"
+            " (python -m pip install '.[prefect]' in a clone of aioray-runner)"
         )
     if v["trio"] is None:
         report.notes.append(
             "trio is not installed: Runtime(backend='trio') and anyio.run(main,"
-            " backend='trio') need it (pip install 'aioray-runner[trio]')"
+            " backend='trio') need it (python -m pip install '.[trio]' in a clone of aioray-runner)"
         )
     if not _has_dashboard_deps():
         report.notes.append(

@@ -94,7 +94,7 @@ def start_temporary_api(announce: Callable[[str], None] | None = None) -> str | 
         )
     try:
         server.start(timeout=timeout)
-    except RuntimeError as exc:
+    except Exception as exc:  # a time-out, or an answer other than 200 (httpx's errors)
         server.stop()  # Prefect leaves a server that was late running
         raise RuntimeError(
             f"Prefect's temporary API server did not answer within {timeout} s. Give it"

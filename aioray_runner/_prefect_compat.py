@@ -1,6 +1,6 @@
 """Names that moved between the Prefect 3 releases this package supports.
 
-The supported range (3.4.7 to the newest 3.x, see docs/reference.md) is what CI
+The supported range (3.4.7 to the newest 3.x, README.md "Supported versions") is what CI
 runs. Each function here uses Prefect's own code where the running release has
 it, and otherwise does what that release itself does, so a behaviour always
 matches the Prefect the user runs, never a newer one.

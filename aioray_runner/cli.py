@@ -144,7 +144,10 @@ def _bench(args: argparse.Namespace) -> int:
         require_matplotlib()  # before minutes of work, not after
     groups = tuple(args.scenario or GROUPS)
     if "prefect" in (args.scenario or ()) and installed_version("prefect") is None:
-        raise SystemExit("the prefect scenarios need Prefect: pip install 'aioray-runner[prefect]'")
+        raise SystemExit(
+            "the prefect scenarios need Prefect: python -m pip install '.[prefect]'"
+            " in a clone of aioray-runner"
+        )
     options = Options(size=args.size, groups=groups, runners=args.runners)
     if args.num_cpus:
         options.num_cpus = args.num_cpus
@@ -180,7 +183,10 @@ def _demo(args: argparse.Namespace) -> int:
     from ._bench.common import installed_version
 
     if installed_version("prefect") is None:
-        raise SystemExit("the demo is a Prefect flow: pip install 'aioray-runner[prefect]'")
+        raise SystemExit(
+            "the demo is a Prefect flow: python -m pip install '.[prefect]'"
+            " in a clone of aioray-runner"
+        )
     from .demo import main as demo_main
 
     return demo_main(["--pages", str(args.pages), "--parsed", str(args.parsed)])

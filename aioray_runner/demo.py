@@ -28,9 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 # No telemetry (this machine has no network for it). A local Ray on 127.0.0.1 needs
-# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported, and importing this
-# package (before this module) has imported it: examples/pipeline.py sets it first.
-# Set here, it reaches only the processes Ray starts.
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported: importing the package
+# does not import Ray, so setting it here, before the imports below, is in time.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Prefect 3.8's temporary API, stopped as this script exits, cancels its own

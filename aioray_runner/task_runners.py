@@ -386,7 +386,9 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             ``"summary"``: only their warnings and errors, and one line with
             the count of each final state when the flow's runner closes: for
             flows of hundreds of task runs. Prefect's API (and UI) gets every
-            line either way.
+            line either way. Sync tasks run as Ray tasks (``remote_options``,
+            ``sync_tasks="ray"``) print through Ray's worker output, which
+            this does not filter.
         actor_options: Extra Ray actor options for the supervisors.
         blocked_loop_threshold: Seconds a supervisor's loop may stall before the
             runner warns, in the flow's logs and the blocking task run's logs
@@ -815,9 +817,12 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     ) -> None:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(future.call_id, None)
-        if self.console == "summary":
-            self._tally.add(_state_of(future).name or "?")
         error = future.exception(0)
+        if self.console == "summary":
+            try:
+                self._tally.add(_state_of(future).name or "?")
+            except Exception:  # a count must never keep a crash from being recorded
+                self._tally.add("?")
         if not isinstance(error, SupervisorDiedError) or self._submit_context is None:
             return
         with self._lock:

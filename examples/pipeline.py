@@ -14,8 +14,8 @@ futures are resolved inside the supervisor).
 import os
 import sys
 
-# Before Ray is imported (importing aioray_runner imports it): Ray reads this once,
-# at import, and then keeps this temporary local instance on 127.0.0.1.
+# Before Ray is imported: Ray reads this once, at import, and then keeps this
+# temporary local instance on 127.0.0.1 (aioray_runner.demo sets it too).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from aioray_runner.demo import main  # after the variable, on purpose

@@ -149,7 +149,7 @@ def test_bench_plot_without_matplotlib_names_the_extra_before_running(tmp_path: 
         cwd=ROOT,
     )
     assert out.returncode == 1
-    assert "pip install 'aioray-runner[plot]'" in out.stderr
+    assert "python -m pip install '.[plot]' in a clone of aioray-runner" in out.stderr
     assert "starting a temporary local Ray" not in out.stderr  # it failed first
     assert not (tmp_path / "x.png").exists()
 

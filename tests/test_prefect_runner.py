@@ -478,7 +478,11 @@ def test_console_summary_prints_problems_and_one_line_and_the_api_keeps_every_li
     # Prefect's API still has every run's own lines.
     flow_run_id = state.state_details.flow_run_id
     finished = poll(
-        lambda: [log for log in read_logs(flow_run_id) if "Finished in state" in log.message],
+        lambda: [
+            log
+            for log in read_logs(flow_run_id)
+            if "Finished in state" in log.message and log.task_run_id is not None
+        ],
         lambda logs: len(logs) >= 9,
     )
     assert len({log.task_run_id for log in finished}) == 9

@@ -18,7 +18,8 @@ SHORT_LABELS = {
 }
 
 PLOT_EXTRA_HINT = (
-    "--plot needs matplotlib, which the `plot` extra installs: pip install 'aioray-runner[plot]'"
+    "--plot needs matplotlib, which the `plot` extra installs: python -m pip install '.[plot]'"
+    " in a clone of aioray-runner"
 )
 
 

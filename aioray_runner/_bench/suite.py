@@ -123,7 +123,10 @@ def plan_runners(options: Options) -> tuple[dict[str, list[str]], dict[str, str]
         plan["core"] = [r for r in CORE_RUNNERS if _wanted(r, options)]
     if "prefect" in options.groups:
         if installed_version("prefect") is None:
-            skipped["prefect"] = "Prefect is not installed (pip install 'aioray-runner[prefect]')"
+            skipped["prefect"] = (
+                "Prefect is not installed (python -m pip install '.[prefect]'"
+                " in a clone of aioray-runner)"
+            )
         else:
             from .flows import RUNNERS, missing_runners
 
