@@ -278,7 +278,7 @@ def test_the_probe_reads_a_sleeping_thread_and_a_busy_one() -> None:
     for thread in threads:
         thread.join()
     assert states["sleeper"] == "S"
-    assert states["spinner"] in "RS"  # S only while it waits for the GIL
+    assert states["spinner"] in ("R", "S")  # S only while it waits for the GIL
     # The spinner ran (most of) the half second, the sleeper next to nothing.
     assert after["spinner"] - before["spinner"] > 10 * (after["sleeper"] - before["sleeper"])
 
