@@ -1,7 +1,7 @@
 """The names that moved between Prefect releases, on the Prefect installed (no Ray).
 
-nox runs this on Prefect 3.4.7, 3.6.29 and the newest (tests_prefect and the
-newest Ray's session), so each fallback meets the release it is for.
+nox runs this on Prefect 3.4.7, 3.6.29 and the newest (the sessions of Ray 2.10,
+2.40 and 2.60), so each fallback meets the release it is for.
 """
 
 from __future__ import annotations
