@@ -101,6 +101,10 @@ ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
+# The slowest tests of each session in its output: where CI's time goes, for
+# whoever keeps it under 45 minutes.
+SLOWEST = ["--durations=10"]
+
 LINT_PATHS = [
     "aioray_runner",
     "tests",
@@ -155,7 +159,7 @@ def tests(session: nox.Session, ray: str) -> None:
         selection = []
     else:
         selection = ["-m", "not slow and not differential", "-k", "not test_typing"]
-    session.run("pytest", "tests", *selection, *session.posargs)
+    session.run("pytest", "tests", *SLOWEST, *selection, *session.posargs)
 
 
 @nox.session(python=NEWER_PYTHONS, allow_parallel=False)
@@ -171,7 +175,7 @@ def tests_py(session: nox.Session) -> None:
         *("-m", "not slow and not cluster and not differential"),
         *("-k", "not test_prefect_ and not test_typing"),
     ]
-    session.run("pytest", "tests", *(session.posargs or lean))
+    session.run("pytest", "tests", *SLOWEST, *(session.posargs or lean))
 
 
 @nox.session(python=PYTHON, allow_parallel=False)
@@ -179,7 +183,7 @@ def tests_trio(session: nox.Session) -> None:
     """The trio tests (callers and coroutines under trio), against the newest Ray."""
     _setup(session)
     _install_for_tests(session, RAY_NEWEST)
-    session.run("pytest", "tests_trio", *session.posargs)
+    session.run("pytest", "tests_trio", *SLOWEST, *session.posargs)
 
 
 @nox.session(python=PYTHON, allow_parallel=True)
