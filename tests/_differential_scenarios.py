@@ -1043,13 +1043,13 @@ def record_commit(txn: Any) -> None:
     note(txn.get("root"), "transaction.txt", f"commit {txn.get('task')}")
 
 
-def _txn_task(name: str, is_async: bool, fail: bool = False) -> Any:
-    def body(root: str) -> str:
+def _txn_task(name: str, is_async: bool, fail: bool = False, return_failed: bool = False) -> Any:
+    def body(root: str) -> Any:
         get_transaction().set("task", name)
         if fail:
             raise ValueError(f"{name} failed")
         note(root, "transaction.txt", f"ran {name}")
-        return name
+        return Failed(message=f"{name} returned Failed") if return_failed else name
 
     async def abody(root: str) -> str:
         return body(root)
@@ -1097,25 +1097,8 @@ def rolled_back(first: str, second: str, failing: str) -> Callable[[dict[str, An
     return check
 
 
-def _txn_returns_failed(name: str, is_async: bool) -> Any:
-    def body(root: str) -> Any:
-        get_transaction().set("task", name)
-        note(root, "transaction.txt", f"ran {name}")
-        return Failed(message=f"{name} returned Failed")
-
-    async def abody(root: str) -> Any:
-        return body(root)
-
-    fn = abody if is_async else body
-    fn.__name__ = fn.__qualname__ = name
-    made = task(name=name)(fn)
-    made.on_rollback(record_rollback)
-    made.on_commit(record_commit)
-    return made
-
-
-txn_returns_failed = _txn_returns_failed("txn_returns_failed", is_async=False)
-atxn_returns_failed = _txn_returns_failed("atxn_returns_failed", is_async=True)
+txn_returns_failed = _txn_task("txn_returns_failed", is_async=False, return_failed=True)
+atxn_returns_failed = _txn_task("atxn_returns_failed", is_async=True, return_failed=True)
 
 # Prefect 3.9 rolls a transaction back when a task in it *returns* Failed, as it
 # always did for a raised error; older releases commit. The suite compares with
