@@ -1125,24 +1125,23 @@ def returned_failed(first: str, failing: str) -> Callable[[dict[str, Any]], None
     return check
 
 
-@scenario(expect=returned_failed("txn_a", "txn_returns_failed"), sync_ray=True)
-def s_transaction_task_returns_failed_sync(kind: str, root: str) -> Any:
+def _returns_failed_body(root: str, first: Any, failing: Any) -> Any:
     with transaction() as txn:
         txn.set("root", root)
-        txn_a.submit(root).result()
-        failed = txn_returns_failed.submit(root)
+        first.submit(root).result()
+        failed = failing.submit(root)
         failed.wait()
     return {"state": summary(failed.state), "transaction": txn.state.name}
+
+
+@scenario(expect=returned_failed("txn_a", "txn_returns_failed"), sync_ray=True)
+def s_transaction_task_returns_failed_sync(kind: str, root: str) -> Any:
+    return _returns_failed_body(root, txn_a, txn_returns_failed)
 
 
 @scenario(expect=returned_failed("atxn_a", "atxn_returns_failed"))
 def s_transaction_task_returns_failed_async(kind: str, root: str) -> Any:
-    with transaction() as txn:
-        txn.set("root", root)
-        atxn_a.submit(root).result()
-        failed = atxn_returns_failed.submit(root)
-        failed.wait()
-    return {"state": summary(failed.state), "transaction": txn.state.name}
+    return _returns_failed_body(root, atxn_a, atxn_returns_failed)
 
 
 @scenario(expect=rolled_back("atxn_a", "atxn_c", "atxn_b_fails"))
