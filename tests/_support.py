@@ -154,6 +154,14 @@ class Heartbeat:
         assert ticks >= 0.1 * room, f"heartbeat ticked {ticks} times, room for {room:.0f}"
 
 
+def spin_for(seconds: float) -> int:
+    """Burn ``seconds`` of this thread's CPU time (however long a loaded machine takes)."""
+    end, turns = time.thread_time() + seconds, 0
+    while time.thread_time() < end:
+        turns += 1
+    return turns
+
+
 async def wait_until(predicate, within: float = 20.0, interval: float = 0.02) -> None:
     """Poll ``predicate()`` (sync or async) until true; fail after ``within`` seconds."""
     with anyio.fail_after(within):

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from aioray_runner import (
     current_attempt,
 )
 from aioray_runner._watchdog import BLOCKING_CALL, BUSY
-from tests._support import wait_until
+from tests import _support
+from tests._support import spin_for, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -215,14 +216,6 @@ async def test_the_watchdog_can_be_switched_off(
     assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
 
 
-def spin_for(seconds: float) -> int:
-    """Burn ``seconds`` of this thread's CPU time (however long a loaded machine takes)."""
-    end, turns = time.thread_time() + seconds, 0
-    while time.thread_time() < end:
-        turns += 1
-    return turns
-
-
 async def spins_the_loop(seconds: float) -> int:
     return spin_for(seconds)  # the mistake: CPU-bound work inside async def
 
@@ -263,11 +256,29 @@ async def test_blocking_code_shipped_by_value_is_named_with_its_file_and_line(
     assert slept.calls == (sleeper.label,) and slept.cause == BLOCKING_CALL
     assert slept.where == f"sleeps_in_async ({__file__}:{line_of(sleeps_in_async, 'time.sleep(')})"
     assert spun.calls == (spinner.label,) and spun.cause == BUSY
-    assert spun.where.startswith(f"spin_for ({__file__}:")
+    assert spun.where.startswith(f"spin_for ({_support.__file__}:")
 
 
 def not_scheduled_mentions(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "got little or no CPU" in r.getMessage()]
+
+
+async def no_call_is_named_while(
+    caplog: pytest.LogCaptureFixture, seconds: float, disturb: Callable[[int], Awaitable[None]]
+) -> None:
+    """Calls that never block run on one supervisor while ``disturb(its pid)`` runs:
+    they all finish, no call is named, and the stall is mentioned as no CPU."""
+    seen: list[BlockedLoop] = []
+    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
+    with caplog.at_level(logging.INFO, logger="aioray_runner"):
+        async with runtime as rt:
+            pid = rt.supervisor_info()[0]["pid"]
+            work = [rt.submit(never_blocks, seconds) for _ in range(4)]
+            await disturb(pid)
+            assert all(steps > 0 for steps in [await f for f in work])
+            await wait_until(lambda: not_scheduled_mentions(caplog), within=10)
+    assert seen == []
+    assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
 
 
 async def test_a_stopped_supervisor_names_no_call(
@@ -275,24 +286,17 @@ async def test_a_stopped_supervisor_names_no_call(
 ) -> None:
     # The loop is in the user's code most of the time, so whatever frame is
     # current when the process stops is the user's: it did nothing wrong.
-    seen: list[BlockedLoop] = []
-    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
-    with caplog.at_level(logging.INFO, logger="aioray_runner"):
-        async with runtime as rt:
-            pid = rt.supervisor_info()[0]["pid"]
-            work = [rt.submit(never_blocks, 10.0) for _ in range(4)]
-            await anyio.sleep(1.0)
-            for _ in range(3):
-                os.kill(pid, signal.SIGSTOP)
-                try:
-                    await anyio.sleep(2.0)
-                finally:
-                    os.kill(pid, signal.SIGCONT)
-                await anyio.sleep(0.5)
-            assert all(steps > 0 for steps in [await f for f in work])
-            await wait_until(lambda: not_scheduled_mentions(caplog), within=10)
-    assert seen == []
-    assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+    async def stop_three_times(pid: int) -> None:
+        await anyio.sleep(1.0)
+        for _ in range(3):
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await anyio.sleep(2.0)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await anyio.sleep(0.5)
+
+    await no_call_is_named_while(caplog, 10.0, stop_three_times)
     assert len(not_scheduled_mentions(caplog)) == 1  # once a minute at most
 
 
@@ -329,25 +333,18 @@ async def test_a_starved_supervisor_names_no_call(
     # Burners pinned to the supervisor's CPU, the supervisor at idle priority so
     # that it surely waits for them: its loop stalls in the user's code, which
     # did nothing wrong.
-    seen: list[BlockedLoop] = []
-    runtime = Runtime(supervisors=1, blocked_loop_threshold=0.2, on_blocked_loop=seen.append)
-    with caplog.at_level(logging.INFO, logger="aioray_runner"):
-        async with runtime as rt:
-            pid = rt.supervisor_info()[0]["pid"]
-            cpus = os.sched_getaffinity(pid)
-            cpu = min(cpus)
-            work = [rt.submit(never_blocks, 8.0) for _ in range(4)]
-            burners = start_burners(3, cpu)
-            try:
-                set_threads(pid, {cpu}, os.SCHED_IDLE)
-                await anyio.sleep(8.0)
-            finally:
-                set_threads(pid, cpus, os.SCHED_OTHER)
-                stop_burners(burners)
-            assert all(steps > 0 for steps in [await f for f in work])
-            await wait_until(lambda: not_scheduled_mentions(caplog), within=10)
-    assert seen == []
-    assert not [r for r in caplog.records if "event loop was blocked" in r.getMessage()]
+    async def starve(pid: int) -> None:
+        cpus = os.sched_getaffinity(pid)
+        cpu = min(cpus)
+        burners = start_burners(3, cpu)
+        try:
+            set_threads(pid, {cpu}, os.SCHED_IDLE)
+            await anyio.sleep(8.0)
+        finally:
+            set_threads(pid, cpus, os.SCHED_OTHER)
+            stop_burners(burners)
+
+    await no_call_is_named_while(caplog, 8.0, starve)
 
 
 async def dies_on_first_run(marker: str) -> Attempt:

@@ -31,6 +31,8 @@ from aioray_runner._watchdog import (
     classify,
     watch_asyncio_loop,
 )
+from tests import _support
+from tests._support import spin_for
 
 LINUX = sys.platform.startswith("linux")
 
@@ -175,20 +177,12 @@ def _time_sleep(seconds: float) -> None:
     time.sleep(seconds)  # the line the watchdog must name
 
 
-def _spin(seconds: float) -> int:
-    """Burn ``seconds`` of this thread's CPU time (however long a loaded machine takes)."""
-    end, n = time.thread_time() + seconds, 0
-    while time.thread_time() < end:
-        n += 1
-    return n
-
-
 async def _sleeps_in_async(seconds: float) -> None:
     _time_sleep(seconds)
 
 
 async def _spins_in_async(seconds: float) -> None:
-    _spin(seconds)
+    spin_for(seconds)
 
 
 def _stalls_of(blocker: Any, seconds: float) -> list[Stall]:
@@ -234,7 +228,7 @@ def test_a_cpu_bound_loop_is_named() -> None:
     if LINUX:
         assert stall.cause == BUSY
     assert stall.calls == ((7, "blocker#7"),)
-    assert stall.where.startswith(f"_spin ({__file__}:")
+    assert stall.where.startswith(f"spin_for ({_support.__file__}:")
 
 
 def test_a_stall_the_watching_thread_slept_through_is_the_process_not_running() -> None:
@@ -265,7 +259,7 @@ def test_the_probe_reads_a_sleeping_thread_and_a_busy_one() -> None:
     def spinner() -> None:
         probes["spinner"] = _ThreadProbe()
         ready.wait()
-        _spin(1.0)
+        spin_for(1.0)
 
     threads = [threading.Thread(target=sleeper), threading.Thread(target=spinner)]
     for thread in threads:
