@@ -22,12 +22,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._futures import AioRayFuture
-    from ._runtime import Runtime, RuntimeOptions
-    from ._settings import Settings
-    from ._supervisor import Attempt, current_attempt
-    from ._watchdog import BlockedLoop
-    from ._wire import register_reducer
+    from ._caller.futures import AioRayFuture
+    from ._caller.runtime import Runtime, RuntimeOptions
+    from ._common.settings import Settings
+    from ._common.watchdog import BlockedLoop
+    from ._common.wire import register_reducer
+    from ._supervisor.attempt import Attempt, current_attempt
     from .context import remote_options
     from .errors import (
         AioRayError,
@@ -51,26 +51,26 @@ __version__ = "0.1.0"
 # choices must come first. Prefect is optional and slow to import too.
 _HOMES = {
     "AioRayError": "errors",
-    "AioRayFuture": "_futures",
+    "AioRayFuture": "_caller.futures",
     "AioRayTaskRunner": "task_runners",
-    "Attempt": "_supervisor",
-    "BlockedLoop": "_watchdog",
+    "Attempt": "_supervisor.attempt",
+    "BlockedLoop": "_common.watchdog",
     "CancelledError": "errors",
     "InvalidCallError": "errors",
     "PrefectAioRayFuture": "task_runners",
     "RayLostError": "errors",
     "RemoteError": "errors",
-    "Runtime": "_runtime",
+    "Runtime": "_caller.runtime",
     "RuntimeNotRunningError": "errors",
-    "RuntimeOptions": "_runtime",
+    "RuntimeOptions": "_caller.runtime",
     "SerializationError": "errors",
-    "Settings": "_settings",
+    "Settings": "_common.settings",
     "SupervisorDiedError": "errors",
     "UpstreamError": "errors",
     "aresult": "task_runners",
     "aresults": "task_runners",
-    "current_attempt": "_supervisor",
-    "register_reducer": "_wire",
+    "current_attempt": "_supervisor.attempt",
+    "register_reducer": "_common.wire",
     "remote_options": "context",
 }
 

@@ -19,7 +19,7 @@ from . import __version__
 
 
 def _runner_list(text: str) -> tuple[str, ...]:
-    from ._bench.suite import CORE_RUNNERS
+    from ._tools.bench.suite import CORE_RUNNERS
 
     known = [*CORE_RUNNERS, "ray", "threadpool", "dask", "gather"]
     values = tuple(v.strip() for v in text.split(",") if v.strip())
@@ -135,11 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._bench.common import installed_version
-    from ._bench.suite import GROUPS, Options, failures, report, run_suite
+    from ._tools.bench.common import installed_version
+    from ._tools.bench.suite import GROUPS, Options, failures, report, run_suite
 
     if args.plot is not None:
-        from ._bench.plot import require_matplotlib
+        from ._tools.bench.plot import require_matplotlib
 
         require_matplotlib()  # before minutes of work, not after
     groups = tuple(args.scenario or GROUPS)
@@ -158,7 +158,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"figures written to {args.json}", file=sys.stderr)
     if args.plot is not None:
-        from ._bench.plot import plot
+        from ._tools.bench.plot import plot
 
         plot(result, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
@@ -169,7 +169,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ._doctor import diagnose, render
+    from ._tools.doctor import diagnose, render
 
     report = diagnose(args.address, connect=args.connect)
     if args.json:
@@ -180,14 +180,14 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._bench.common import installed_version
+    from ._tools.bench.common import installed_version
 
     if installed_version("prefect") is None:
         raise SystemExit(
             "the demo is a Prefect flow: python -m pip install '.[prefect]'"
             " in a clone of aioray-runner"
         )
-    from .demo import main as demo_main
+    from ._tools.demo import main as demo_main
 
     return demo_main(["--pages", str(args.pages), "--parsed", str(args.parsed)])
 

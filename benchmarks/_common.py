@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aioray_runner._bench.common import log
+from aioray_runner._tools.bench.common import log
 
 __all__ = ["git_commit", "log", "ray_instance", "write_figures"]
 
@@ -38,7 +38,7 @@ def git_commit() -> str | None:
 @contextmanager
 def ray_instance(num_cpus: int) -> Iterator[None]:
     """Start a temporary local Ray of the script's own (never another program's); stop it after."""
-    from aioray_runner._bench.common import local_ray
+    from aioray_runner._tools.bench.common import local_ray
 
     with local_ray(num_cpus):
         yield

@@ -6,7 +6,7 @@
 Each run starts the server that a flow starts when no PREFECT_API_URL is set, in a
 new temporary PREFECT_HOME (so it creates and migrates its database, as on a
 user's first run), waits up to 300 s for it to answer, prints the time and stops
-it. The runner and the demo allow ``aioray_runner._prefect_api.TEMPORARY_API_START_S``;
+it. The runner and the demo allow ``aioray_runner._prefect.api.TEMPORARY_API_START_S``;
 docs/measurements.md keeps the figures.
 """
 

@@ -52,8 +52,8 @@ from _common import log, write_figures
 from bench_runtime import memory_run, step
 
 from aioray_runner import Runtime
-from aioray_runner._bench.common import COUNTERS, local_ray, quiet_environment, table
-from aioray_runner._bench.core import actor_run, plain_actor, runtime_run, warm_up
+from aioray_runner._tools.bench.common import COUNTERS, local_ray, quiet_environment, table
+from aioray_runner._tools.bench.core import actor_run, plain_actor, runtime_run, warm_up
 
 ROWS = ("prefect.fanout", "core.trivial", "core.sleep", "trio", "memory", "wake-ups")
 
@@ -140,7 +140,7 @@ async def core_rows(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
 
 async def prefect_row(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    from aioray_runner._bench.flows import run_runner
+    from aioray_runner._tools.bench.flows import run_runner
 
     plan = {"delay": args.delay, "fanout": args.fanout, "warmup": 20}
     # The default (one supervisor per node: one here), and two supervisors:
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_environment()
     started = time.perf_counter()
-    from aioray_runner._bench.suite import prefect_api
+    from aioray_runner._tools.bench.suite import prefect_api
 
     # The API first: Ray's workers inherit its address from the environment.
     with (

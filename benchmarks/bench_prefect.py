@@ -3,7 +3,7 @@
 An async flow submits N tasks, each ``await asyncio.sleep(delay)``, and waits for
 all of them; the time from the first submit to the last result is measured inside
 the flow. This is the ``prefect.fanout`` scenario of ``aioray-runner bench``
-(same flow: ``aioray_runner/_bench/flows.py``) with the knobs a study needs: a
+(same flow: ``aioray_runner/_tools/bench/flows.py``) with the knobs a study needs: a
 list of N, repeats, caps, supervisors, thread-pool size. Runners compared:
 
 * ``aioray``: ``AioRayTaskRunner`` (this library);
@@ -50,9 +50,9 @@ from typing import Any
 
 from _common import log, write_figures
 
-from aioray_runner._bench.common import Progress, local_ray, quiet_environment
-from aioray_runner._bench.common import table as _table
-from aioray_runner._bench.flows import RUNNERS as ALL_RUNNERS
+from aioray_runner._tools.bench.common import Progress, local_ray, quiet_environment
+from aioray_runner._tools.bench.common import table as _table
+from aioray_runner._tools.bench.flows import RUNNERS as ALL_RUNNERS
 
 RUNNERS = tuple(ALL_RUNNERS)
 SLOW_RUNNERS = ("ray", "dask")
@@ -63,8 +63,11 @@ RUNNER_NAMES = {name: label for name, (label, _) in ALL_RUNNERS.items()}
 
 
 async def run_one(name: str, n: int, args: argparse.Namespace, label: str) -> dict[str, Any]:
-    """One flow of ``n`` sleeps under the runner ``name`` (the flow: aioray_runner._bench.flows)."""
-    from aioray_runner._bench.flows import run_runner
+    """One flow of ``n`` sleeps under the runner ``name``.
+
+    The flow: ``aioray_runner._tools.bench.flows``.
+    """
+    from aioray_runner._tools.bench.flows import run_runner
 
     plan = {"delay": args.delay, "fanout": n, "warmup": args.warmup}
     with Progress(1, quiet_interval=1.0) as progress:
@@ -323,15 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.prefect_logs:
         os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
     quiet_environment()  # else Prefect's console shows warnings only (the API gets all)
-    from aioray_runner._bench.flows import missing_runners
-    from aioray_runner._bench.suite import prefect_api
+    from aioray_runner._tools.bench.flows import missing_runners
+    from aioray_runner._tools.bench.suite import prefect_api
 
     for name, reason in missing_runners(args.runners).items():
         log(f"   left out {name}: {reason}")
         args.runners.remove(name)
     started = time.perf_counter()
     import aioray_runner
-    from aioray_runner._bench.common import versions as installed
+    from aioray_runner._tools.bench.common import versions as installed
 
     found = installed("prefect", "prefect-ray", "prefect-dask", "ray")
     versions = {

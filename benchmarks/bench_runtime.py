@@ -11,7 +11,7 @@ Measures, in one run:
   futures dropped (the supervisors should give the memory back).
 
 ``aioray-runner bench --scenario core`` runs the first two (and one-call latency)
-with the same code (``aioray_runner/_bench/core.py``); this script adds supervisor
+with the same code (``aioray_runner/_tools/bench/core.py``); this script adds supervisor
 counts, repeats, allocators and the memory phase.
 
 Usage::
@@ -52,8 +52,8 @@ from _common import log, ray_instance, write_figures
 
 import aioray_runner
 from aioray_runner import Runtime
-from aioray_runner._bench.common import COUNTERS, Progress, table
-from aioray_runner._bench.core import (
+from aioray_runner._tools.bench.common import COUNTERS, Progress, table
+from aioray_runner._tools.bench.core import (
     actor_run,
     check_sum,
     plain_actor,

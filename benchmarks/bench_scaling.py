@@ -41,8 +41,8 @@ from _common import log, write_figures
 
 import aioray_runner
 from aioray_runner import Runtime
-from aioray_runner._bench.common import quiet_environment, table
-from aioray_runner._bench.core import check_sum, noop, sleep_then, warm_up
+from aioray_runner._tools.bench.common import quiet_environment, table
+from aioray_runner._tools.bench.core import check_sum, noop, sleep_then, warm_up
 
 
 async def one_run(rt: Runtime, n: int, delay: float | None, label: str) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def blocked_loop_warning(task_name: str) -> Callable[[tuple[str, str, str]], boo
 # under either, and the logged error names the runner's own future class.
 FUTURE_IN_CACHE_KEY = [
     (
-        "<class 'aioray_runner._prefect_futures.SettledPrefectFuture'>",
+        "<class 'aioray_runner._prefect.settled.SettledPrefectFuture'>",
         "<class 'prefect.futures.PrefectConcurrentFuture'>",
     ),
     ("cannot pickle 'SettledPrefectFuture' object", "cannot pickle '_thread.RLock' object"),

@@ -117,7 +117,7 @@ def test_bench_core_writes_per_task_time_and_ratio(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_every_scenario_and_runner_with_a_plot(tmp_path: Path) -> None:
-    from aioray_runner._bench.flows import RUNNERS, missing_runners
+    from aioray_runner._tools.bench.flows import RUNNERS, missing_runners
 
     figures, chart = tmp_path / "all.json", tmp_path / "all.png"
     out = cli("bench", "--size", "tiny", "--json", str(figures), "--plot", str(chart), timeout=400)
@@ -222,7 +222,7 @@ def test_doctor_connects_to_a_running_ray(ray_session: None) -> None:
 def test_doctor_names_the_fix_for_prefect_and_fastapi_releases_that_do_not_work(
     prefect: str, fastapi: str, fix: str | None
 ) -> None:
-    from aioray_runner._doctor import prefect_problems
+    from aioray_runner._tools.doctor import prefect_problems
 
     problems = prefect_problems(prefect, fastapi)
     assert [p.fix for p in problems] == ([fix] if fix else []), problems
@@ -258,7 +258,7 @@ def test_logs_print_above_the_demos_progress_bar() -> None:
     # handler does): while the bar is drawn its lines go through the bar's console.
     from rich.console import Console
 
-    from aioray_runner.demo import _ProgressBar
+    from aioray_runner._tools.demo import _ProgressBar
 
     screen = io.StringIO()
     stream = sys.stderr

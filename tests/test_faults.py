@@ -29,7 +29,7 @@ from aioray_runner import (
     UpstreamError,
     current_attempt,
 )
-from aioray_runner._watchdog import BLOCKING_CALL, BUSY
+from aioray_runner._common.watchdog import BLOCKING_CALL, BUSY
 from tests import _support
 from tests._support import spin_for, wait_until
 

@@ -22,13 +22,13 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as
 before = T.value()
 from aioray_runner import AioRayTaskRunner
 AioRayTaskRunner()
-from aioray_runner._prefect_api import start_timeout
+from aioray_runner._prefect.api import start_timeout
 print(json.dumps({"before": before, "after": T.value(), "start_timeout": start_timeout()}))
 """
 
 LATE_SERVER = """
 from prefect.server.api.server import SubprocessASGIServer
-from aioray_runner._prefect_api import start_temporary_api
+from aioray_runner._prefect.api import start_temporary_api
 lines = []
 try:
     start_temporary_api(announce=lines.append)

@@ -16,8 +16,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from aioray_runner import _wire
-from aioray_runner._watchdog import (
+from aioray_runner._common import wire as _wire
+from aioray_runner._common.watchdog import (
     BLOCKED,
     BLOCKING_CALL,
     BLOCKING_CAUSES,
@@ -246,7 +246,9 @@ def test_a_stall_the_watching_thread_slept_through_is_the_process_not_running() 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc/self/task")
 def test_the_probe_reads_a_sleeping_thread_and_a_busy_one() -> None:
-    from aioray_runner._watchdog import _ThreadProbe  # the probe is this module's test subject
+    from aioray_runner._common.watchdog import (
+        _ThreadProbe,  # the probe is this module's test subject
+    )
 
     probes: dict[str, Any] = {}
     ready = threading.Barrier(3)

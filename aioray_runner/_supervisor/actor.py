@@ -35,18 +35,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
-from . import _wire
-from ._backends import Host, make_host
-from ._settings import Settings
-from ._watchdog import Stall, Watchdog, watch_asyncio_loop
-from .errors import RemoteError, SerializationError, SupervisorDiedError, UpstreamError
+from .._backends import Host, make_host
+from .._common import wire
+from .._common.settings import Settings
+from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
+from ..errors import RemoteError, SerializationError, SupervisorDiedError, UpstreamError
+from .attempt import Attempt, set_attempt
 
-Outcome = _wire.Outcome
+Outcome = wire.Outcome
 
 #: ``asyncio.Task(..., eager_start=True)`` exists (Python 3.12 and newer).
 _EAGER_TASKS = sys.version_info >= (3, 12)
@@ -73,7 +73,7 @@ class _Call:
     def __init__(self, call_id: int, label: str) -> None:
         self.call_id = call_id
         self.label = label
-        #: ``(kind, pickled payload)`` once finished (see ``_wire.Outcome``).
+        #: ``(kind, pickled payload)`` once finished (see ``wire.Outcome``).
         self.outcome: tuple[int, bytes | None] | None = None
         self.waiters: list[asyncio.Future[tuple[int, bytes | None]]] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -127,7 +127,7 @@ class Supervisor:
         # there): their tasks are created when their gate opens.
         self._starts: list[tuple[_Call, bytes, bytes]] = []
         self._sent_starts: list[tuple[_Call, bytes, bytes]] = []
-        self._stalls: list[_wire.StallReport] = []
+        self._stalls: list[wire.StallReport] = []
         self._watchdog: Watchdog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio primitives bind to the running loop when first used (3.10+).
@@ -198,13 +198,13 @@ class Supervisor:
         return ()
 
     def _on_stall(self, stall: Stall) -> None:
-        self._stalls.append(_wire.StallReport(stall.seconds, stall.calls, stall.where, stall.cause))
+        self._stalls.append(wire.StallReport(stall.seconds, stall.calls, stall.where, stall.cause))
         self._ready_event.set()
 
-    async def submit(self, functions: dict[bytes, bytes], calls: Sequence[_wire.CallEntry]) -> int:
-        """Accept a batch of calls (see ``_wire.CallEntry``); ``functions`` are new ones.
+    async def submit(self, functions: dict[bytes, bytes], calls: Sequence[wire.CallEntry]) -> int:
+        """Accept a batch of calls (see ``wire.CallEntry``); ``functions`` are new ones.
 
-        An entry's ``rerun`` is ``None``, or a :class:`_wire.Rerun` for a call run
+        An entry's ``rerun`` is ``None``, or a :class:`wire.Rerun` for a call run
         again after its supervisor died.
         """
         self._loop = asyncio.get_running_loop()
@@ -223,7 +223,7 @@ class Supervisor:
                 arrival.set_result(record)
             if call_id in self._cancel_early:
                 self._cancel_early.discard(call_id)
-                self._finish(record, _wire.CANCELLED, None)
+                self._finish(record, wire.CANCELLED, None)
                 continue
             if rerun is not None:
                 self._start(record, digest, blob, deps, admitted=False, rerun=rerun)
@@ -247,12 +247,12 @@ class Supervisor:
         deps: Sequence[Any],
         *,
         admitted: bool,
-        rerun: _wire.Rerun | None = None,
+        rerun: wire.Rerun | None = None,
     ) -> None:
         context = None
         if rerun is not None:  # the task sees its attempt through current_attempt()
             context = contextvars.copy_context()
-            context.run(_attempt.set, Attempt(rerun.attempt, rerun.previous_loss))
+            context.run(set_attempt, Attempt(rerun.attempt, rerun.previous_loss))
         record.admitted = admitted
         coro = self._run(record, digest, blob, deps, admitted)
         if _EAGER_TASKS:
@@ -287,9 +287,9 @@ class Supervisor:
         await asyncio.shield(self._host_start)
         self._host_ready = True
 
-    async def poll(self, max_items: int = 5000) -> _wire.PollReply:
+    async def poll(self, max_items: int = 5000) -> wire.PollReply:
         """Wait until there is news: finished calls (at most ``max_items``), calls
-        about to start, and times this loop was blocked (see ``_wire.PollReply``)."""
+        about to start, and times this loop was blocked (see ``wire.PollReply``)."""
         # This poll proves the caller read the previous reply: the calls it
         # announced may start now.
         if self._sent_gate is not None:
@@ -315,7 +315,7 @@ class Supervisor:
         stalls, self._stalls = self._stalls, []
         logs, dropped = self._logs.take()
         self._polls += 1
-        return _wire.PollReply(batch, announced, stalls, logs, dropped)
+        return wire.PollReply(batch, announced, stalls, logs, dropped)
 
     async def _admit(self, record: _Call) -> None:
         """Wait until the caller knows this call starts (see the module docstring)."""
@@ -346,9 +346,9 @@ class Supervisor:
                     # ``_run``'s body, so nothing else would report its outcome.
                     if record.admitted:
                         self._permits.release()
-                    self._finish(record, _wire.CANCELLED, None)
+                    self._finish(record, wire.CANCELLED, None)
             elif record.outcome is None:
-                self._finish(record, _wire.CANCELLED, None)  # waiting at its gate
+                self._finish(record, wire.CANCELLED, None)  # waiting at its gate
 
     async def release(self, call_ids: Sequence[int]) -> None:
         """The caller dropped these futures: forget their outcomes once finished."""
@@ -392,7 +392,7 @@ class Supervisor:
         except Exception as exc:
             fn = SerializationError(
                 f"a function could not be unpickled on supervisor {self._index}:"
-                f" {_wire.describe_error(exc)}. Install the module that defines it on"
+                f" {wire.describe_error(exc)}. Install the module that defines it on"
                 " every Ray node, or ship it with runtime_env={'py_modules': [...]}"
             )
         self._functions[digest] = fn
@@ -431,7 +431,7 @@ class Supervisor:
             try:
                 fn = await self._function(digest)
                 values = await self._resolve(deps, record.label) if deps else ()
-                args, kwargs = _wire.loads_arguments(blob, values)
+                args, kwargs = wire.loads_arguments(blob, values)
                 if not admitted:
                     await self._permits.acquire()
             except BaseException:
@@ -449,13 +449,13 @@ class Supervisor:
                     self._running -= 1
             finally:
                 self._permits.release()
-            kind = _wire.OK
+            kind = wire.OK
         except asyncio.CancelledError:
-            kind, value = _wire.CANCELLED, None
+            kind, value = wire.CANCELLED, None
         except _Resend as resend:
-            kind, value = _wire.RESEND, resend
+            kind, value = wire.RESEND, resend
         except BaseException as exc:
-            kind, value = _wire.ERROR, exc
+            kind, value = wire.ERROR, exc
         self._finish(record, kind, value)
 
     async def _invoke(
@@ -480,16 +480,16 @@ class Supervisor:
     def _finish(self, record: _Call, kind: int, value: Any) -> None:
         payload: bytes | None = None
         try:
-            if kind == _wire.OK:
-                kind, payload = _wire.dumps_value(value, record.label)
-            elif kind == _wire.ERROR:
-                payload = _wire.dumps_exception(value)
-            elif kind == _wire.RESEND:
-                payload = pickle.dumps(_wire.ResendReason(value.index, value.owner))
+            if kind == wire.OK:
+                kind, payload = wire.dumps_value(value, record.label)
+            elif kind == wire.ERROR:
+                payload = wire.dumps_exception(value)
+            elif kind == wire.RESEND:
+                payload = pickle.dumps(wire.ResendReason(value.index, value.owner))
         except BaseException as exc:  # the outcome must be reported, whatever it is
             kind, payload = (
-                _wire.ERROR,
-                _wire.dumps_exception(
+                wire.ERROR,
+                wire.dumps_exception(
                     RemoteError(
                         type(value).__qualname__,
                         f"the outcome of {record.label} could not be sent back:"
@@ -508,7 +508,7 @@ class Supervisor:
         record.task = None
         self._ready.append((record.call_id, kind, payload))
         self._ready_event.set()
-        if record.released or kind == _wire.RESEND:
+        if record.released or kind == wire.RESEND:
             # A call handed back is sent again under the same id, maybe to this
             # supervisor: its old record must not stand in for the new one.
             self._calls.pop(record.call_id, None)
@@ -522,11 +522,11 @@ class Supervisor:
 
     async def _resolve_one(self, dep: Sequence[Any], label: str, index: int) -> Any:
         kind, handle, call_id, upstream = dep
-        if kind == _wire.VALUE_DEP:
+        if kind == wire.VALUE_DEP:
             return pickle.loads(handle)
-        if kind == _wire.FAILED_DEP:
+        if kind == wire.FAILED_DEP:
             raise UpstreamError(f"{label} cannot start: {handle}", upstream)
-        if kind == _wire.REF_DEP:
+        if kind == wire.REF_DEP:
             try:
                 return await handle
             except Exception as exc:
@@ -553,16 +553,16 @@ class Supervisor:
                     f" {type(exc).__name__}: {exc}",
                     upstream,
                 ) from None
-        if outcome_kind == _wire.RESEND:
+        if outcome_kind == wire.RESEND:
             raise _Resend(index, None)  # the upstream itself is being sent again
-        if outcome_kind == _wire.OK:
+        if outcome_kind == wire.OK:
             return pickle.loads(payload) if payload else None
         error = (
-            _wire.loads_exception(payload, upstream)
-            if outcome_kind == _wire.ERROR and payload
+            wire.loads_exception(payload, upstream)
+            if outcome_kind == wire.ERROR and payload
             else None
         )
-        if outcome_kind == _wire.CANCELLED:
+        if outcome_kind == wire.CANCELLED:
             raise UpstreamError(f"{label} cannot start: {upstream} was cancelled", upstream)
         if isinstance(error, SupervisorDiedError | UpstreamError):
             raise UpstreamError(f"{label} cannot start: {error}", upstream)
@@ -570,38 +570,6 @@ class Supervisor:
             f"{label} cannot start: {upstream} failed with {type(error).__name__}: {error}",
             upstream,
         )
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """Which run of a call this is: see :func:`current_attempt`.
-
-    Attributes:
-        number: 1 for the first run; 2 and up for runs after a supervisor died
-            while an earlier run may have been under way.
-        previous_loss: Why the previous run was lost (which supervisor died, and
-            how), or ``""`` on the first run.
-    """
-
-    number: int = 1
-    previous_loss: str = ""
-
-
-_FIRST_ATTEMPT = Attempt()
-_attempt: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
-    "aioray_attempt", default=None
-)
-
-
-def current_attempt() -> Attempt:
-    """Which run of the current call this is (inside a call on a supervisor).
-
-    A call runs once, unless it was submitted with ``reruns=`` (see
-    :meth:`Runtime.submit_call`) and its supervisor died while it may have been
-    running: it then runs again elsewhere, and ``current_attempt().number`` is
-    2 or more. Code with side effects can check what the earlier run did.
-    """
-    return _attempt.get() or _FIRST_ATTEMPT
 
 
 class _LogForwarder(logging.Handler):
@@ -641,7 +609,7 @@ class _LogForwarder(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            entry = _wire.log_entry(record)
+            entry = wire.log_entry(record)
         except Exception:
             self.handleError(record)
             return

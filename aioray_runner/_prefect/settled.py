@@ -29,7 +29,7 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, PrefectTaskRunFuture
 from prefect.utilities import annotations as prefect_annotations
 
-from ._prefect_transactions import unwrap
+from .transactions import unwrap
 
 R = TypeVar("R")
 

@@ -1,6 +1,6 @@
 """Placement without Ray: groups, nodes, strategies, names, redaction.
 
-Everything in ``aioray_runner._placement`` is a pure function of options and of
+Everything in ``aioray_runner._caller.placement`` is a pure function of options and of
 what ``ray.nodes()`` returns, so these tests build node dicts by hand and never
 start Ray (no ``ray_session`` or ``runtime`` fixture here).
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from aioray_runner import _placement as placement
-from aioray_runner._placement import (
+from aioray_runner._caller import placement
+from aioray_runner._caller.placement import (
     DEFAULT_GROUP,
     NodeAffinity,
     actor_name,

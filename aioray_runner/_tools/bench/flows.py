@@ -53,7 +53,7 @@ def make_runner(
 ) -> Any:
     """A new task runner called ``name`` (None for "gather": the flow runs its tasks)."""
     if name == "aioray":
-        from ..task_runners import AioRayTaskRunner
+        from ..._prefect.runner import AioRayTaskRunner
 
         return AioRayTaskRunner(supervisors=supervisors)
     if name == "ray":

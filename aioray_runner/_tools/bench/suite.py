@@ -265,7 +265,7 @@ async def _core_runner(runner: str, sizes: Sizes) -> dict[str, Any]:
 
     n = sizes.core_n
     if runner == "aioray":
-        from .._runtime import Runtime
+        from ..._caller.runtime import Runtime
 
         async with Runtime(supervisors=1) as rt:
             await core.warm_up(rt, 100)

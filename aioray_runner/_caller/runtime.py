@@ -30,12 +30,7 @@ from typing import (
 import anyio
 import ray
 
-from ._bridge import loop_scheduler
-from ._futures import AioRayFuture
-from ._placement import DEFAULT_GROUP, GroupKey, default_supervisor_count, live_node_count
-from ._pool import Pool
-from ._raywatch import probe_for_current_ray, processes_of_local_ray, stop_leftovers
-from ._settings import (
+from .._common.settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_START_TIMEOUT,
@@ -43,8 +38,13 @@ from ._settings import (
     Settings,
     split_host_port,
 )
-from ._watchdog import BlockedLoop
-from .errors import RuntimeNotRunningError
+from .._common.watchdog import BlockedLoop
+from ..errors import RuntimeNotRunningError
+from .futures import AioRayFuture
+from .placement import DEFAULT_GROUP, GroupKey, default_supervisor_count, live_node_count
+from .pool import Pool
+from .raywatch import probe_for_current_ray, processes_of_local_ray, stop_leftovers
+from .wakeups import loop_scheduler
 
 if TYPE_CHECKING:
     from ray import ObjectRef

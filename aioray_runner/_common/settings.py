@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from ._backends import BACKEND_NAMES, check_backend_installed
 
 #: Default cap on calls running at once in one supervisor (see docs/choosing-settings.md).
 DEFAULT_MAX_CONCURRENCY = 10_000
@@ -31,6 +30,12 @@ DEFAULT_THREADS = 32
 #: Default seconds to wait for supervisors to start.
 DEFAULT_START_TIMEOUT = 120.0
 
+#: The backends (the async library coroutines are written for), in the order error
+#: messages list them: name -> the extra that installs what it needs (None: nothing).
+#: Each is the module ``aioray_runner._backends._<name>``, loaded by this name.
+BACKENDS: dict[str, str | None] = {"asyncio": None, "trio": "trio"}
+#: The valid backend names.
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 # Names people write for the asyncio backend.
 _BACKEND_ALIASES = {"anyio": "asyncio", "uvloop": "asyncio", "async": "asyncio", "aio": "asyncio"}
 
@@ -139,6 +144,20 @@ def _names(name: str, value: object) -> tuple[str, ...]:
                 f"{name} must hold names as strings, got an object of type {type(item).__name__}"
             )
     return names
+
+
+def check_backend_installed(name: str) -> None:
+    """Raise :class:`ImportError` naming the extra to install if ``name`` cannot run here."""
+    extra = BACKENDS[name]
+    if extra is None:
+        return
+    try:
+        importlib.import_module(extra)
+    except ImportError as exc:
+        raise ImportError(
+            f"backend={name!r} needs {extra}: python -m pip install '.[{extra}]'"
+            " in a clone of aioray-runner"
+        ) from exc
 
 
 def check_settings(

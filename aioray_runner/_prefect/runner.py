@@ -74,27 +74,22 @@ from prefect.transactions import BaseTransaction, get_transaction
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from typing_extensions import ParamSpec
 
-# The core's public names only (each from the module that defines it, so that
-# this adapter and the package's __init__ do not import each other).
-from . import (
-    _prefect_api,
-    _prefect_compat,
-    _prefect_futures,
-    _prefect_remote,
-    _prefect_transactions,
-)
-from ._futures import AioRayFuture
-from ._runtime import Runtime
-from ._settings import (
+from .._caller.futures import AioRayFuture
+from .._caller.runtime import Runtime
+from .._common.settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_START_TIMEOUT,
     Settings,
 )
-from ._watchdog import BlockedLoop
-from ._wire import register_reducer
-from .context import ACTOR_PLACEMENT_OPTIONS, current_remote_options
-from .errors import SerializationError, SupervisorDiedError, UpstreamError
+from .._common.watchdog import BlockedLoop
+from .._common.wire import register_reducer
+from ..errors import SerializationError, SupervisorDiedError, UpstreamError
+
+# The core's public names only (each from the module that defines it, so that
+# this adapter and the package's __init__ do not import each other).
+from . import api, compat, remote, settled, transactions
+from .options import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
@@ -114,9 +109,9 @@ MAX_CRASH_RETRIES = 2
 # thread of a supervisor, or a sync task as a Ray task of its own.
 _Where = Literal["async", "thread", "ray"]
 _REMOTE_RUNNERS: dict[_Where, Callable[..., Any]] = {
-    "async": _prefect_remote.run_async_task,
-    "thread": _prefect_remote.run_sync_task_in_thread,
-    "ray": _prefect_remote.run_sync_task,
+    "async": remote.run_async_task,
+    "thread": remote.run_sync_task_in_thread,
+    "ray": remote.run_sync_task,
 }
 
 # The parts of Prefect's serialized context that differ from task run to task run.
@@ -128,7 +123,7 @@ def _reduce_future(future: PrefectAioRayFuture[Any]) -> tuple[Any, ...]:
     # runtime lifts out and the supervisor awaits; it arrives as a finished
     # Prefect future, which Prefect's engine resolves where the thread pool's
     # would (see _prefect_futures).
-    return _prefect_futures.settled_future, (future.task_run_id, future.wrapped_future)
+    return settled.settled_future, (future.task_run_id, future.wrapped_future)
 
 
 _TRANSACTION_LOCK = threading.Lock()
@@ -171,16 +166,16 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
             outcome = self._wrapped_future.result(0)
         except BaseException:
             return
-        if not isinstance(outcome, _prefect_transactions.TransactionOutcome):
+        if not isinstance(outcome, transactions.TransactionOutcome):
             return
         with _TRANSACTION_LOCK:  # the I/O thread and the waiting thread may both be here
             attach, self._attached = not self._attached, True
             rollback = roll_back and not self._rolled_back
             self._rolled_back = self._rolled_back or rollback
         if attach:
-            _prefect_transactions.attach(parent, outcome)
+            transactions.attach(parent, outcome)
         if rollback:
-            _prefect_transactions.roll_back(parent, outcome)
+            transactions.roll_back(parent, outcome)
 
     @property
     def state(self) -> State[Any]:
@@ -248,13 +243,13 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
 def _state_of(future: AioRayFuture[Any]) -> State[Any]:
     """The final State a finished runtime future stands for."""
     try:
-        state = _prefect_transactions.unwrap(future.result(0))
+        state = transactions.unwrap(future.result(0))
     except UpstreamError as exc:
         # An upstream was lost before it could report a State of its own: the
         # usual Prefect outcome for a task whose upstream did not complete.
         return Pending(name="NotReady", message=str(exc))
     except BaseException as exc:
-        return _prefect_remote.crashed_state(exc)  # type: ignore[no-any-return]
+        return remote.crashed_state(exc)  # type: ignore[no-any-return]
     if not isinstance(state, State):
         # The type only: the value may be a task's result, which may hold secrets.
         raise TypeError(
@@ -480,8 +475,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         self._tally = _Tally()  # final states, for console="summary"
         # The flow starts Prefect's temporary API (if it uses one) before it
         # enters this runner: a first start on a new PREFECT_HOME outlasts
-        # Prefect's 20 s wait on a busy machine. See _prefect_api.
-        _prefect_api.allow_slow_start()
+        # Prefect's 20 s wait on a busy machine. See api.
+        api.allow_slow_start()
         super().__init__()
 
     @property
@@ -552,7 +547,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             if self._runtime is None:
                 # Importing Prefect takes a supervisor seconds: do it while it
                 # starts, not when the first task run arrives.
-                preload = ("prefect.task_engine", "aioray_runner._prefect_remote")
+                preload = ("prefect.task_engine", "aioray_runner._prefect.remote")
                 settings = self.settings.replace(
                     preload=_merged(preload, self.settings.preload),
                     # Task and flow run logs print in the flow's console, as
@@ -589,7 +584,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         runtime.drain(cancel=cancel, grace=10)
         # Close each supervisor's flow run scope and flush Prefect's log and
         # event queues there, before the supervisors are stopped.
-        closers = runtime.broadcast(_prefect_remote.close_flow_run, self._key, every_group=True)
+        closers = runtime.broadcast(remote.close_flow_run, self._key, every_group=True)
         for closer in closers:
             if not closer.wait_sync(30):
                 logger.warning("A supervisor did not flush its Prefect logs within 30 s")
@@ -636,15 +631,15 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         task_run_id = uuid.uuid4()
         call_context = self._call_context(task, task_run_id, parameters)
         try:
-            _prefect_transactions.check_task(task)
-            call_context["transaction"] = _prefect_transactions.snapshot()
-        except _prefect_transactions.TransactionNotPortable as exc:
+            transactions.check_task(task)
+            call_context["transaction"] = transactions.snapshot()
+        except transactions.TransactionNotPortable as exc:
             return self._failed_at_submit(task, task_run_id, exc)
         options = current_remote_options()
-        request = _prefect_remote.TaskRunRequest(task_run_id, wait_for, dependencies, call_context)
+        request = remote.TaskRunRequest(task_run_id, wait_for, dependencies, call_context)
         # A run whose supervisor dies is run again elsewhere: once to settle its
         # state from what the API recorded, and once more per retry it has left
-        # (see _prefect_remote._after_loss), at most MAX_CRASH_RETRIES: a task
+        # (see remote._after_loss), at most MAX_CRASH_RETRIES: a task
         # that kills its supervisor each time (memory, a segfault) takes the
         # other runs there with it, so it is not given every retry it has.
         reruns = min(int(task.retries or 0), MAX_CRASH_RETRIES) + 1
@@ -831,7 +826,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                     1, thread_name_prefix="aioray-crash-reporter"
                 )
             reporter = self._reporter
-        state = _prefect_remote.crashed_state(error)
+        state = remote.crashed_state(error)
         reporter.submit(self._submit_context.copy().run, _record_state, task, task_run_id, state)
 
 
@@ -905,7 +900,7 @@ def _share_ephemeral_api() -> Iterator[None]:
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    api_url = _prefect_api.start_temporary_api()  # a no-op once the flow started it
+    api_url = api.start_temporary_api()  # a no-op once the flow started it
     if api_url is None:
         yield
         return
@@ -931,7 +926,7 @@ def _wait_until_recorded(submitted: int) -> None:
     waited for there. At most :data:`RECORD_WAIT_S` seconds.
     """
     flow_run = FlowRunContext.get()
-    if not _prefect_api.uses_temporary_api():
+    if not api.uses_temporary_api():
         return
     if flow_run is None or flow_run.flow_run is None:
         return
@@ -1005,9 +1000,7 @@ def _record_state(
             client.create_task_run(
                 task=task,
                 flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
-                dynamic_key=_prefect_compat.dynamic_key_for_task_run(flow_run, task)
-                if flow_run
-                else "0",
+                dynamic_key=compat.dynamic_key_for_task_run(flow_run, task) if flow_run else "0",
                 id=task_run_id,
                 state=state,
             )

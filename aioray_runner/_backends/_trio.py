@@ -1,4 +1,4 @@
-"""trio inside a supervisor: one ``trio.run`` on a thread of its own.
+"""The trio backend. Its supervisor half: one ``trio.run`` on a thread of its own.
 
 Ray's async actors own an asyncio loop, which receives calls and sends results
 back. trio-native code (``trio.sleep``, nurseries, cancel scopes) needs a trio
@@ -20,6 +20,9 @@ same calls at plain trio's pace (docs/measurements.md), so that is the design:
   trio task;
 * the trio thread has a blocked-loop watchdog of its own (the actor loop's
   watchdog does not see it), reporting like the actor loop's.
+
+Its caller half (:class:`TrioLoop`, at the end) wakes a caller's trio run through
+its token's ``run_sync_soon``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import Any
 
 import trio
 
-from ._watchdog import Stall, Watchdog
+from .._common.watchdog import Stall, Watchdog
+from . import Scheduler
 
 # trio runs the first step of every task started in one tick before anything
 # else: 10,000 at once would hold the thread (and its heartbeat) for a second.
@@ -40,7 +44,10 @@ _STARTS_PER_TICK = 500
 
 
 class TrioHost:
-    """The trio backend (see ``_backends``): owns the trio thread and starts calls in it."""
+    """The trio backend's supervisor half (see ``_backends``).
+
+    Owns the trio thread and starts calls in it.
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -246,3 +253,30 @@ async def _heartbeat(watchdog: Watchdog) -> None:
             watchdog.beat()
     finally:
         watchdog.stop()
+
+
+class TrioLoop:
+    """The caller's trio run going on now: its token's ``run_sync_soon`` for both."""
+
+    @staticmethod
+    def threadsafe(hold: Callable[[object, Scheduler], Scheduler]) -> Scheduler:
+        """Wake the running trio run from any thread (nothing happens once it is over)."""
+        token = trio.lowlevel.current_trio_token()
+
+        def send(fn: Callable[[], object]) -> None:
+            try:
+                token.run_sync_soon(fn)
+            except trio.RunFinishedError:
+                pass  # the trio run is over: nobody is left to wake
+
+        return hold(token, send)
+
+    @staticmethod
+    def end_of_turn(hold: Callable[[object, Scheduler], Scheduler]) -> tuple[object, Scheduler]:
+        """The run's token and a thread-safe scheduler for it."""
+        # run_sync_soon runs after the current task yields, like call_soon.
+        return trio.lowlevel.current_trio_token(), TrioLoop.threadsafe(hold)
+
+
+HOST = TrioHost
+LOOP = TrioLoop()

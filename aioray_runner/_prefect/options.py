@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._placement import ACTOR_PLACEMENT_OPTIONS
+from .._caller.placement import ACTOR_PLACEMENT_OPTIONS
 
 __all__ = ["ACTOR_PLACEMENT_OPTIONS", "current_remote_options", "remote_options"]
 

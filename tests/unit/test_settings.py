@@ -13,8 +13,13 @@ import pickle
 import pytest
 
 from aioray_runner import Runtime, Settings
-from aioray_runner._backends import BACKEND_NAMES, AsyncioHost, make_host
-from aioray_runner._settings import DEFAULT_BLOCKED_LOOP_THRESHOLD, DEFAULT_MAX_CONCURRENCY
+from aioray_runner._backends import make_host
+from aioray_runner._backends._asyncio import AsyncioHost
+from aioray_runner._common.settings import (
+    BACKEND_NAMES,
+    DEFAULT_BLOCKED_LOOP_THRESHOLD,
+    DEFAULT_MAX_CONCURRENCY,
+)
 
 EVERY_FIELD = {
     "address": "ray://127.0.0.1:10001",

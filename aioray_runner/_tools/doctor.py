@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._bench.common import installed_version
-from ._prefect_compat import OLDEST_SUPPORTED
+from .._prefect.compat import OLDEST_SUPPORTED
+from .bench.common import installed_version
 
 #: Distributions whose versions a bug report needs.
 DISTRIBUTIONS = (
@@ -191,7 +191,7 @@ def _local_cluster_address() -> str | None:
 
 def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
     """Where Ray is, whether something answers there, and which authentication applies."""
-    from ._runtime import address_advice, endpoint_of
+    from .._caller.runtime import address_advice, endpoint_of
 
     source = "--address" if address else ("RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None)
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -20,9 +20,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
-from . import _wire
-from ._bridge import loop_scheduler
-from .errors import CancelledError, SerializationError
+from .._common import wire
+from ..errors import CancelledError, SerializationError
+from .wakeups import loop_scheduler
 
 T = TypeVar("T")
 
@@ -139,14 +139,14 @@ class AioRayFuture(Generic[T]):
 
     def cancelled(self) -> bool:
         """Whether the call finished by being cancelled."""
-        return self._state == _wire.CANCELLED
+        return self._state == wire.CANCELLED
 
     def __repr__(self) -> str:
         state = {
             _PENDING: "pending",
-            _wire.OK: "finished",
-            _wire.ERROR: "failed",
-            _wire.CANCELLED: "cancelled",
+            wire.OK: "finished",
+            wire.ERROR: "failed",
+            wire.CANCELLED: "cancelled",
         }[self._state]
         return f"<AioRayFuture {self._label} {state} on supervisor {self._home.index}>"
 
@@ -179,29 +179,29 @@ class AioRayFuture(Generic[T]):
             if self._state != _PENDING:
                 return False
             self._error = error
-        return self._set_outcome(_wire.ERROR, None)
+        return self._set_outcome(wire.ERROR, None)
 
     def _outcome(self) -> T:
         state = self._state
-        if state == _wire.OK:
+        if state == wire.OK:
             if self._value is _UNSET:
                 try:
                     self._value = pickle.loads(self._payload) if self._payload else None
                 except Exception as exc:
                     raise SerializationError(
                         f"the result of {self._label} arrived but cannot be unpickled here:"
-                        f" {_wire.describe_error(exc)}. Is the module that defines it"
+                        f" {wire.describe_error(exc)}. Is the module that defines it"
                         " importable in this process?"
                     ) from None  # the error's own text may quote the value
                 self._payload = None
             return self._value  # type: ignore[no-any-return]
-        if state == _wire.ERROR:
+        if state == wire.ERROR:
             if self._error is None:
                 assert self._payload is not None
-                self._error = _wire.loads_exception(self._payload, self._label)
+                self._error = wire.loads_exception(self._payload, self._label)
                 self._payload = None
             raise self._error
-        if state == _wire.CANCELLED:
+        if state == wire.CANCELLED:
             raise CancelledError(f"{self._label} was cancelled")
         raise RuntimeError(f"{self._label} has not finished")
 
@@ -370,7 +370,7 @@ def fail(future: AioRayFuture[Any], error: BaseException) -> bool:
 
 def mark_cancelled(future: AioRayFuture[Any]) -> None:
     """Mark a call cancelled before it was sent anywhere."""
-    future._set_outcome(_wire.CANCELLED, None)
+    future._set_outcome(wire.CANCELLED, None)
 
 
 def home_of(future: AioRayFuture[Any]) -> Home:
@@ -389,7 +389,7 @@ def held_outcome(future: AioRayFuture[Any]) -> tuple[bool, bytes]:
     Used to pass an outcome the caller holds to a dependent call once the
     supervisor that produced it has died.
     """
-    if future._state != _wire.OK:
+    if future._state != wire.OK:
         return False, b""
     payload = future._payload
     if payload is None:  # already unpickled here: pickle it again

@@ -3,7 +3,8 @@
 Results arrive on a background thread. Whoever awaits them lives on an asyncio
 loop or a trio run (or on no loop at all). ``loop_scheduler()`` returns a
 thread-safe "run this soon on the caller's loop" function for the loop that is
-running now, the same job anyio's backends do for ``from_thread``.
+running now, the same job anyio's backends do for ``from_thread``: each
+backend's caller half (``_backends/_<name>.py``) says how, loaded by name.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
 
-Scheduler = Callable[[Callable[[], object]], None]
+from .._backends import CallerLoop, Scheduler, caller_loop
 
 
 def current_async_library() -> str | None:
@@ -91,7 +91,7 @@ def _held_or(key: object, send: Scheduler) -> Scheduler:
 def loop_scheduler() -> Scheduler | None:
     """A thread-safe way to run a callback on the current event loop, or ``None``."""
     library = current_async_library()
-    return None if library is None else _LOOPS[library].threadsafe()
+    return None if library is None else _loop_of(library).threadsafe(_held_or)
 
 
 def end_of_turn_scheduler() -> tuple[object, Scheduler] | None:
@@ -102,63 +102,16 @@ def end_of_turn_scheduler() -> tuple[object, Scheduler] | None:
     tell whether it already scheduled a callback for this loop.
     """
     library = current_async_library()
-    return None if library is None else _LOOPS[library].end_of_turn()
+    return None if library is None else _loop_of(library).end_of_turn(_held_or)
 
 
-class _AsyncioLoop:
-    """The asyncio loop running now: ``call_soon_threadsafe`` and ``call_soon``."""
-
-    @staticmethod
-    def threadsafe() -> Scheduler:
-        loop = asyncio.get_running_loop()
-
-        def send(fn: Callable[[], object]) -> None:
-            try:
-                loop.call_soon_threadsafe(fn)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is left to wake
-
-        return _held_or(loop, send)
-
-    @staticmethod
-    def end_of_turn() -> tuple[object, Scheduler]:
-        loop = asyncio.get_running_loop()
-
-        def schedule(fn: Callable[[], object]) -> None:
-            loop.call_soon(fn)
-
-        return loop, schedule
+# The caller's half of each backend, by what current_async_library() says;
+# loaded on first use (the trio half imports trio).
+_LOOPS: dict[str, CallerLoop] = {}
 
 
-class _TrioLoop:
-    """The trio run going on now: its token's ``run_sync_soon`` for both."""
-
-    @staticmethod
-    def threadsafe() -> Scheduler:
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-
-        def send(fn: Callable[[], object]) -> None:
-            try:
-                token.run_sync_soon(fn)
-            except trio.RunFinishedError:
-                pass  # the trio run is over: nobody is left to wake
-
-        return _held_or(token, send)
-
-    @staticmethod
-    def end_of_turn() -> tuple[object, Scheduler]:
-        import trio
-
-        # run_sync_soon runs after the current task yields, like call_soon.
-        return trio.lowlevel.current_trio_token(), _TrioLoop.threadsafe()
-
-
-class _CallerLoop(Protocol):
-    def threadsafe(self) -> Scheduler: ...
-    def end_of_turn(self) -> tuple[object, Scheduler]: ...
-
-
-# The one table of caller-side loops, by what current_async_library() says.
-_LOOPS: dict[str, _CallerLoop] = {"asyncio": _AsyncioLoop(), "trio": _TrioLoop()}
+def _loop_of(library: str) -> CallerLoop:
+    loop = _LOOPS.get(library)
+    if loop is None:
+        loop = _LOOPS[library] = caller_loop(library)
+    return loop

@@ -33,8 +33,8 @@ from contextlib import ExitStack
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from . import _prefect_compat, _prefect_futures, _prefect_transactions
-from ._supervisor import Attempt, current_attempt
+from .._supervisor.attempt import Attempt, current_attempt
+from . import compat, transactions
 
 
 def _set_up_prefect_logging() -> None:
@@ -43,7 +43,7 @@ def _set_up_prefect_logging() -> None:
     # loggers, among them the runtime's forwarder of run logs (see
     # Settings.forward_logs). This module is preloaded while the supervisor
     # starts, before that forwarder is installed: configure logging now.
-    _prefect_compat.ensure_logging_setup()
+    compat.ensure_logging_setup()
 
 
 _set_up_prefect_logging()
@@ -155,9 +155,7 @@ async def run_async_task(
         with ExitStack() as stack:
             _enter_call_context(stack, call_context)
             try:
-                entered = _prefect_transactions.enter_snapshot(
-                    stack, call_context.get("transaction")
-                )
+                entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
                 settled, run_task, task_run = await _after_loss(task, task_run_id, attempt)
                 if settled is not None:
                     return settled
@@ -171,7 +169,7 @@ async def run_async_task(
                     return_type="state",
                     context=None,  # already entered, once per flow run
                 )
-                return _prefect_transactions.outcome(state, entered)
+                return transactions.outcome(state, entered)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
@@ -198,7 +196,7 @@ async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[A
     from prefect.context import FlowRunContext
     from prefect.states import AwaitingRetry
 
-    from .errors import SupervisorDiedError
+    from ..errors import SupervisorDiedError
 
     client = get_client()
     task_run = await _settled_task_run(client, task_run_id)
@@ -213,7 +211,7 @@ async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[A
     crashed = crashed_state(loss)
     attempts_so_far = max(task_run.run_count if task_run else 0, attempt.number - 1)
     retries = int(task.retries or 0)
-    retry = attempts_so_far <= retries and await _prefect_compat.retry_condition_allows(
+    retry = attempts_so_far <= retries and await compat.retry_condition_allows(
         task, task_run, crashed
     )
     if retry:
@@ -360,9 +358,7 @@ async def run_sync_task_in_thread(
             _enter_call_context(stack, call_context)
             cpu, wall = time.thread_time(), time.monotonic()
             try:
-                entered = _prefect_transactions.enter_snapshot(
-                    stack, call_context.get("transaction")
-                )
+                entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
                 state = run_task_sync(
                     task=run_task,
                     task_run_id=task_run_id,
@@ -373,7 +369,7 @@ async def run_sync_task_in_thread(
                     return_type="state",
                     context=None,  # already entered, once per flow run
                 )
-                return _prefect_transactions.outcome(state, entered)
+                return transactions.outcome(state, entered)
             except BaseException as exc:
                 return crashed_state(exc)
             finally:
@@ -429,11 +425,11 @@ def _run_sync_task(
     from prefect.task_engine import run_task_sync
 
     with ExitStack() as stack:
-        entered = _prefect_transactions.enter_snapshot(stack, transaction)
+        entered = transactions.enter_snapshot(stack, transaction)
         state = run_task_sync(
             task=task, task_run_id=task_run_id, context=context, return_type="state", **kwargs
         )
-        return _prefect_transactions.outcome(state, entered)
+        return transactions.outcome(state, entered)
 
 
 async def run_sync_task(
@@ -468,7 +464,7 @@ async def run_sync_task(
     remote = _sync_runner.options(name=getattr(task, "name", "task"), **(ray_options or {}))
     context = {**flow_context, **call_context}
     transaction = context.pop("transaction", None)
-    with _prefect_futures.transporting():  # upstream futures Prefect leaves alone
+    with settled.transporting():  # upstream futures Prefect leaves alone
         ref = remote.remote(
             task,
             task_run_id,

@@ -16,7 +16,7 @@ import pytest
 from prefect import task
 from prefect.states import Crashed
 
-from aioray_runner import _prefect_compat
+from aioray_runner._prefect import compat as _prefect_compat
 
 # Prefect 3.9 calls any callable as retry_condition_fn; before, only functions.
 CALLS_ANY_CALLABLE = tuple(int(p) for p in prefect.__version__.split(".")[:2]) >= (3, 9)

@@ -35,11 +35,14 @@ from typing import Any, cast
 
 import ray
 
-from . import _wire
-from ._bridge import end_of_turn_scheduler, one_wakeup_per_loop
-from ._futures import AioRayFuture, Home, fail, held_outcome, home_of, mark_cancelled, move, settle
-from ._iothread import IOThread, wait_ref
-from ._placement import (
+from .._common import wire
+from .._common.settings import Settings
+from .._common.watchdog import BLOCKING_CAUSES, UNSCHEDULED, BlockedLoop
+from .._supervisor.actor import Supervisor
+from ..errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
+from .futures import AioRayFuture, Home, fail, held_outcome, home_of, mark_cancelled, move, settle
+from .iothread import IOThread, wait_ref
+from .placement import (
     DEFAULT_GROUP,
     GroupKey,
     actor_options,
@@ -49,11 +52,8 @@ from ._placement import (
     redact_options,
     to_ray_strategy,
 )
-from ._raywatch import PROBE_EVERY_S, Probe
-from ._settings import Settings
-from ._supervisor import Supervisor
-from ._watchdog import BLOCKING_CAUSES, UNSCHEDULED, BlockedLoop
-from .errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
+from .raywatch import PROBE_EVERY_S, Probe
+from .wakeups import end_of_turn_scheduler, one_wakeup_per_loop
 
 # One supervisor-side poll returns at most this many outcomes, and one submit
 # message carries at most this many calls: large enough to amortise a Ray call,
@@ -70,7 +70,7 @@ STALL_MENTION_INTERVAL = 60.0
 # and bytes, the pickled arguments, their dependencies and, parallel to those,
 # the futures behind them (None for an ObjectRef).
 Parcel = tuple[
-    AioRayFuture[Any], bytes, bytes, bytes, list[_wire.Dep], "list[AioRayFuture[Any] | None]"
+    AioRayFuture[Any], bytes, bytes, bytes, list[wire.Dep], "list[AioRayFuture[Any] | None]"
 ]
 
 
@@ -177,7 +177,7 @@ class Pool:
         self._nodes: list[str] = []
         # Each group's number in supervisors' names; the default group is 0.
         self._group_numbers: dict[GroupKey, int] = {DEFAULT_GROUP: 0}
-        self._functions = _wire.FunctionCache()
+        self._functions = wire.FunctionCache()
         self._ids = itertools.count(1)
         self._pending: list[Parcel] = []
         # Call id -> what else is tracked for it, for the few calls that need
@@ -358,8 +358,8 @@ class Pool:
             )
         digest, fn_blob = self._functions.get(fn)
         call_id = next(self._ids)
-        label = f"{label or _wire.callable_name(fn)}#{call_id}"
-        blob, deps, upstream = _wire.dumps_arguments(label, args, kwargs, self._lift)
+        label = f"{label or wire.callable_name(fn)}#{call_id}"
+        blob, deps, upstream = wire.dumps_arguments(label, args, kwargs, self._lift)
         if slot is None:
             slot = self._pick(group)
         slot.assign()
@@ -386,9 +386,9 @@ class Pool:
             raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
         return min(slots, key=lambda s: s.load)
 
-    def _lift(self, obj: Any) -> _wire.Lifted | None:
+    def _lift(self, obj: Any) -> wire.Lifted | None:
         if isinstance(obj, ray.ObjectRef):
-            return _wire.ref_dep(obj), None
+            return wire.ref_dep(obj), None
         if not isinstance(obj, AioRayFuture):
             return None
         future: AioRayFuture[Any] = obj
@@ -399,9 +399,9 @@ class Pool:
             if not succeeded:
                 error = future.exception(0)
                 message = f"{future.label} failed with {type(error).__name__}: {error}"
-                return _wire.failed_dep(message, future.label), future
-            return _wire.value_dep(payload, future.label), future
-        return _wire.call_dep(_supervisor_of(future).handle, future.call_id, future.label), future
+                return wire.failed_dep(message, future.label), future
+            return wire.value_dep(payload, future.label), future
+        return wire.call_dep(_supervisor_of(future).handle, future.call_id, future.label), future
 
     def send_now(self) -> None:
         """Hand queued calls to the I/O thread now, not at the end of the loop turn.
@@ -503,7 +503,7 @@ class Pool:
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
                 functions.setdefault(slot, {})[digest] = fn_blob
-            rerun = _wire.Rerun(extra.attempt, extra.loss) if extra and extra.attempt > 1 else None
+            rerun = wire.Rerun(extra.attempt, extra.loss) if extra and extra.attempt > 1 else None
             by_slot.setdefault(slot, []).append(
                 (future.call_id, digest, blob, deps, future.label, rerun)
             )
@@ -525,8 +525,8 @@ class Pool:
         return slot
 
     def _relift(
-        self, deps: list[_wire.Dep], upstream: list[AioRayFuture[Any] | None]
-    ) -> list[_wire.Dep]:
+        self, deps: list[wire.Dep], upstream: list[AioRayFuture[Any] | None]
+    ) -> list[wire.Dep]:
         fresh = list(deps)
         for index, future in enumerate(upstream):
             if future is not None:
@@ -584,9 +584,9 @@ class Pool:
     def _deliver(
         self,
         slot: RemoteSupervisor,
-        outcomes: list[_wire.Outcome],
+        outcomes: list[wire.Outcome],
         announced: list[int],
-        stalls: list[_wire.StallReport],
+        stalls: list[wire.StallReport],
         logs: list[dict[str, Any]],
         logs_dropped: int,
     ) -> None:
@@ -606,13 +606,13 @@ class Pool:
             parcel = unstarted.pop(call_id, None)
             if extras:
                 slot.rerunnable.pop(call_id, None)
-                if kind != _wire.RESEND:
+                if kind != wire.RESEND:
                     extras.pop(call_id, None)
             slot.finished += 1
             if future is None:
                 self._releases.append((slot, call_id))
                 continue
-            if kind == _wire.RESEND and parcel is not None:
+            if kind == wire.RESEND and parcel is not None:
                 # No release: the supervisor dropped the record itself, and a
                 # release could reach it after the call was sent there again.
                 self._send_again(slot, parcel, payload)
@@ -641,7 +641,7 @@ class Pool:
     def _send_again(self, slot: RemoteSupervisor, parcel: Parcel, payload: bytes | None) -> None:
         """A call could not start on ``slot``: an upstream's supervisor died."""
         future = parcel[0]
-        index, owner = pickle.loads(payload) if payload else _wire.ResendReason(0, None)
+        index, owner = pickle.loads(payload) if payload else wire.ResendReason(0, None)
         extra = self._extras_of(future.call_id)
         extra.sends += 1
         upstream = parcel[5][index] if index < len(parcel[5]) else None

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from .._runtime import Runtime
+from ..._caller.runtime import Runtime
 from .common import COUNTERS
 
 # -- what runs remotely ------------------------------------------------------------------

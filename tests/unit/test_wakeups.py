@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from aioray_runner._bridge import loop_scheduler, one_wakeup_per_loop
+from aioray_runner._caller.wakeups import loop_scheduler, one_wakeup_per_loop
 
 
 class CountingLoop(asyncio.SelectorEventLoop):

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from .errors import InvalidCallError, RemoteError, SerializationError
+from ..errors import InvalidCallError, RemoteError, SerializationError
 
 # Outcome kinds, as they travel from supervisor to caller. RESEND: the call never
 # started and cannot start there (an upstream's supervisor died); its payload is
