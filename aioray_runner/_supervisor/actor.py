@@ -14,7 +14,8 @@ its id is announced in a ``poll`` reply, and the call waits until the caller's
 *next* ``poll`` arrives: proof that the caller has read the announcement. So if
 this process dies, the caller knows exactly which calls may have started (those
 announced) and can safely send every other one elsewhere. The price is one
-round trip before a batch starts, paid per batch, not per call.
+round trip before a batch starts, paid per batch, not per call. The gate is its
+own object (``gate.py``), with unit tests that need no Ray.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .._common.settings import Settings
 from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
 from ..errors import RemoteError, SerializationError, SupervisorDiedError, UpstreamError
 from .attempt import Attempt, set_attempt
+from .gate import StartGate
 
 Outcome = wire.Outcome
 
@@ -117,21 +119,15 @@ class Supervisor:
         self._arrivals: dict[int, asyncio.Future[_Call]] = {}
         self._cancel_early: set[int] = set()
         self._ready: list[Outcome] = []
-        # The start gate (see the module docstring): ids to announce in the next
-        # poll reply, the gate those calls wait at, and the gate of the ids sent
-        # in the last reply, opened when the next poll arrives.
-        self._announce: list[int] = []
-        self._gate: asyncio.Future[None] | None = None
-        self._sent_gate: asyncio.Future[None] | None = None
-        # Calls announced straight from ``submit`` (no dependencies, a permit taken
-        # there): their tasks are created when their gate opens.
-        self._starts: list[tuple[_Call, bytes, bytes]] = []
-        self._sent_starts: list[tuple[_Call, bytes, bytes]] = []
         self._stalls: list[wire.StallReport] = []
         self._watchdog: Watchdog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # asyncio primitives bind to the running loop when first used (3.10+).
         self._ready_event = asyncio.Event()
+        # The start gate (see the module docstring). Calls announced straight from
+        # ``submit`` (no dependencies, a permit taken there) come back from it
+        # when their gate opens, and their tasks are created then.
+        self._gate: StartGate[tuple[_Call, bytes, bytes]] = StartGate(self._ready_event.set)
         self._permits = _Permits(settings.max_concurrency)
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix=f"aioray-supervisor-{index}"
@@ -214,7 +210,7 @@ class Supervisor:
             await self._start_host()
         for digest, blob in functions.items():
             self._add_function(digest, blob)
-        starts = self._starts
+        announced_here = False
         for call_id, digest, blob, deps, label, rerun in calls:
             record = _Call(call_id, label)
             self._calls[call_id] = record
@@ -231,11 +227,11 @@ class Supervisor:
                 # The common case, made cheap: nothing to wait for and a permit
                 # free (now held), so announce it now and create its task when
                 # the gate opens (no task parked at the gate per call).
-                self._announce.append(call_id)
-                starts.append((record, digest, blob))
+                self._gate.start_when_open(call_id, (record, digest, blob))
+                announced_here = True
             else:
                 self._start(record, digest, blob, deps, admitted=False)
-        if starts:
+        if announced_here:
             self._ready_event.set()
         return len(calls)
 
@@ -292,11 +288,7 @@ class Supervisor:
         about to start, and times this loop was blocked (see ``wire.PollReply``)."""
         # This poll proves the caller read the previous reply: the calls it
         # announced may start now.
-        if self._sent_gate is not None:
-            if not self._sent_gate.done():
-                self._sent_gate.set_result(None)
-            self._sent_gate = None
-        starts, self._sent_starts = self._sent_starts, []
+        starts = self._gate.open()
         for record, digest, blob in starts:
             if record.outcome is not None:  # cancelled while it waited here
                 self._permits.release()
@@ -304,29 +296,16 @@ class Supervisor:
                 self._start(record, digest, blob, (), admitted=True)
         del starts
         self._loop = asyncio.get_running_loop()
-        while not (self._ready or self._announce or self._stalls or self._logs.pending):
+        while not (self._ready or self._gate.has_news or self._stalls or self._logs.pending):
             self._ready_event.clear()
             await self._ready_event.wait()
         batch = self._ready[:max_items]
         del self._ready[:max_items]
-        announced, self._announce = self._announce, []
-        self._sent_gate, self._gate = self._gate, None
-        self._sent_starts, self._starts = self._starts, []
+        announced = self._gate.announce()
         stalls, self._stalls = self._stalls, []
         logs, dropped = self._logs.take()
         self._polls += 1
         return wire.PollReply(batch, announced, stalls, logs, dropped)
-
-    async def _admit(self, record: _Call) -> None:
-        """Wait until the caller knows this call starts (see the module docstring)."""
-        gate = self._gate
-        if gate is None:
-            gate = self._gate = asyncio.get_running_loop().create_future()
-        self._announce.append(record.call_id)
-        self._ready_event.set()
-        # Shielded: the gate is shared by every call of the batch, and
-        # cancelling one call must not cancel the others' gate.
-        await asyncio.shield(gate)
 
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
@@ -440,7 +419,7 @@ class Supervisor:
                 raise
             try:
                 if not admitted:
-                    await self._admit(record)
+                    await self._gate.admit(record.call_id)
                 self._running += 1
                 self._started_total += 1
                 try:

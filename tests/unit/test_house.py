@@ -60,7 +60,7 @@ LONG_CLASSES: dict[str, int] = {
     "_caller.pool.Pool": 728,
     "_caller.runtime.Runtime": 712,
     "_prefect.runner.AioRayTaskRunner": 476,
-    "_supervisor.actor.Supervisor": 476,
+    "_supervisor.actor.Supervisor": 453,
 }
 
 
