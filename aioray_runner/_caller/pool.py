@@ -14,10 +14,11 @@ last, and sets the matching futures.
 
 A failed ``poll`` (or message) means the supervisor died. A replacement is put in
 its place, and its calls in flight split in two. A supervisor announces every
-call before it starts it (see ``_supervisor``), so the caller knows which calls
-may have started: those fail with :class:`SupervisorDiedError`. Every other one
-never ran, and is sent to a live supervisor as it is: nothing that never started
-is lost. The caller keeps each call's pickled parcel until it is announced.
+call before it starts it (its start gate, ``_supervisor/gate.py``), so the caller
+knows which calls may have started: those fail with :class:`SupervisorDiedError`.
+Every other one never ran, and is sent to a live supervisor as it is: nothing
+that never started is lost. The call ledger (``ledger.py``) keeps that book,
+with each call's pickled parcel until it is announced.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .._supervisor.actor import Supervisor
 from ..errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
 from .futures import AioRayFuture, Home, fail, held_outcome, home_of, mark_cancelled, move, settle
 from .iothread import IOThread, wait_ref
+from .ledger import CallLedger
 from .placement import (
     DEFAULT_GROUP,
     GroupKey,
@@ -74,19 +76,6 @@ Parcel = tuple[
 ]
 
 
-class _Extras:
-    """What the caller tracks for a call beyond its parcel (few calls need it)."""
-
-    __slots__ = ("attempt", "cancelled", "loss", "reruns", "sends")
-
-    def __init__(self) -> None:
-        self.reruns = 0  # runs allowed after a death while it may have been running
-        self.attempt = 1  # which run the next send is
-        self.loss = ""  # why the previous run was lost
-        self.sends = 0  # times handed back (RESEND) and sent again
-        self.cancelled = False  # cancel() was called: never send it again
-
-
 class RemoteSupervisor:
     """One supervisor actor, as the caller sees it: its handle, calls and load.
 
@@ -106,11 +95,6 @@ class RemoteSupervisor:
         # Ray has no public accessor for a handle's actor id; supervisors
         # report deaths of others by this id (see Pool._send_again).
         self.actor_id: str = handle._actor_id.hex()
-        self.in_flight: dict[int, AioRayFuture[Any]] = {}
-        # Sent here and not announced yet: safe to send elsewhere if this dies.
-        self.unstarted: dict[int, Parcel] = {}
-        # Announced, and allowed to run again elsewhere if this dies (reruns).
-        self.rerunnable: dict[int, Parcel] = {}
         # The balancer reads load = assigned - finished. Callers' threads only
         # advance `assigned` (next() on a count is atomic), the I/O thread only
         # `finished`: no lock on the submit path, and no lost updates.
@@ -180,9 +164,8 @@ class Pool:
         self._functions = wire.FunctionCache()
         self._ids = itertools.count(1)
         self._pending: list[Parcel] = []
-        # Call id -> what else is tracked for it, for the few calls that need
-        # it; dropped by _forget when the call's outcome is settled.
-        self._extras: dict[int, _Extras] = {}
+        # Which calls may have started on which supervisor (I/O thread).
+        self.ledger: CallLedger[AioRayFuture[Any], Parcel] = CallLedger()
         self._pending_lock = threading.Lock()
         # A `_send_pending` is queued on the I/O loop (guarded by _pending_lock).
         self._io_scheduled = False
@@ -311,22 +294,15 @@ class Pool:
         self._fail_in_flight("the runtime closed while it was running")
 
     def _fail_unsent(self, reason: str) -> None:
-        self._extras.clear()
+        self.ledger.forget_all_notes()
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for future, *_ in pending:
             fail(future, RuntimeNotRunningError(f"{future.label}: {reason}"))
 
     def _fail_in_flight(self, reason: str) -> None:
-        self._extras.clear()
-        for slots in self.groups.values():
-            for slot in slots:
-                lost = list(slot.in_flight.values())
-                slot.in_flight.clear()
-                slot.unstarted.clear()
-                slot.rerunnable.clear()
-                for future in lost:
-                    fail(future, RuntimeNotRunningError(f"{future.label}: {reason}"))
+        for future in self.ledger.clear():
+            fail(future, RuntimeNotRunningError(f"{future.label}: {reason}"))
 
     # -- submitting (caller's thread) ----------------------------------------------------
 
@@ -365,7 +341,7 @@ class Pool:
         slot.assign()
         future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
         if reruns:
-            self._extras_of(call_id).reruns = reruns
+            self.ledger.allow_reruns(call_id, reruns)
         with self._pending_lock:
             self._pending.append((future, digest, fn_blob, blob, deps, upstream))
         turn = end_of_turn_scheduler()
@@ -438,9 +414,7 @@ class Pool:
 
         def collect() -> None:
             self._send_pending()
-            for slots in self.groups.values():
-                for slot in slots:
-                    result.extend(slot.in_flight.values())
+            result.extend(self.ledger.all_in_flight())
             collected.set()
 
         self.io.call_soon(collect)
@@ -473,20 +447,18 @@ class Pool:
         """
         by_slot: dict[RemoteSupervisor, list[tuple[Any, ...]]] = {}
         functions: dict[RemoteSupervisor, dict[bytes, bytes]] = {}
-        extras = self._extras
+        ledger = self.ledger
         for parcel in parcels:
             future, digest, fn_blob, blob, deps, upstream = parcel
-            extra = extras.get(future.call_id) if extras else None
-            if extra is not None and extra.cancelled:  # cancelled while it moved
+            if ledger.take_cancelled(future.call_id):  # cancelled while it moved
                 _supervisor_of(future).finished += 1  # it was counted there when assigned
-                self._forget(future.call_id)
                 mark_cancelled(future)
                 continue
             slot = _supervisor_of(future)
             if not slot.alive:
                 rerouted = self._reroute(future)
                 if rerouted is None:
-                    self._forget(future.call_id)
+                    ledger.forget(future.call_id)
                     fail(
                         future,
                         RuntimeNotRunningError(
@@ -498,12 +470,12 @@ class Pool:
             if relift:
                 deps = self._relift(deps, upstream)
                 parcel = (future, digest, fn_blob, blob, deps, upstream)
-            slot.in_flight[future.call_id] = future
-            slot.unstarted[future.call_id] = parcel
+            ledger.sent(slot, future.call_id, future, parcel)
             if digest not in slot.known_digests:
                 slot.known_digests.add(digest)
                 functions.setdefault(slot, {})[digest] = fn_blob
-            rerun = wire.Rerun(extra.attempt, extra.loss) if extra and extra.attempt > 1 else None
+            again = ledger.rerun_of(future.call_id)
+            rerun = None if again is None else wire.Rerun(*again)
             by_slot.setdefault(slot, []).append(
                 (future.call_id, digest, blob, deps, future.label, rerun)
             )
@@ -552,12 +524,9 @@ class Pool:
             # The supervisor is alive but refused this message: fail its calls only.
             self.logger.error("%s could not take %s: %s", slot.describe(), what, exc)
             for call_id in call_ids:
-                future = slot.in_flight.pop(call_id, None)
-                slot.unstarted.pop(call_id, None)
-                slot.rerunnable.pop(call_id, None)
+                future = self.ledger.refused(slot, call_id)
                 if future is not None:
                     slot.finished += 1
-                    self._forget(call_id)
                     fail(future, exc)
 
     def _start_poll(self, slot: RemoteSupervisor) -> None:
@@ -592,22 +561,15 @@ class Pool:
     ) -> None:
         if logs or logs_dropped:
             self._forward_logs(slot, logs, logs_dropped)
-        unstarted = slot.unstarted
-        extras = self._extras
-        for call_id in announced:
-            parcel = unstarted.pop(call_id, None)  # may have started: not sent again...
-            if parcel is not None and extras and (extra := extras.get(call_id)) and extra.reruns:
-                slot.rerunnable[call_id] = parcel  # ...unless it may run again
+        ledger = self.ledger
+        if announced:
+            ledger.announced(slot, announced)
         for stall in stalls:
             self._report_stall(slot, *stall)
         release = self.release
+        settled = ledger.settled
         for call_id, kind, payload in outcomes:
-            future = slot.in_flight.pop(call_id, None)
-            parcel = unstarted.pop(call_id, None)
-            if extras:
-                slot.rerunnable.pop(call_id, None)
-                if kind != wire.RESEND:
-                    extras.pop(call_id, None)
+            future, parcel = settled(slot, call_id, resend=kind == wire.RESEND)
             slot.finished += 1
             if future is None:
                 self._releases.append((slot, call_id))
@@ -642,11 +604,10 @@ class Pool:
         """A call could not start on ``slot``: an upstream's supervisor died."""
         future = parcel[0]
         index, owner = pickle.loads(payload) if payload else wire.ResendReason(0, None)
-        extra = self._extras_of(future.call_id)
-        extra.sends += 1
+        sends = self.ledger.count_send(future.call_id)
         upstream = parcel[5][index] if index < len(parcel[5]) else None
-        if extra.sends > MAX_SENDS:
-            self._forget(future.call_id)
+        if sends > MAX_SENDS:
+            self.ledger.forget(future.call_id)
             where = upstream.label if upstream is not None else "an upstream call"
             fail(
                 future,
@@ -671,16 +632,6 @@ class Pool:
             # The upstream is itself being sent again; its news may reach us
             # through another supervisor's poll a moment later.
             self.io.call_later(0.05, lambda: self._dispatch([parcel], relift=True))
-
-    def _extras_of(self, call_id: int) -> _Extras:
-        extra = self._extras.get(call_id)
-        if extra is None:
-            extra = self._extras[call_id] = _Extras()
-        return extra
-
-    def _forget(self, call_id: int) -> None:
-        """The call's outcome is settled: drop what was tracked for it."""
-        self._extras.pop(call_id, None)
 
     def _all_slots(self) -> list[RemoteSupervisor]:
         return [slot for slots in self.groups.values() for slot in slots]
@@ -758,33 +709,21 @@ class Pool:
         # Calls announced (may have started) are lost, unless they may run
         # again; the rest never ran.
         cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        resend = dict(slot.unstarted)
-        for call_id, parcel in slot.rerunnable.items():
-            extra = self._extras_of(call_id)
-            extra.reruns -= 1
-            extra.attempt += 1
-            extra.loss = f"{slot.describe()} died ({cause})"
-            resend[call_id] = parcel
-        lost = [f for call_id, f in slot.in_flight.items() if call_id not in resend]
-        never_started, rerun = len(slot.unstarted), len(slot.rerunnable)
-        slot.in_flight.clear()
-        slot.unstarted.clear()
-        slot.rerunnable.clear()
+        death = self.ledger.died(slot, f"{slot.describe()} died ({cause})")
         self.logger.warning(
             "%s died (%s). %d call(s) that had started on it failed; %d were sent to"
             " %s (%d that had not started, %d allowed to run again). Starting a replacement.",
             slot.describe(),
             cause,
-            len(lost),
-            len(resend),
+            len(death.lost),
+            len(death.resend),
             "other supervisors" if len(self.slots(slot.group)) > 1 else "the replacement",
-            never_started,
-            rerun,
+            death.never_started,
+            death.rerun,
         )
         # Fail the lost calls first: a dependent sent again below then carries
         # its upstream's failure instead of waiting on the dead supervisor.
-        for future in lost:
-            self._forget(future.call_id)
+        for future in death.lost:
             fail(
                 future,
                 SupervisorDiedError(
@@ -793,7 +732,7 @@ class Pool:
                     " this one if it is safe to run again."
                 ),
             )
-        self._dispatch([resend[call_id] for call_id in sorted(resend)], relift=True)
+        self._dispatch(death.resend, relift=True)
 
     async def _describe(self, slot: RemoteSupervisor) -> None:
         try:
@@ -806,10 +745,10 @@ class Pool:
         if future.done():
             return
         # Remembered, so a supervisor death cannot send the call on afterwards.
-        self._extras_of(future.call_id).cancelled = True
+        self.ledger.cancel(future.call_id)
         slot = _supervisor_of(future)
         # Not sent yet: it will not be (see _dispatch), so nothing to tell.
-        if slot.alive and future.call_id in slot.in_flight:
+        if slot.alive and self.ledger.holds(slot, future.call_id):
             self.io.spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
 
     def _schedule_probe(self) -> None:
@@ -836,17 +775,12 @@ class Pool:
         if self.ray_lost or self._closed:
             return
         self.ray_lost = reason
-        lost: list[AioRayFuture[Any]] = []
         for slot in self._all_slots():
             slot.alive = False
-            lost.extend(slot.in_flight.values())
-            slot.in_flight.clear()
-            slot.unstarted.clear()
-            slot.rerunnable.clear()
+        lost = self.ledger.clear()
         with self._pending_lock:
             pending, self._pending = self._pending, []
         lost.extend(parcel[0] for parcel in pending)
-        self._extras.clear()
         self.logger.error(
             "Ray went away: %s. %d call(s) in flight failed with RayLostError. This"
             " runtime can run nothing more: close it, and start a new one once Ray is"
