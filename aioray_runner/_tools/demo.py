@@ -41,7 +41,7 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 from prefect import flow, get_run_logger, task
 
 from aioray_runner import AioRayTaskRunner, aresult
-from aioray_runner._prefect_api import start_temporary_api
+from aioray_runner._prefect.api import start_temporary_api
 
 if TYPE_CHECKING:
     from rich.console import Console
