@@ -142,20 +142,8 @@ class Runtime:
         forward_logs: Iterable[str] = (),
         on_log: Callable[[logging.LogRecord], object] | None = None,
     ) -> None:
-        settings = Settings.from_arguments(
-            settings,
-            address=address,
-            supervisors=supervisors,
-            max_concurrency=max_concurrency,
-            backend=backend,
-            threads=threads,
-            init_kwargs=init_kwargs or {},
-            actor_options=actor_options or {},
-            start_timeout=start_timeout,
-            preload=preload,
-            blocked_loop_threshold=blocked_loop_threshold,
-            forward_logs=forward_logs,
-        )
+        # Every keyword argument named in SETTING_NAMES (the one list of settings).
+        settings = Settings.from_arguments(settings, locals())
         #: Every setting, checked (see :class:`Settings`).
         self.settings = settings
         self.logger = logger or logging.getLogger("aioray_runner")

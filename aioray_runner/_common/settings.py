@@ -3,8 +3,13 @@
 One frozen object is made where the user writes the settings (``Runtime(...)`` or
 ``AioRayTaskRunner(...)``) and handed, unchanged, to the pool, to every
 supervisor (it travels to the actor as its constructor argument) and to each
-copy of the Prefect runner. A new setting is a new field here, with its check
-in ``__post_init__``: nothing else lists the settings.
+copy of the Prefect runner. The fields of :class:`Settings` are the one list
+of settings (:data:`SETTING_NAMES`): ``Runtime`` and ``AioRayTaskRunner`` take each
+one as a keyword argument and build their ``Settings`` from that list, and
+``tests/unit/test_settings.py`` fails when a setting is missing from either, from
+their docstrings or from ``docs/choosing-settings.md``. A new setting is a new
+field here, with its check in ``__post_init__``, and a keyword argument (with its
+line in the docstring) of both constructors.
 """
 
 from __future__ import annotations
@@ -89,13 +94,23 @@ class Settings:
         _set(self, "blocked_loop_threshold", self.blocked_loop_threshold or None)  # 0 is off
 
     @classmethod
-    def from_arguments(cls, settings: Settings | None, **fields: Any) -> Settings:
-        """``settings`` if one was given, else ``Settings(**fields)`` (both checked).
+    def from_arguments(
+        cls,
+        settings: Settings | None,
+        arguments: Mapping[str, Any] | None = None,
+        /,
+        **fields: Any,
+    ) -> Settings:
+        """``settings`` if one was given, else new settings (both checked).
 
-        For constructors that take the fields as keyword arguments or a whole
-        ``settings=`` object (``Runtime``, ``AioRayTaskRunner``).
+        For constructors that take every field as a keyword argument, or a whole
+        ``settings=`` object (``Runtime``, ``AioRayTaskRunner``): they pass their
+        arguments (``locals()``), and the fields are picked from them by
+        :data:`SETTING_NAMES`. ``fields`` as keyword arguments work too.
         """
         if settings is None:
+            if arguments is not None:
+                fields = {name: arguments[name] for name in SETTING_NAMES}
             return cls(**fields)
         if not isinstance(settings, Settings):
             raise TypeError(
@@ -113,6 +128,10 @@ class Settings:
         values["init_kwargs"] = dict(self.init_kwargs)
         values["actor_options"] = dict(self.actor_options)
         return values
+
+
+#: The settings, in the order of their fields: the one list (see the module docstring).
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))
 
 
 def _set(settings: Settings, name: str, value: Any) -> None:

@@ -437,21 +437,10 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         self.console = console
         if threads is None:
             threads = _thread_pool_size(max_concurrency)
-        settings = Settings.from_arguments(
-            settings,
-            address=address,
-            supervisors=supervisors,
-            max_concurrency=max_concurrency,
-            backend=backend,
-            threads=threads,
-            # As in RayTaskRunner: the namespace defaults to "prefect".
-            init_kwargs={"namespace": "prefect", **(init_kwargs or {})},
-            actor_options=actor_options or {},
-            start_timeout=start_timeout,
-            preload=preload,
-            blocked_loop_threshold=blocked_loop_threshold,
-            forward_logs=forward_logs,
-        )
+        # As in RayTaskRunner: the namespace defaults to "prefect".
+        init_kwargs = {"namespace": "prefect", **(init_kwargs or {})}
+        # Every keyword argument named in SETTING_NAMES (the one list of settings).
+        settings = Settings.from_arguments(settings, locals())
         if settings.backend != "asyncio":
             raise ValueError(
                 f"AioRayTaskRunner runs Prefect's task engine, which needs asyncio: backend"

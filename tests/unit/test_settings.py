@@ -8,7 +8,9 @@ a ``Runtime`` or an ``AioRayTaskRunner`` does not connect to anything.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,11 @@ from aioray_runner._common.settings import (
     BACKEND_NAMES,
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
     DEFAULT_MAX_CONCURRENCY,
+    SETTING_NAMES,
+    check_settings,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EVERY_FIELD = {
     "address": "ray://127.0.0.1:10001",
@@ -34,6 +40,39 @@ EVERY_FIELD = {
     "blocked_loop_threshold": 0.25,
     "forward_logs": ("mypkg.events",),
 }
+
+
+def _documented_args(cls: type) -> set[str]:
+    doc = inspect.getdoc(cls) or ""
+    args = doc.split("Args:", 1)[1]
+    return {
+        line.strip().split(":")[0]
+        for line in args.splitlines()
+        if line.startswith("    ") and not line.startswith("     ")
+    }
+
+
+def test_every_setting_is_listed_everywhere_it_must_be() -> None:
+    """The fields of Settings are the one list: each front door takes and documents
+    every one, check_settings checks only settings, docs/choosing-settings.md names
+    each, and as_kwargs gives them all back."""
+    pytest.importorskip("prefect")  # the runner is the Prefect extra
+    from aioray_runner.task_runners import AioRayTaskRunner
+
+    names = set(SETTING_NAMES)
+    assert names == {f.name for f in dataclasses.fields(Settings)}
+    assert names == set(EVERY_FIELD), "EVERY_FIELD (above) must list each setting"
+    for front_door in (Runtime, AioRayTaskRunner):
+        parameters = inspect.signature(front_door).parameters
+        missing = names - set(parameters)
+        assert not missing, f"{front_door.__name__} does not take {sorted(missing)}"
+        undocumented = names - _documented_args(front_door)
+        assert not undocumented, f"{front_door.__name__}'s docstring lacks {sorted(undocumented)}"
+    assert set(inspect.signature(check_settings).parameters) <= names
+    assert set(Settings().as_kwargs()) == names
+    guide = (ROOT / "docs" / "choosing-settings.md").read_text()
+    unnamed = sorted(name for name in names if f"`{name}`" not in guide)
+    assert not unnamed, f"docs/choosing-settings.md does not name {unnamed}"
 
 
 def test_defaults_are_the_documented_ones() -> None:
