@@ -15,6 +15,9 @@ there, and fails every call at once when it is not (``Pool.on_ray_lost``):
 
 A Ray client (``ray://``) has no probe: Ray's client raises on its own when its
 server goes away.
+
+:func:`probe_address` is the one TCP probe of a Ray address: the watch's, the
+one ``Runtime`` makes before ``ray.init`` (``connection.py``), and doctor's.
 """
 
 from __future__ import annotations
@@ -30,8 +33,24 @@ import ray
 
 #: Seconds between two probes.
 PROBE_EVERY_S = 1.0
+#: Seconds a TCP connect may take before an address counts as unreachable.
+PROBE_TIMEOUT_S = 3.0
 
 Probe = Callable[[], "str | None"]
+
+
+def probe_address(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> OSError | None:
+    """The one TCP probe of a Ray address: ``None`` if something accepts a
+    connection at ``host:port`` within ``timeout`` seconds, else the error.
+
+    ``Runtime`` probes before ``ray.init``, ``aioray-runner doctor`` reports it,
+    and the Ray watch probes a joined cluster's GCS with it once a second.
+    """
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return exc
+    return None
 
 
 def probe_for_current_ray(owns_ray: bool) -> Probe | None:
@@ -80,15 +99,14 @@ def _gcs_probe(host: str, port: int) -> Probe:
 
     def probe() -> str | None:
         nonlocal misses
-        try:
-            with socket.create_connection((host, port), timeout=2):
-                misses = 0
-                return None
-        except OSError as exc:
-            misses += 1
-            if misses < 2:
-                return None
-            return f"the cluster's GCS at {host}:{port} does not answer ({exc})"
+        exc = probe_address(host, port, timeout=2)
+        if exc is None:
+            misses = 0
+            return None
+        misses += 1
+        if misses < 2:
+            return None
+        return f"the cluster's GCS at {host}:{port} does not answer ({exc})"
 
     return probe
 

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -35,8 +34,6 @@ DISTRIBUTIONS = (
     "pydantic",
     "matplotlib",
 )
-
-PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -191,7 +188,8 @@ def _local_cluster_address() -> str | None:
 
 def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
     """Where Ray is, whether something answers there, and which authentication applies."""
-    from .._caller.runtime import address_advice, endpoint_of
+    from .._caller.connection import address_advice, endpoint_of
+    from .._caller.raywatch import PROBE_TIMEOUT_S, probe_address
 
     source = "--address" if address else ("RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None)
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -223,11 +221,11 @@ def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
     endpoint = endpoint_of(target) if target and target != "local" else None
     if endpoint is not None:
         host, port = endpoint
-        try:
-            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        exc = probe_address(host, port, PROBE_TIMEOUT_S)
+        if exc is None:
             info["reachable"] = True
             info["summary"] = f"{target}: something accepts connections there"
-        except OSError as exc:
+        else:
             info["reachable"] = False
             reason = exc.strerror or type(exc).__name__
             info["summary"] = f"{target}: not reachable ({reason})"

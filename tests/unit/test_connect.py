@@ -7,7 +7,7 @@ run is ``tests/test_prefect_cluster.py``.
 
 from __future__ import annotations
 
-from aioray_runner._caller.runtime import _client_server_start_failed
+from aioray_runner._caller.connection import _client_server_start_failed
 
 PROXY_SAID_SO = """Initialization failure from server:
 Traceback (most recent call last):

@@ -58,7 +58,7 @@ MAY_IMPORT_TOOLS = {"cli", "demo"}
 MAX_CLASS_LINES = 300
 LONG_CLASSES: dict[str, int] = {
     "_caller.pool.Pool": 678,
-    "_caller.runtime.Runtime": 712,
+    "_caller.runtime.Runtime": 586,
     "_prefect.runner.AioRayTaskRunner": 476,
     "_supervisor.actor.Supervisor": 453,
 }
