@@ -35,6 +35,7 @@ from uuid import UUID
 
 from .._supervisor.attempt import Attempt, current_attempt
 from . import compat, transactions
+from .settled import transporting
 
 
 def _set_up_prefect_logging() -> None:
@@ -464,7 +465,7 @@ async def run_sync_task(
     remote = _sync_runner.options(name=getattr(task, "name", "task"), **(ray_options or {}))
     context = {**flow_context, **call_context}
     transaction = context.pop("transaction", None)
-    with settled.transporting():  # upstream futures Prefect leaves alone
+    with transporting():  # upstream futures Prefect leaves alone
         ref = remote.remote(
             task,
             task_run_id,

@@ -74,6 +74,9 @@ from prefect.transactions import BaseTransaction, get_transaction
 from prefect.utilities.engine import collect_task_run_inputs_sync
 from typing_extensions import ParamSpec
 
+# The core's public names only (each from the module that defines it, so that
+# this adapter and the package's __init__ do not import each other; the few
+# others are listed in tests/unit/test_house.py, PREFECT_MAY_IMPORT).
 from .._caller.futures import AioRayFuture
 from .._caller.runtime import Runtime
 from .._common.settings import (
@@ -85,9 +88,6 @@ from .._common.settings import (
 from .._common.watchdog import BlockedLoop
 from .._common.wire import register_reducer
 from ..errors import SerializationError, SupervisorDiedError, UpstreamError
-
-# The core's public names only (each from the module that defines it, so that
-# this adapter and the package's __init__ do not import each other).
 from . import api, compat, remote, settled, transactions
 from .options import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 
@@ -722,8 +722,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         key = (id(task), where)
         cached = self._callables.get(key)
         if cached is None or cached[0] is not task:
-            remote = _REMOTE_RUNNERS[where]
-            fn = functools.partial(remote, self._key, self._flow_context_once(), task)
+            run_remotely = _REMOTE_RUNNERS[where]
+            fn = functools.partial(run_remotely, self._key, self._flow_context_once(), task)
             cached = self._callables[key] = (task, fn)
         return cached[1]
 

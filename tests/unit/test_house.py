@@ -191,6 +191,31 @@ def test_no_module_touches_another_modules_private_names() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_no_function_shadows_a_name_its_module_imports() -> None:
+    # A local named like an imported module hides it in the whole function: the
+    # module's use raises UnboundLocalError at run time, and no linter sees it
+    # (a local `settled` once hid the module `settled` in _prefect/remote.py).
+    problems = []
+    for module, tree in modules().items():
+        imported_here = {
+            (alias.asname or alias.name).split(".")[0]
+            for node in tree.body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            local = {a.arg for a in arguments} | {
+                n.id
+                for n in ast.walk(node)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            }
+            problems += [f"{module}.{node.name}: {name}" for name in sorted(local & imported_here)]
+    assert not problems, "\n".join(problems)
+
+
 def _folder(module: str) -> str:
     return module.split(".")[0]
 
