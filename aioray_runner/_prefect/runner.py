@@ -632,34 +632,16 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         # that kills its supervisor each time (memory, a segfault) takes the
         # other runs there with it, so it is not given every retry it has.
         reruns = min(int(task.retries or 0), MAX_CRASH_RETRIES) + 1
+        where, request, placement = self._where(task, request, options)
         try:
-            if task.isasync:
-                placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
-                wrapped = runtime.submit_call(
-                    self._remote_callable(task, "async"),
-                    (request,),
-                    parameters,
-                    label=task.name,
-                    actor_options=placement,
-                    reruns=reruns,
-                )
-            elif options or self.sync_tasks == "ray":
-                # Ray options ask for a Ray task of its own (a core, a GPU, ...).
-                wrapped = runtime.submit_call(
-                    self._remote_callable(task, "ray"),
-                    (request._replace(ray_options=options),),
-                    parameters,
-                    label=task.name,
-                    reruns=reruns,
-                )
-            else:
-                wrapped = runtime.submit_call(
-                    self._remote_callable(task, "thread"),
-                    (request._replace(threads=self.settings.threads),),
-                    parameters,
-                    label=task.name,
-                    reruns=reruns,
-                )
+            wrapped = runtime.submit_call(
+                self._remote_callable(task, where),
+                (request,),
+                parameters,
+                label=task.name,
+                actor_options=placement,
+                reruns=reruns,
+            )
         except SerializationError as exc:
             return self._failed_at_submit(task, task_run_id, exc)
         future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
@@ -716,6 +698,23 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             self._flow_context = context
             self._submit_context = contextvars.copy_context()
         return self._flow_context
+
+    def _where(
+        self, task: Task[Any, Any], request: remote.TaskRunRequest, options: dict[str, Any]
+    ) -> tuple[_Where, remote.TaskRunRequest, dict[str, Any]]:
+        """Where a task run goes, its request for there, and the supervisors' actor options.
+
+        An async task: on a supervisor's loop, of the group its placement options
+        (``remote_options``) select. A sync task with Ray options (a core, a GPU,
+        ...), or every sync task under ``sync_tasks="ray"``: a Ray task of its
+        own. Any other sync task: a thread of a supervisor.
+        """
+        if task.isasync:
+            placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
+            return "async", request, placement
+        if options or self.sync_tasks == "ray":
+            return "ray", request._replace(ray_options=options), {}
+        return "thread", request._replace(threads=self.settings.threads), {}
 
     def _remote_callable(self, task: Task[Any, Any], where: _Where) -> Callable[..., Any]:
         # One callable per task object, so the runtime pickles the task once.
