@@ -119,6 +119,34 @@ class TaskRunRequest(NamedTuple):
     threads: int = 0
 
 
+def _engine_arguments(
+    task: Any, request: TaskRunRequest, task_run: Any, parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of Prefect's engine (``run_task_async``, ``run_task_sync``)
+    for one task run, but its ``context``: the same for every way a run goes."""
+    return {
+        "task": task,
+        "task_run_id": request.task_run_id,
+        "task_run": task_run,
+        "parameters": parameters,
+        "wait_for": request.wait_for,
+        "dependencies": request.dependencies,
+        "return_type": "state",
+    }
+
+
+async def _after_loss_in(
+    scope: contextvars.Context, task: Any, task_run_id: UUID
+) -> tuple[Any, Any, Any]:
+    """:func:`_after_loss` for the current call, run in the flow run's ``scope``."""
+    attempt = current_attempt()  # the call's, read in the call's own context
+    if attempt.number == 1:
+        return None, task, None
+    return await asyncio.get_running_loop().create_task(
+        _after_loss(task, task_run_id, attempt), context=scope.copy()
+    )
+
+
 def _enter_call_context(stack: ExitStack, call_context: dict[str, Any]) -> None:
     from prefect.context import AssetContext, FlowRunContext, TaskRunContext, tags
 
@@ -147,7 +175,7 @@ async def run_async_task(
     """
     from prefect.task_engine import run_task_async
 
-    task_run_id, wait_for, dependencies, call_context = request[:4]
+    task_run_id, call_context = request.task_run_id, request.call_context
     attempt = current_attempt()
 
     context = await _scope_for(key, flow_context)
@@ -157,17 +185,11 @@ async def run_async_task(
             _enter_call_context(stack, call_context)
             try:
                 entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
-                settled, run_task, task_run = await _after_loss(task, task_run_id, attempt)
-                if settled is not None:
-                    return settled
+                final, run_task, task_run = await _after_loss(task, task_run_id, attempt)
+                if final is not None:
+                    return final
                 state = await run_task_async(
-                    task=run_task,
-                    task_run_id=task_run_id,
-                    task_run=task_run,
-                    parameters=parameters,
-                    wait_for=wait_for,
-                    dependencies=dependencies,
-                    return_type="state",
+                    **_engine_arguments(run_task, request, task_run, parameters),
                     context=None,  # already entered, once per flow run
                 )
                 return transactions.outcome(state, entered)
@@ -338,17 +360,11 @@ async def run_sync_task_in_thread(
     """
     from prefect.task_engine import run_task_sync
 
-    task_run_id, wait_for, dependencies, call_context, _, threads = request
-    attempt = current_attempt()
+    task_run_id, call_context = request.task_run_id, request.call_context
     scope = await _scope_for(key, flow_context)
-    loop = asyncio.get_running_loop()
-    settled, run_task, task_run = None, task, None
-    if attempt.number > 1:  # run again after a supervisor died
-        settled, run_task, task_run = await loop.create_task(
-            _after_loss(task, task_run_id, attempt), context=scope.copy()
-        )
-        if settled is not None:
-            return settled
+    final, run_task, task_run = await _after_loss_in(scope, task, task_run_id)
+    if final is not None:
+        return final
 
     def run() -> Any:
         global _in_threads
@@ -361,13 +377,7 @@ async def run_sync_task_in_thread(
             try:
                 entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
                 state = run_task_sync(
-                    task=run_task,
-                    task_run_id=task_run_id,
-                    task_run=task_run,
-                    parameters=parameters,
-                    wait_for=wait_for,
-                    dependencies=dependencies,
-                    return_type="state",
+                    **_engine_arguments(run_task, request, task_run, parameters),
                     context=None,  # already entered, once per flow run
                 )
                 return transactions.outcome(state, entered)
@@ -381,7 +391,7 @@ async def run_sync_task_in_thread(
                     task, task_run_id, time.thread_time() - cpu, time.monotonic() - wall, beside
                 )
 
-    running = _thread_pool(threads).submit(scope.copy().run, run)
+    running = _thread_pool(request.threads).submit(scope.copy().run, run)
     waiting = asyncio.wrap_future(running)
     try:
         return await asyncio.shield(waiting)
@@ -416,20 +426,16 @@ def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, be
 
 
 def _run_sync_task(
-    task: Any,
-    task_run_id: UUID,
+    engine_arguments: dict[str, Any],
     context: dict[str, Any],
     transaction: list[dict[str, Any]] | None,
-    **kwargs: Any,
 ) -> Any:
     """Runs in a Ray worker, as prefect-ray runs every task."""
     from prefect.task_engine import run_task_sync
 
     with ExitStack() as stack:
         entered = transactions.enter_snapshot(stack, transaction)
-        state = run_task_sync(
-            task=task, task_run_id=task_run_id, context=context, return_type="state", **kwargs
-        )
+        state = run_task_sync(**engine_arguments, context=context)
         return transactions.outcome(state, entered)
 
 
@@ -448,33 +454,22 @@ async def run_sync_task(
     """
     import ray
 
-    task_run_id, wait_for, dependencies, call_context, ray_options = request[:5]
     task_run = None
-    attempt = current_attempt()
-    if attempt.number > 1:  # run again after a supervisor died
-        scope_context = await _scope_for(key, flow_context)
-        settled, task, task_run = await asyncio.get_running_loop().create_task(
-            _after_loss(task, task_run_id, attempt), context=scope_context.copy()
-        )
-        if settled is not None:
-            return settled
+    if current_attempt().number > 1:  # run again after a supervisor died
+        scope = await _scope_for(key, flow_context)
+        final, task, task_run = await _after_loss_in(scope, task, request.task_run_id)
+        if final is not None:
+            return final
 
     global _sync_runner
     if _sync_runner is None:
         _sync_runner = ray.remote(_run_sync_task)
-    remote = _sync_runner.options(name=getattr(task, "name", "task"), **(ray_options or {}))
-    context = {**flow_context, **call_context}
+    remote = _sync_runner.options(name=getattr(task, "name", "task"), **(request.ray_options or {}))
+    context = {**flow_context, **request.call_context}
     transaction = context.pop("transaction", None)
     with transporting():  # upstream futures Prefect leaves alone
         ref = remote.remote(
-            task,
-            task_run_id,
-            context,
-            transaction,
-            task_run=task_run,
-            parameters=parameters,
-            wait_for=wait_for,
-            dependencies=dependencies,
+            _engine_arguments(task, request, task_run, parameters), context, transaction
         )
     try:
         return await ref
