@@ -16,84 +16,46 @@ this process dies, the caller knows exactly which calls may have started (those
 announced) and can safely send every other one elsewhere. The price is one
 round trip before a batch starts, paid per batch, not per call. The gate is its
 own object (``gate.py``), with unit tests that need no Ray.
+
+The actor coordinates its parts, each in a module of this folder: the call
+records and permits (``calls.py``), the start gate (``gate.py``), the function
+table (``functions.py``), dependencies (``dependencies.py``), log forwarding
+(``logs.py``) and ``current_attempt`` (``attempt.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextvars
 import functools
 import gc
 import importlib
 import inspect
-import logging
 import os
 import pickle
 import resource
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import cloudpickle
 
 from .._backends import Host, make_host
 from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
-from ..errors import RemoteError, SerializationError, SupervisorDiedError, UpstreamError
+from ..errors import RemoteError
 from .attempt import Attempt, set_attempt
+from .calls import CallRecord, Permits, Resend
+from .dependencies import Dependencies
+from .functions import FunctionTable
 from .gate import StartGate
+from .logs import LogForwarder
 
 Outcome = wire.Outcome
 
 #: ``asyncio.Task(..., eager_start=True)`` exists (Python 3.12 and newer).
 _EAGER_TASKS = sys.version_info >= (3, 12)
-
-
-class _Call:
-    """One call on this supervisor: its task while it runs, its outcome once done.
-
-    Kept small: one per call, 10,000 at once in a burst. The outcome is a
-    plain field, and a future is made only for a dependent that waits for it.
-    """
-
-    __slots__ = (
-        "admitted",
-        "call_id",
-        "label",
-        "outcome",
-        "released",
-        "started",
-        "task",
-        "waiters",
-    )
-
-    def __init__(self, call_id: int, label: str) -> None:
-        self.call_id = call_id
-        self.label = label
-        #: ``(kind, pickled payload)`` once finished (see ``wire.Outcome``).
-        self.outcome: tuple[int, bytes | None] | None = None
-        self.waiters: list[asyncio.Future[tuple[int, bytes | None]]] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.started = False  # its task began running ``_run``
-        self.admitted = False  # it holds a permit taken before its task started
-        self.released = False
-
-    async def wait(self) -> tuple[int, bytes | None]:
-        """The outcome, once there is one."""
-        if self.outcome is not None:
-            return self.outcome
-        waiter: asyncio.Future[tuple[int, bytes | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        if self.waiters is None:
-            self.waiters = []
-        self.waiters.append(waiter)
-        return await waiter
 
 
 class Supervisor:
@@ -110,13 +72,10 @@ class Supervisor:
         self._host: Host = make_host(settings.backend)
         self._host_start: asyncio.Future[None] | None = None
         self._host_ready = False
-        self._functions: dict[bytes, Callable[..., Any] | BaseException] = {}
-        self._function_arrived: dict[bytes, asyncio.Event] = {}
-        # Per function: the coroutine function to await (adapted to the
-        # backend), or None for a plain function (it runs in the thread pool).
-        self._awaitable: dict[bytes, Callable[..., Any] | None] = {}
-        self._calls: dict[int, _Call] = {}
-        self._arrivals: dict[int, asyncio.Future[_Call]] = {}
+        # The functions sent here, by digest (see functions.py).
+        self._functions = FunctionTable(index, self._host.adapt)
+        self._calls: dict[int, CallRecord] = {}
+        self._arrivals: dict[int, asyncio.Future[CallRecord]] = {}
         self._cancel_early: set[int] = set()
         self._ready: list[Outcome] = []
         self._stalls: list[wire.StallReport] = []
@@ -127,17 +86,19 @@ class Supervisor:
         # The start gate (see the module docstring). Calls announced straight from
         # ``submit`` (no dependencies, a permit taken there) come back from it
         # when their gate opens, and their tasks are created then.
-        self._gate: StartGate[tuple[_Call, bytes, bytes]] = StartGate(self._ready_event.set)
-        self._permits = _Permits(settings.max_concurrency)
+        self._gate: StartGate[tuple[CallRecord, bytes, bytes]] = StartGate(self._ready_event.set)
+        self._permits = Permits(settings.max_concurrency)
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
         self._running = 0
         self._started_total = 0
         self._polls = 0  # replies sent: each wakes the caller's loops once (bench_limits)
-        self._starting: _Call | None = None  # the call whose first step runs now (3.12+)
+        self._starting: CallRecord | None = None  # the call whose first step runs now (3.12+)
         self._actor_id: Any = None
-        self._logs = _LogForwarder(settings.forward_logs, self._wake_from_any_thread)
+        # Awaits each call's dependencies (see dependencies.py).
+        self._dependencies = Dependencies(self._arrived, lambda: self._actor_id)
+        self._logs = LogForwarder(settings.forward_logs, self._wake_from_any_thread)
 
     def _wake_from_any_thread(self) -> None:
         loop = self._loop
@@ -209,10 +170,10 @@ class Supervisor:
         if not self._host_ready:
             await self._start_host()
         for digest, blob in functions.items():
-            self._add_function(digest, blob)
+            self._functions.add(digest, blob)
         announced_here = False
         for call_id, digest, blob, deps, label, rerun in calls:
-            record = _Call(call_id, label)
+            record = CallRecord(call_id, label)
             self._calls[call_id] = record
             arrival = self._arrivals.pop(call_id, None)
             if arrival is not None:
@@ -237,7 +198,7 @@ class Supervisor:
 
     def _start(
         self,
-        record: _Call,
+        record: CallRecord,
         digest: bytes,
         blob: bytes,
         deps: Sequence[Any],
@@ -363,34 +324,7 @@ class Supervisor:
 
     # -- running calls -------------------------------------------------------------
 
-    def _add_function(self, digest: bytes, blob: bytes) -> None:
-        if digest in self._functions:
-            return
-        try:
-            fn: Callable[..., Any] | BaseException = cloudpickle.loads(blob)
-        except Exception as exc:
-            fn = SerializationError(
-                f"a function could not be unpickled on supervisor {self._index}:"
-                f" {wire.describe_error(exc)}. Install the module that defines it on"
-                " every Ray node, or ship it with runtime_env={'py_modules': [...]}"
-            )
-        self._functions[digest] = fn
-        event = self._function_arrived.pop(digest, None)
-        if event is not None:
-            event.set()
-
-    async def _function(self, digest: bytes) -> Callable[..., Any]:
-        fn = self._functions.get(digest)
-        if fn is None:
-            # Sent in an earlier batch that this loop has not processed yet.
-            event = self._function_arrived.setdefault(digest, asyncio.Event())
-            await event.wait()
-            fn = self._functions[digest]
-        if isinstance(fn, BaseException):
-            raise fn
-        return fn
-
-    async def _arrived(self, call_id: int) -> _Call:
+    async def _arrived(self, call_id: int) -> CallRecord:
         record = self._calls.get(call_id)
         if record is not None:
             return record
@@ -401,15 +335,15 @@ class Supervisor:
         return await asyncio.shield(arrival)
 
     async def _run(
-        self, record: _Call, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
+        self, record: CallRecord, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
     ) -> None:
         record.started = True
         kind: int
         value: Any
         try:
             try:
-                fn = await self._function(digest)
-                values = await self._resolve(deps, record.label) if deps else ()
+                fn = await self._functions.get(digest)
+                values = await self._dependencies.resolve(deps, record.label) if deps else ()
                 args, kwargs = wire.loads_arguments(blob, values)
                 if not admitted:
                     await self._permits.acquire()
@@ -431,7 +365,7 @@ class Supervisor:
             kind = wire.OK
         except asyncio.CancelledError:
             kind, value = wire.CANCELLED, None
-        except _Resend as resend:
+        except Resend as resend:
             kind, value = wire.RESEND, resend
         except BaseException as exc:
             kind, value = wire.ERROR, exc
@@ -440,10 +374,7 @@ class Supervisor:
     async def _invoke(
         self, digest: bytes, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        try:
-            run = self._awaitable[digest]
-        except KeyError:
-            run = self._awaitable[digest] = self._host.adapt(fn) if _is_async_callable(fn) else None
+        run = self._functions.awaitable(digest, fn)
         if run is not None:
             return await run(*args, **kwargs)
         # Plain functions go to the thread pool, so they cannot stall the loop.
@@ -456,7 +387,7 @@ class Supervisor:
             result = await result
         return result
 
-    def _finish(self, record: _Call, kind: int, value: Any) -> None:
+    def _finish(self, record: CallRecord, kind: int, value: Any) -> None:
         payload: bytes | None = None
         try:
             if kind == wire.OK:
@@ -491,187 +422,6 @@ class Supervisor:
             # A call handed back is sent again under the same id, maybe to this
             # supervisor: its old record must not stand in for the new one.
             self._calls.pop(record.call_id, None)
-
-    async def _resolve(self, deps: Sequence[Any], label: str) -> list[Any]:
-        if len(deps) == 1:
-            return [await self._resolve_one(deps[0], label, 0)]
-        return list(
-            await asyncio.gather(*(self._resolve_one(dep, label, i) for i, dep in enumerate(deps)))
-        )
-
-    async def _resolve_one(self, dep: Sequence[Any], label: str, index: int) -> Any:
-        kind, handle, call_id, upstream = dep
-        if kind == wire.VALUE_DEP:
-            return pickle.loads(handle)
-        if kind == wire.FAILED_DEP:
-            raise UpstreamError(f"{label} cannot start: {handle}", upstream)
-        if kind == wire.REF_DEP:
-            try:
-                return await handle
-            except Exception as exc:
-                raise UpstreamError(
-                    f"{label} cannot start: its argument {upstream} failed: {exc}", upstream
-                ) from None
-        owner = handle._actor_id.hex()
-        if owner == self._actor_id:
-            record = await self._arrived(call_id)
-            outcome_kind, payload = await record.wait()
-        else:
-            try:
-                outcome_kind, payload = await handle.result_of.remote(call_id)
-            except Exception as exc:
-                import ray
-
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    # The upstream's supervisor died. This call has not started,
-                    # so the caller can send it again once it knows where the
-                    # upstream's outcome is now (see _Resend).
-                    raise _Resend(index, owner) from None
-                raise UpstreamError(
-                    f"{label} cannot start: the result of {upstream} could not be fetched:"
-                    f" {type(exc).__name__}: {exc}",
-                    upstream,
-                ) from None
-        if outcome_kind == wire.RESEND:
-            raise _Resend(index, None)  # the upstream itself is being sent again
-        if outcome_kind == wire.OK:
-            return pickle.loads(payload) if payload else None
-        error = (
-            wire.loads_exception(payload, upstream)
-            if outcome_kind == wire.ERROR and payload
-            else None
-        )
-        if outcome_kind == wire.CANCELLED:
-            raise UpstreamError(f"{label} cannot start: {upstream} was cancelled", upstream)
-        if isinstance(error, SupervisorDiedError | UpstreamError):
-            raise UpstreamError(f"{label} cannot start: {error}", upstream)
-        raise UpstreamError(
-            f"{label} cannot start: {upstream} failed with {type(error).__name__}: {error}",
-            upstream,
-        )
-
-
-class _LogForwarder(logging.Handler):
-    """Sends the records of some loggers to the caller instead of this process's console.
-
-    Installed on each logger named in ``Settings.forward_logs``, with its
-    propagation switched off (so the actor's console handlers, which Ray would
-    echo with a ``(Supervisor pid=...)`` prefix, never see them). Records from
-    any thread wait here, as plain data, until the next ``poll`` reply carries
-    them; the caller re-emits them under the same logger names.
-    """
-
-    #: Records kept between two polls at most; the rest are counted and dropped.
-    MAX_PENDING = 20_000
-
-    def __init__(self, names: Sequence[str], wake: Callable[[], None]) -> None:
-        super().__init__()
-        self._names = tuple(names)
-        self._wake = wake
-        self._lock_pending = threading.Lock()
-        self._pending: list[dict[str, Any]] = []
-        self._dropped = 0
-        self.install()
-
-    @property
-    def pending(self) -> bool:
-        """Whether records wait for the next poll."""
-        return bool(self._pending) or bool(self._dropped)
-
-    def install(self) -> None:
-        """Attach to the forwarded loggers (again, if a logging set-up removed it)."""
-        for name in self._names:
-            target = logging.getLogger(name)
-            if self not in target.handlers:
-                target.addHandler(self)
-            target.propagate = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            entry = wire.log_entry(record)
-        except Exception:
-            self.handleError(record)
-            return
-        with self._lock_pending:
-            first = not self._pending
-            if len(self._pending) < self.MAX_PENDING:
-                self._pending.append(entry)
-            else:
-                self._dropped += 1
-        if first:
-            try:
-                self._wake()
-            except RuntimeError:
-                pass  # the loop is closed: the actor is stopping
-
-    def take(self) -> tuple[list[dict[str, Any]], int]:
-        """The records waiting, and how many were dropped, since the last take."""
-        with self._lock_pending:
-            pending, self._pending = self._pending, []
-            dropped, self._dropped = self._dropped, 0
-        return pending, dropped
-
-
-class _Permits:
-    """``max_concurrency`` as a count of free permits to run, first come first served.
-
-    Like ``asyncio.Semaphore``, plus a synchronous ``try_acquire`` so that
-    ``submit`` can take a permit for a call it announces at once.
-    """
-
-    def __init__(self, free: int) -> None:
-        self._free = free
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def try_acquire(self) -> bool:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self.try_acquire():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a permit just as it was cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the permit goes straight to the next waiter
-                return
-        self._free += 1
-
-
-class _Resend(Exception):
-    """This call cannot start here, but never started: the caller sends it again.
-
-    Raised while resolving dependencies when the supervisor holding upstream
-    number ``index`` died (``owner``: its actor id), or when the upstream was
-    itself sent again (``owner`` None). The caller knows where that upstream's
-    outcome lives now: in its own hands, on another supervisor, or lost.
-    """
-
-    def __init__(self, index: int, owner: str | None) -> None:
-        super().__init__(index, owner)
-        self.index = index
-        self.owner = owner
-
-
-def _is_async_callable(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - instances with async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def _proc_status() -> dict[str, int]:

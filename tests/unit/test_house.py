@@ -60,7 +60,7 @@ LONG_CLASSES: dict[str, int] = {
     "_caller.pool.Pool": 678,
     "_caller.runtime.Runtime": 586,
     "_prefect.runner.AioRayTaskRunner": 476,
-    "_supervisor.actor.Supervisor": 453,
+    "_supervisor.actor.Supervisor": 364,
 }
 
 
