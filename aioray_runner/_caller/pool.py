@@ -157,7 +157,7 @@ class Pool:
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[RemoteSupervisor]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
-        # The live CPU nodes, read at the first pinned placement (see _new_slot).
+        # The live CPU nodes, read at the first pinned placement (see _new_supervisor).
         self._nodes: list[str] = []
         # Each group's number in supervisors' names; the default group is 0.
         self._group_numbers: dict[GroupKey, int] = {DEFAULT_GROUP: 0}
@@ -183,9 +183,9 @@ class Pool:
     def start(self) -> None:
         """Start the I/O thread and the default supervisors; wait until they answer."""
         self.io.start()
-        slots = self._create_group(DEFAULT_GROUP, self.count, {})
+        supervisors = self._create_group(DEFAULT_GROUP, self.count, {})
         self._started = True
-        self._wait_ready(slots)
+        self._wait_ready(supervisors)
         self.io.call_soon(self._start_release_timer)
         self.io.call_soon(self._schedule_probe)
 
@@ -195,13 +195,13 @@ class Pool:
         self._group_options[key] = options
         # Kept if the group fails to start: a retry reuses its number.
         self._group_numbers.setdefault(key, len(self._group_numbers))
-        slots = [self._new_slot(i, key, 0) for i in range(count)]
-        self.groups[key] = slots
-        for slot in slots:
-            self.io.call_soon(self._start_poll, slot)
-        return slots
+        supervisors = [self._new_supervisor(i, key, 0) for i in range(count)]
+        self.groups[key] = supervisors
+        for supervisor in supervisors:
+            self.io.call_soon(self._start_poll, supervisor)
+        return supervisors
 
-    def _new_slot(self, index: int, group: GroupKey, generation: int) -> RemoteSupervisor:
+    def _new_supervisor(self, index: int, group: GroupKey, generation: int) -> RemoteSupervisor:
         group_options = self._group_options.get(group, {})
         nodes: list[str] = []
         if needs_nodes(self.settings.actor_options, group_options, group):
@@ -223,12 +223,14 @@ class Pool:
         handle = ray.remote(Supervisor).options(**options).remote(index, self.settings)
         return RemoteSupervisor(self, index, group, handle, generation)
 
-    def _wait_ready(self, slots: Sequence[RemoteSupervisor]) -> None:
-        refs = [slot.handle.info.remote() for slot in slots]
+    def _wait_ready(self, supervisors: Sequence[RemoteSupervisor]) -> None:
+        refs = [supervisor.handle.info.remote() for supervisor in supervisors]
         timeout = self.settings.start_timeout
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
-            options = self._group_options.get(slots[0].group) or dict(self.settings.actor_options)
+            options = self._group_options.get(supervisors[0].group) or dict(
+                self.settings.actor_options
+            )
             raise RuntimeError(
                 f"{len(refs) - len(ready)} of {len(refs)} supervisors did not start within"
                 f" {timeout:.0f} s. Ray may be unable to place them with the"
@@ -236,8 +238,8 @@ class Pool:
                 f" {ray.available_resources()}. Lower `supervisors`, change the actor"
                 " options, or raise `start_timeout`."
             )
-        for slot, info in zip(slots, ray.get(refs)):
-            slot.info = info
+        for supervisor, info in zip(supervisors, ray.get(refs)):
+            supervisor.info = info
 
     def group(self, options: dict[str, Any]) -> GroupKey:
         """The group of supervisors started with these extra actor options (made on first use).
@@ -251,23 +253,23 @@ class Pool:
             with self._pending_lock:
                 if key in self.groups:
                     return key
-                slots = self._create_group(key, 1, options)
+                supervisors = self._create_group(key, 1, options)
             self.logger.info(
                 "Starting a supervisor with Ray actor options %s", redact_options(options)
             )
             try:
-                self._wait_ready(slots)
+                self._wait_ready(supervisors)
             except BaseException:
                 # Forget the group, so the next use tries again and fails as clearly.
                 with self._pending_lock:
                     self.groups.pop(key, None)
-                for slot in slots:
-                    slot.alive = False
-                    ray.kill(slot.handle, no_restart=True)
+                for supervisor in supervisors:
+                    supervisor.alive = False
+                    ray.kill(supervisor.handle, no_restart=True)
                 raise
         return key
 
-    def slots(self, group: GroupKey = DEFAULT_GROUP) -> list[RemoteSupervisor]:
+    def supervisors(self, group: GroupKey = DEFAULT_GROUP) -> list[RemoteSupervisor]:
         """The live supervisors of a group."""
         return [s for s in self.groups.get(group, []) if s.alive]
 
@@ -280,13 +282,13 @@ class Pool:
             self.io.call_soon(self._send_pending)
             self.io.call_soon(self._flush_releases)
             self.io.stop(lambda: self._fail_in_flight("the runtime closed while it was running"))
-        for slots in self.groups.values():
-            for slot in slots:
-                slot.alive = False
+        for supervisors in self.groups.values():
+            for supervisor in supervisors:
+                supervisor.alive = False
                 if self.ray_lost:
                     continue  # nobody left to ask, and asking would wait for Ray
                 try:
-                    ray.kill(slot.handle, no_restart=True)
+                    ray.kill(supervisor.handle, no_restart=True)
                 except Exception:
                     pass
         # Nothing may stay pending: whatever was not sent or not answered fails.
@@ -313,7 +315,7 @@ class Pool:
         kwargs: dict[str, Any],
         *,
         group: GroupKey = DEFAULT_GROUP,
-        slot: RemoteSupervisor | None = None,
+        supervisor: RemoteSupervisor | None = None,
         label: str | None = None,
         reruns: int = 0,
     ) -> AioRayFuture[Any]:
@@ -336,10 +338,10 @@ class Pool:
         call_id = next(self._ids)
         label = f"{label or wire.callable_name(fn)}#{call_id}"
         blob, deps, upstream = wire.dumps_arguments(label, args, kwargs, self._lift)
-        if slot is None:
-            slot = self._pick(group)
-        slot.assign()
-        future: AioRayFuture[Any] = AioRayFuture(slot, call_id, label, upstream)
+        if supervisor is None:
+            supervisor = self._pick(group)
+        supervisor.assign()
+        future: AioRayFuture[Any] = AioRayFuture(supervisor, call_id, label, upstream)
         if reruns:
             self.ledger.allow_reruns(call_id, reruns)
         with self._pending_lock:
@@ -357,10 +359,10 @@ class Pool:
         return future
 
     def _pick(self, group: GroupKey) -> RemoteSupervisor:
-        slots = self.slots(group)
-        if not slots:
+        supervisors = self.supervisors(group)
+        if not supervisors:
             raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
-        return min(slots, key=lambda s: s.load)
+        return min(supervisors, key=lambda s: s.load)
 
     def _lift(self, obj: Any) -> wire.Lifted | None:
         if isinstance(obj, ray.ObjectRef):
@@ -368,8 +370,8 @@ class Pool:
         if not isinstance(obj, AioRayFuture):
             return None
         future: AioRayFuture[Any] = obj
-        slot = home_of(future)
-        if future.done() and not slot.alive:
+        supervisor = home_of(future)
+        if future.done() and not supervisor.alive:
             # The outcome is here and its supervisor cannot answer for it any more.
             succeeded, payload = held_outcome(future)
             if not succeeded:
@@ -445,7 +447,7 @@ class Pool:
         dependency is lifted afresh from its future (its outcome may now be held
         here, or on another supervisor, or be lost).
         """
-        by_slot: dict[RemoteSupervisor, list[tuple[Any, ...]]] = {}
+        by_supervisor: dict[RemoteSupervisor, list[tuple[Any, ...]]] = {}
         functions: dict[RemoteSupervisor, dict[bytes, bytes]] = {}
         ledger = self.ledger
         for parcel in parcels:
@@ -454,8 +456,8 @@ class Pool:
                 _supervisor_of(future).finished += 1  # it was counted there when assigned
                 mark_cancelled(future)
                 continue
-            slot = _supervisor_of(future)
-            if not slot.alive:
+            supervisor = _supervisor_of(future)
+            if not supervisor.alive:
                 rerouted = self._reroute(future)
                 if rerouted is None:
                     ledger.forget(future.call_id)
@@ -466,35 +468,37 @@ class Pool:
                         ),
                     )
                     continue
-                slot = rerouted
+                supervisor = rerouted
             if relift:
                 deps = self._relift(deps, upstream)
                 parcel = (future, digest, fn_blob, blob, deps, upstream)
-            ledger.sent(slot, future.call_id, future, parcel)
-            if digest not in slot.known_digests:
-                slot.known_digests.add(digest)
-                functions.setdefault(slot, {})[digest] = fn_blob
+            ledger.sent(supervisor, future.call_id, future, parcel)
+            if digest not in supervisor.known_digests:
+                supervisor.known_digests.add(digest)
+                functions.setdefault(supervisor, {})[digest] = fn_blob
             again = ledger.rerun_of(future.call_id)
             rerun = None if again is None else wire.Rerun(*again)
-            by_slot.setdefault(slot, []).append(
+            by_supervisor.setdefault(supervisor, []).append(
                 (future.call_id, digest, blob, deps, future.label, rerun)
             )
-        for slot, calls in by_slot.items():
+        for supervisor, calls in by_supervisor.items():
             for start in range(0, len(calls), BATCH_MAX):
                 chunk = calls[start : start + BATCH_MAX]
-                fns = functions.pop(slot, {}) if start == 0 else {}
-                ref = slot.handle.submit.remote(fns, chunk)
-                self.io.spawn(self._watch(slot, ref, [c[0] for c in chunk], "a batch of calls"))
+                fns = functions.pop(supervisor, {}) if start == 0 else {}
+                ref = supervisor.handle.submit.remote(fns, chunk)
+                self.io.spawn(
+                    self._watch(supervisor, ref, [c[0] for c in chunk], "a batch of calls")
+                )
 
     def _reroute(self, future: AioRayFuture[Any]) -> RemoteSupervisor | None:
         """Move a call that never started to the least loaded live supervisor."""
-        slots = self.slots(_supervisor_of(future).group)
-        if not slots or self._closed:
+        supervisors = self.supervisors(_supervisor_of(future).group)
+        if not supervisors or self._closed:
             return None
-        slot = min(slots, key=lambda s: s.load)
-        slot.assign()
-        move(future, slot)
-        return slot
+        supervisor = min(supervisors, key=lambda s: s.load)
+        supervisor.assign()
+        move(future, supervisor)
+        return supervisor
 
     def _relift(
         self, deps: list[wire.Dep], upstream: list[AioRayFuture[Any] | None]
@@ -509,7 +513,7 @@ class Pool:
 
     async def _watch(
         self,
-        slot: RemoteSupervisor,
+        supervisor: RemoteSupervisor,
         ref: Any,
         call_ids: Sequence[int] = (),
         what: str = "a message",
@@ -519,40 +523,40 @@ class Pool:
         except asyncio.CancelledError:
             raise
         except ray.exceptions.RayActorError as exc:
-            self._on_failure(slot, exc)
+            self._on_death(supervisor, exc)
         except Exception as exc:
             # The supervisor is alive but refused this message: fail its calls only.
-            self.logger.error("%s could not take %s: %s", slot.describe(), what, exc)
+            self.logger.error("%s could not take %s: %s", supervisor.describe(), what, exc)
             for call_id in call_ids:
-                future = self.ledger.refused(slot, call_id)
+                future = self.ledger.refused(supervisor, call_id)
                 if future is not None:
-                    slot.finished += 1
+                    supervisor.finished += 1
                     fail(future, exc)
 
-    def _start_poll(self, slot: RemoteSupervisor) -> None:
-        self.io.spawn(self._poll(slot))
+    def _start_poll(self, supervisor: RemoteSupervisor) -> None:
+        self.io.spawn(self._poll(supervisor))
 
-    async def _poll(self, slot: RemoteSupervisor) -> None:
-        while slot.alive:
+    async def _poll(self, supervisor: RemoteSupervisor) -> None:
+        while supervisor.alive:
             try:
-                reply = await wait_ref(slot.handle.poll.remote(POLL_MAX))
+                reply = await wait_ref(supervisor.handle.poll.remote(POLL_MAX))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._on_failure(slot, exc)
+                self._on_death(supervisor, exc)
                 return
             try:
                 with one_wakeup_per_loop():
-                    self._deliver(slot, *reply)
+                    self._deliver(supervisor, *reply)
             except Exception:  # a bug here must not stop this supervisor's results
-                self.logger.exception("delivering outcomes from %s failed", slot.describe())
+                self.logger.exception("delivering outcomes from %s failed", supervisor.describe())
             # No local may keep the last future (or payload) alive while the next
             # poll waits: the future's release would wait with it.
             del reply
 
     def _deliver(
         self,
-        slot: RemoteSupervisor,
+        supervisor: RemoteSupervisor,
         outcomes: list[wire.Outcome],
         announced: list[int],
         stalls: list[wire.StallReport],
@@ -560,34 +564,34 @@ class Pool:
         logs_dropped: int,
     ) -> None:
         if logs or logs_dropped:
-            self._forward_logs(slot, logs, logs_dropped)
+            self._forward_logs(supervisor, logs, logs_dropped)
         ledger = self.ledger
         if announced:
-            ledger.announced(slot, announced)
+            ledger.announced(supervisor, announced)
         for stall in stalls:
-            self._report_stall(slot, *stall)
+            self._report_stall(supervisor, *stall)
         release = self.release
         settled = ledger.settled
         for call_id, kind, payload in outcomes:
-            future, parcel = settled(slot, call_id, resend=kind == wire.RESEND)
-            slot.finished += 1
+            future, parcel = settled(supervisor, call_id, resend=kind == wire.RESEND)
+            supervisor.finished += 1
             if future is None:
-                self._releases.append((slot, call_id))
+                self._releases.append((supervisor, call_id))
                 continue
             if kind == wire.RESEND and parcel is not None:
                 # No release: the supervisor dropped the record itself, and a
                 # release could reach it after the call was sent there again.
-                self._send_again(slot, parcel, payload)
+                self._send_again(supervisor, parcel, payload)
                 continue
             settle(future, kind, payload, release)
 
     def _forward_logs(
-        self, slot: RemoteSupervisor, logs: list[dict[str, Any]], dropped: int
+        self, supervisor: RemoteSupervisor, logs: list[dict[str, Any]], dropped: int
     ) -> None:
         """Re-emit records of the forwarded loggers here (see ``Settings.forward_logs``)."""
         for entry in logs:
             record = logging.makeLogRecord(entry)
-            record.aioray_supervisor = slot.index
+            record.aioray_supervisor = supervisor.index
             try:
                 self.on_log(record)
             except Exception:
@@ -596,12 +600,14 @@ class Pool:
         if dropped:
             self.logger.warning(
                 "%s dropped %d log record(s): they came faster than this process read them",
-                slot.describe(),
+                supervisor.describe(),
                 dropped,
             )
 
-    def _send_again(self, slot: RemoteSupervisor, parcel: Parcel, payload: bytes | None) -> None:
-        """A call could not start on ``slot``: an upstream's supervisor died."""
+    def _send_again(
+        self, supervisor: RemoteSupervisor, parcel: Parcel, payload: bytes | None
+    ) -> None:
+        """A call could not start on ``supervisor``: an upstream's supervisor died."""
         future = parcel[0]
         index, owner = pickle.loads(payload) if payload else wire.ResendReason(0, None)
         sends = self.ledger.count_send(future.call_id)
@@ -618,37 +624,37 @@ class Pool:
                 ),
             )
             return
-        if slot.alive:
-            slot.assign()  # it may go back to the same supervisor: count it again
+        if supervisor.alive:
+            supervisor.assign()  # it may go back to the same supervisor: count it again
         if owner is not None:
             # Ray told that supervisor the owner is dead; our own poll on it may
             # not have failed yet. Act on it now, so the upstream's outcome is
             # settled (held here, moved, or lost) before this call is lifted again.
-            for dead in self._all_slots():
+            for dead in self._all_supervisors():
                 if dead.actor_id == owner:
-                    self._on_failure(dead, RuntimeError(f"reported dead by {slot.describe()}"))
+                    self._on_death(dead, RuntimeError(f"reported dead by {supervisor.describe()}"))
             self._dispatch([parcel], relift=True)
         else:
             # The upstream is itself being sent again; its news may reach us
             # through another supervisor's poll a moment later.
             self.io.call_later(0.05, lambda: self._dispatch([parcel], relift=True))
 
-    def _all_slots(self) -> list[RemoteSupervisor]:
-        return [slot for slots in self.groups.values() for slot in slots]
+    def _all_supervisors(self) -> list[RemoteSupervisor]:
+        return [supervisor for supervisors in self.groups.values() for supervisor in supervisors]
 
     def _report_stall(
         self,
-        slot: RemoteSupervisor,
+        supervisor: RemoteSupervisor,
         seconds: float,
         calls: tuple[tuple[int, str], ...],
         where: str,
         cause: str,
     ) -> None:
         if cause not in BLOCKING_CAUSES:
-            self._mention_stall(slot, seconds, cause)
+            self._mention_stall(supervisor, seconds, cause)
             return
         blocked = BlockedLoop(
-            supervisor=slot.describe(),
+            supervisor=supervisor.describe(),
             seconds=seconds,
             calls=tuple(label for _, label in calls),
             call_ids=tuple(call_id for call_id, _ in calls),
@@ -664,7 +670,7 @@ class Pool:
             self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
             self.logger.warning("%s", blocked)
 
-    def _mention_stall(self, slot: RemoteSupervisor, seconds: float, cause: str) -> None:
+    def _mention_stall(self, supervisor: RemoteSupervisor, seconds: float, cause: str) -> None:
         """A stall no call of the user's caused: said as what it was.
 
         Each cause (no CPU; work of no single call) once a minute at most. Not
@@ -679,45 +685,49 @@ class Pool:
         self._stall_mentioned_at[cause] = now
         if cause == UNSCHEDULED:
             what = (
-                f"{slot.describe()} got little or no CPU for {seconds:.1f} s: the machine is"
+                f"{supervisor.describe()} got little or no CPU for {seconds:.1f} s: the machine is"
                 " overloaded (or the process was paused); its calls waited meanwhile"
             )
         else:
             what = (
-                f"{slot.describe()}'s event loop was busy for {seconds:.1f} s with work that is"
-                " no single call's own code (this package's, Prefect's engine's, a library's,"
+                f"{supervisor.describe()}'s event loop was busy for {seconds:.1f} s with work that"
+                " is no single call's own code (this package's, Prefect's engine's, a library's,"
                 " or many calls' short steps at once); its calls waited meanwhile"
             )
         self.logger.info("%s (said at most once a minute)", what)
 
-    def _on_failure(self, slot: RemoteSupervisor, exc: BaseException) -> None:
-        if not slot.alive or self._closed:
+    def _on_death(self, supervisor: RemoteSupervisor, exc: BaseException) -> None:
+        if not supervisor.alive or self._closed:
             return
-        slot.alive = False
+        supervisor.alive = False
         try:
-            ray.kill(slot.handle, no_restart=True)
+            ray.kill(supervisor.handle, no_restart=True)
         except Exception:
             pass
         # Put the replacement in place before failing any future: a caller woken
         # by the failure may submit again at once.
-        replacement = self._new_slot(slot.index, slot.group, slot.generation + 1)
-        group = self.groups[slot.group]
-        group[group.index(slot)] = replacement
+        replacement = self._new_supervisor(
+            supervisor.index, supervisor.group, supervisor.generation + 1
+        )
+        group = self.groups[supervisor.group]
+        group[group.index(supervisor)] = replacement
         self._start_poll(replacement)
         self.io.spawn(self._describe(replacement))
 
         # Calls announced (may have started) are lost, unless they may run
         # again; the rest never ran.
         cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        death = self.ledger.died(slot, f"{slot.describe()} died ({cause})")
+        death = self.ledger.died(supervisor, f"{supervisor.describe()} died ({cause})")
         self.logger.warning(
             "%s died (%s). %d call(s) that had started on it failed; %d were sent to"
             " %s (%d that had not started, %d allowed to run again). Starting a replacement.",
-            slot.describe(),
+            supervisor.describe(),
             cause,
             len(death.lost),
             len(death.resend),
-            "other supervisors" if len(self.slots(slot.group)) > 1 else "the replacement",
+            "other supervisors"
+            if len(self.supervisors(supervisor.group)) > 1
+            else "the replacement",
             death.never_started,
             death.rerun,
         )
@@ -727,29 +737,31 @@ class Pool:
             fail(
                 future,
                 SupervisorDiedError(
-                    f"{future.label} was lost: {slot.describe()} died while running it"
+                    f"{future.label} was lost: {supervisor.describe()} died while running it"
                     f" ({cause}). Later calls run on a replacement supervisor; resubmit"
                     " this one if it is safe to run again."
                 ),
             )
         self._dispatch(death.resend, relift=True)
 
-    async def _describe(self, slot: RemoteSupervisor) -> None:
+    async def _describe(self, supervisor: RemoteSupervisor) -> None:
         try:
-            slot.info = await wait_ref(slot.handle.info.remote())
-            self.logger.info("Replacement %s is ready", slot.describe())
+            supervisor.info = await wait_ref(supervisor.handle.info.remote())
+            self.logger.info("Replacement %s is ready", supervisor.describe())
         except Exception as exc:
-            self._on_failure(slot, exc)
+            self._on_death(supervisor, exc)
 
     def _send_cancel(self, future: AioRayFuture[Any]) -> None:
         if future.done():
             return
         # Remembered, so a supervisor death cannot send the call on afterwards.
         self.ledger.cancel(future.call_id)
-        slot = _supervisor_of(future)
+        supervisor = _supervisor_of(future)
         # Not sent yet: it will not be (see _dispatch), so nothing to tell.
-        if slot.alive and self.ledger.holds(slot, future.call_id):
-            self.io.spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
+        if supervisor.alive and self.ledger.holds(supervisor, future.call_id):
+            self.io.spawn(
+                self._watch(supervisor, supervisor.handle.cancel.remote([future.call_id]))
+            )
 
     def _schedule_probe(self) -> None:
         if self.ray_probe is not None and not (self._closed or self.ray_lost):
@@ -775,8 +787,8 @@ class Pool:
         if self.ray_lost or self._closed:
             return
         self.ray_lost = reason
-        for slot in self._all_slots():
-            slot.alive = False
+        for supervisor in self._all_supervisors():
+            supervisor.alive = False
         lost = self.ledger.clear()
         with self._pending_lock:
             pending, self._pending = self._pending, []
@@ -805,13 +817,13 @@ class Pool:
     def _flush_releases(self) -> None:
         if not self._releases:
             return
-        by_slot: dict[RemoteSupervisor, list[int]] = {}
+        by_supervisor: dict[RemoteSupervisor, list[int]] = {}
         while self._releases:
-            slot, call_id = self._releases.popleft()
-            if slot.alive:
-                by_slot.setdefault(slot, []).append(call_id)
-        for slot, call_ids in by_slot.items():
-            self.io.spawn(self._watch(slot, slot.handle.release.remote(call_ids)))
+            supervisor, call_id = self._releases.popleft()
+            if supervisor.alive:
+                by_supervisor.setdefault(supervisor, []).append(call_id)
+        for supervisor, call_ids in by_supervisor.items():
+            self.io.spawn(self._watch(supervisor, supervisor.handle.release.remote(call_ids)))
 
 
 def _supervisor_of(future: AioRayFuture[Any]) -> RemoteSupervisor:

@@ -196,7 +196,7 @@ class Runtime:
                 self._ray.disconnect()
                 raise
             self._pool = pool
-        nodes = collections.Counter(s.info.get("node_ip", "?") for s in pool.slots())
+        nodes = collections.Counter(s.info.get("node_ip", "?") for s in pool.supervisors())
         self.logger.info(
             "Started %d supervisor(s) in %.1f s (backend=%s, max_concurrency=%d each) on %s",
             count,
@@ -569,9 +569,9 @@ class Runtime:
         pool = self._require()
         groups = list(pool.groups) if every_group else [DEFAULT_GROUP]
         return [
-            pool.submit(fn, args, kwargs, slot=slot)
+            pool.submit(fn, args, kwargs, supervisor=supervisor)
             for group in groups
-            for slot in pool.slots(group)
+            for supervisor in pool.supervisors(group)
         ]
 
     def options(self, **actor_options: Any) -> RuntimeOptions:
@@ -625,7 +625,12 @@ class Runtime:
     def supervisor_info(self) -> list[dict[str, Any]]:
         """Where each live supervisor runs (index, pid, node) and its settings."""
         pool = self._require()
-        return [dict(slot.info) for slots in pool.groups.values() for slot in slots if slot.alive]
+        return [
+            dict(supervisor.info)
+            for supervisors in pool.groups.values()
+            for supervisor in supervisors
+            if supervisor.alive
+        ]
 
     async def stats(self, *, collect: bool = False) -> list[dict[str, Any]]:
         """Counters and memory of each live supervisor; ``collect`` runs their GC first.
@@ -639,7 +644,7 @@ class Runtime:
         """
         pool = self._require()
         pool.flush_releases_soon()
-        refs = [slot.handle.stats.remote(collect) for slot in pool.slots()]
+        refs = [supervisor.handle.stats.remote(collect) for supervisor in pool.supervisors()]
         return await anyio.to_thread.run_sync(ray.get, refs)
 
     def _require(self) -> Pool:
