@@ -29,7 +29,6 @@ import itertools
 import logging
 import pickle
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -38,7 +37,7 @@ import ray
 
 from .._common import wire
 from .._common.settings import Settings
-from .._common.watchdog import BLOCKING_CAUSES, UNSCHEDULED, BlockedLoop
+from .._common.watchdog import BlockedLoop
 from .._supervisor.actor import Supervisor
 from ..errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError, UpstreamError
 from .futures import AioRayFuture, Home, fail, held_outcome, home_of, mark_cancelled, move, settle
@@ -55,6 +54,7 @@ from .placement import (
     to_ray_strategy,
 )
 from .raywatch import PROBE_EVERY_S, Probe
+from .reports import Reports
 from .wakeups import end_of_turn_scheduler, one_wakeup_per_loop
 
 # One supervisor-side poll returns at most this many outcomes, and one submit
@@ -66,8 +66,6 @@ RELEASE_EVERY_S = 0.2
 # A call whose upstream's supervisor died is sent again; a few times at most, in
 # case the upstream keeps moving (each move is a supervisor death).
 MAX_SENDS = 5
-# Seconds between two mentions of stalls no call caused, per cause (an overloaded machine).
-STALL_MENTION_INTERVAL = 60.0
 # Everything needed to send one call (again): the future, the function's digest
 # and bytes, the pickled arguments, their dependencies and, parallel to those,
 # the futures behind them (None for an ObjectRef).
@@ -150,8 +148,8 @@ class Pool:
         self.settings = settings
         self.count = count
         self.logger = logger
-        self.on_blocked_loop = on_blocked_loop
-        self.on_log = on_log or _emit_here
+        # What supervisors report beside outcomes: logs and stalls (reports.py).
+        self.reports = Reports(logger, on_blocked_loop, on_log)
         self.ray_probe = ray_probe
         self.ray_lost: str | None = None  # why Ray went away, once it has
         self.name = uuid.uuid4().hex[:8]
@@ -175,8 +173,6 @@ class Pool:
         self.io = IOThread(f"aioray-io-{self.name}")
         self._closed = False
         self._started = False
-        # When each cause of stalls no call caused was last mentioned.
-        self._stall_mentioned_at: dict[str, float] = {}
 
     # -- lifecycle (caller's thread) -------------------------------------------------
 
@@ -564,12 +560,12 @@ class Pool:
         logs_dropped: int,
     ) -> None:
         if logs or logs_dropped:
-            self._forward_logs(supervisor, logs, logs_dropped)
+            self.reports.forward_logs(supervisor, logs, logs_dropped)
         ledger = self.ledger
         if announced:
             ledger.announced(supervisor, announced)
         for stall in stalls:
-            self._report_stall(supervisor, *stall)
+            self.reports.stall(supervisor, *stall)
         release = self.release
         settled = ledger.settled
         for call_id, kind, payload in outcomes:
@@ -584,25 +580,6 @@ class Pool:
                 self._send_again(supervisor, parcel, payload)
                 continue
             settle(future, kind, payload, release)
-
-    def _forward_logs(
-        self, supervisor: RemoteSupervisor, logs: list[dict[str, Any]], dropped: int
-    ) -> None:
-        """Re-emit records of the forwarded loggers here (see ``Settings.forward_logs``)."""
-        for entry in logs:
-            record = logging.makeLogRecord(entry)
-            record.aioray_supervisor = supervisor.index
-            try:
-                self.on_log(record)
-            except Exception:
-                self.logger.exception("on_log callback %r raised", self.on_log)
-                return
-        if dropped:
-            self.logger.warning(
-                "%s dropped %d log record(s): they came faster than this process read them",
-                supervisor.describe(),
-                dropped,
-            )
 
     def _send_again(
         self, supervisor: RemoteSupervisor, parcel: Parcel, payload: bytes | None
@@ -641,60 +618,6 @@ class Pool:
 
     def _all_supervisors(self) -> list[RemoteSupervisor]:
         return [supervisor for supervisors in self.groups.values() for supervisor in supervisors]
-
-    def _report_stall(
-        self,
-        supervisor: RemoteSupervisor,
-        seconds: float,
-        calls: tuple[tuple[int, str], ...],
-        where: str,
-        cause: str,
-    ) -> None:
-        if cause not in BLOCKING_CAUSES:
-            self._mention_stall(supervisor, seconds, cause)
-            return
-        blocked = BlockedLoop(
-            supervisor=supervisor.describe(),
-            seconds=seconds,
-            calls=tuple(label for _, label in calls),
-            call_ids=tuple(call_id for call_id, _ in calls),
-            where=where,
-            cause=cause,
-        )
-        if self.on_blocked_loop is None:
-            self.logger.warning("%s", blocked)
-            return
-        try:
-            self.on_blocked_loop(blocked)
-        except Exception:
-            self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
-            self.logger.warning("%s", blocked)
-
-    def _mention_stall(self, supervisor: RemoteSupervisor, seconds: float, cause: str) -> None:
-        """A stall no call of the user's caused: said as what it was.
-
-        Each cause (no CPU; work of no single call) once a minute at most. Not
-        a warning, and not a :class:`BlockedLoop`: there is nothing to fix in
-        the calls' code, and on a loaded machine it would come often.
-        """
-        now = time.monotonic()
-        if now - self._stall_mentioned_at.get(cause, -STALL_MENTION_INTERVAL) < (
-            STALL_MENTION_INTERVAL
-        ):
-            return
-        self._stall_mentioned_at[cause] = now
-        if cause == UNSCHEDULED:
-            what = (
-                f"{supervisor.describe()} got little or no CPU for {seconds:.1f} s: the machine is"
-                " overloaded (or the process was paused); its calls waited meanwhile"
-            )
-        else:
-            what = (
-                f"{supervisor.describe()}'s event loop was busy for {seconds:.1f} s with work that"
-                " is no single call's own code (this package's, Prefect's engine's, a library's,"
-                " or many calls' short steps at once); its calls waited meanwhile"
-            )
-        self.logger.info("%s (said at most once a minute)", what)
 
     def _on_death(self, supervisor: RemoteSupervisor, exc: BaseException) -> None:
         if not supervisor.alive or self._closed:
@@ -829,8 +752,3 @@ class Pool:
 def _supervisor_of(future: AioRayFuture[Any]) -> RemoteSupervisor:
     """The supervisor a future of this pool was sent to (its home is always one)."""
     return cast(RemoteSupervisor, home_of(future))
-
-
-def _emit_here(record: logging.LogRecord) -> None:
-    """Hand a forwarded record to the logger of the same name in this process."""
-    logging.getLogger(record.name).handle(record)
