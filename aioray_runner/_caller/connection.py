@@ -106,7 +106,7 @@ class RayConnection:
         it (ray-project/ray#63202: gRPC's fork handlers race with its threads;
         seen often on Ray 2.10 and 2.40). The next attempt forks a new one.
 
-        ``probed``: something listens at ``where`` (see ``_probe``); if Ray still
+        ``probed``: something listens at ``where`` (see ``_probe_or_fail``); if Ray still
         cannot connect, the likely cause is a missing or wrong auth token.
         """
         is_client = bool(where) and str(where).startswith("ray://")

@@ -77,7 +77,7 @@ Parcel = tuple[
 class RemoteSupervisor:
     """One supervisor actor, as the caller sees it: its handle, calls and load.
 
-    It is the :class:`_futures.Home` of the futures of the calls sent to it. A
+    It is the :class:`futures.Home` of the futures of the calls sent to it. A
     replacement for a dead supervisor is a new ``RemoteSupervisor`` with the same
     ``index`` and the next ``generation``.
     """
@@ -706,7 +706,7 @@ class Pool:
             self.on_ray_lost(reason)
 
     def on_ray_lost(self, reason: str) -> None:
-        """Ray went away: fail every call at once (I/O thread); see ``_raywatch``."""
+        """Ray went away: fail every call at once (I/O thread); see ``raywatch.py``."""
         if self.ray_lost or self._closed:
             return
         self.ray_lost = reason

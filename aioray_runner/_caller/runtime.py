@@ -1,8 +1,9 @@
 """``Runtime``: the public face of the supervisors.
 
-It connects to Ray (or starts a temporary local instance), starts the
-supervisors, and turns ``submit(fn, *args)`` into an :class:`AioRayFuture`.
-The machinery lives in ``_pool`` (caller side) and ``_supervisor`` (actor side).
+It connects to Ray (or starts a temporary local instance: ``connection.py``),
+starts the supervisors, and turns ``submit(fn, *args)`` into an
+:class:`AioRayFuture`. The machinery lives in ``pool.py`` and what it
+coordinates (the caller's side) and in ``aioray_runner/_supervisor/`` (the actor's).
 """
 
 from __future__ import annotations

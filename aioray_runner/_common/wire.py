@@ -74,7 +74,7 @@ def failed_dep(message: str, label: str) -> Dep:
 
 
 # -- the shapes of messages, outside the per-call hot path ----------------------------
-# Per-call entries stay plain tuples (built in _pool, unpacked in _supervisor,
+# Per-call entries stay plain tuples (built in the pool, unpacked in the supervisor,
 # both through the aliases below): a NamedTuple costs twice as much to build
 # and pickles with its class name, 10,000 times per batch.
 
@@ -93,13 +93,13 @@ class Rerun(NamedTuple):
 
 
 class StallReport(NamedTuple):
-    """A supervisor's loop was blocked (see ``_watchdog``)."""
+    """A supervisor's loop was blocked (see ``watchdog.py``)."""
 
     seconds: float
     #: ``(call id, label)`` of the call whose code held the loop, if known.
     calls: tuple[tuple[int, str], ...]
     where: str
-    #: What stalled it (``_watchdog.classify``): only some causes name a call.
+    #: What stalled it (``watchdog.classify``): only some causes name a call.
     cause: str
 
 

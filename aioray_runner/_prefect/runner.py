@@ -21,7 +21,7 @@ mypy and pyright accept.)
 
 * **async tasks** run through Prefect's async task engine on a supervisor's
   event loop, many at once, with the flow run's context and API client set up
-  once per supervisor (see ``_prefect_remote``);
+  once per supervisor (see ``remote.py``);
 * **sync tasks** run in threads of a supervisor, many at once, as in Prefect's
   ``ThreadPoolTaskRunner``; inside :func:`aioray_runner.remote_options` (say
   ``num_cpus=1``, for CPU-bound work), or everywhere with ``sync_tasks="ray"``,
@@ -32,7 +32,7 @@ mypy and pyright accept.)
   ``NotReady`` for a failed upstream, a future left alone under ``quote``);
 * a task submitted inside a flow's ``transaction()`` takes part in it, its
   commit and rollback hooks running in the flow's process (see
-  ``_prefect_transactions``).
+  ``transactions.py``).
 
 This module only translates Prefect's calls into the runtime's; the runtime
 never imports Prefect.
@@ -122,14 +122,14 @@ def _reduce_future(future: PrefectAioRayFuture[Any]) -> tuple[Any, ...]:
     # A future in a task's parameters travels as its runtime future, which the
     # runtime lifts out and the supervisor awaits; it arrives as a finished
     # Prefect future, which Prefect's engine resolves where the thread pool's
-    # would (see _prefect_futures).
+    # would (see settled.py).
     return settled.settled_future, (future.task_run_id, future.wrapped_future)
 
 
 _TRANSACTION_LOCK = threading.Lock()
 
 # Prefect's annotations (quote, allow_failure, unmapped, ...) are pickled by
-# the copyreg entries _prefect_futures registers, for the runtime's pickler and
+# the copyreg entries settled.py registers, for the runtime's pickler and
 # Ray's alike.
 
 
@@ -142,7 +142,7 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
     and ``wait_async`` / ``result_async`` do not block the flow's event loop.
     """
 
-    # The flow's transaction this run was submitted in (see _prefect_transactions).
+    # The flow's transaction this run was submitted in (see transactions.py).
     _transaction: BaseTransaction | None = None
     _attached = False  # its transactions were handed to the flow's
     _rolled_back = False  # it rolled the flow's back

@@ -87,7 +87,7 @@ def settled_future(task_run_id: uuid.UUID, outcome: Any) -> SettledPrefectFuture
     """Rebuild a flow-side future inside a task, from its upstream's outcome.
 
     ``outcome`` is what the upstream's call returned: its final State, or that
-    State with what it did in a transaction (see ``_prefect_transactions``).
+    State with what it did in a transaction (see ``transactions.py``).
     """
     state = unwrap(outcome)
     if not isinstance(state, State):

@@ -68,7 +68,7 @@ class Supervisor:
             importlib.import_module(module)
         self._index = index
         self._settings = settings
-        # The backend's host, started before the first call (see _backends).
+        # The backend's host, started before the first call (see aioray_runner/_backends).
         self._host: Host = make_host(settings.backend)
         self._host_start: asyncio.Future[None] | None = None
         self._host_ready = False
