@@ -24,7 +24,6 @@ with each call's pickled parcel until it is announced.
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import pickle
@@ -53,7 +52,8 @@ from .placement import (
     redact_options,
     to_ray_strategy,
 )
-from .raywatch import PROBE_EVERY_S, Probe
+from .raywatch import Probe, RayWatch
+from .releases import Releases
 from .reports import Reports
 from .wakeups import end_of_turn_scheduler, one_wakeup_per_loop
 
@@ -62,7 +62,6 @@ from .wakeups import end_of_turn_scheduler, one_wakeup_per_loop
 # small enough that the first results of a big batch come back early.
 POLL_MAX = 5000
 BATCH_MAX = 2000
-RELEASE_EVERY_S = 0.2
 # A call whose upstream's supervisor died is sent again; a few times at most, in
 # case the upstream keeps moving (each move is a supervisor death).
 MAX_SENDS = 5
@@ -150,7 +149,6 @@ class Pool:
         self.logger = logger
         # What supervisors report beside outcomes: logs and stalls (reports.py).
         self.reports = Reports(logger, on_blocked_loop, on_log)
-        self.ray_probe = ray_probe
         self.ray_lost: str | None = None  # why Ray went away, once it has
         self.name = uuid.uuid4().hex[:8]
         self.groups: dict[GroupKey, list[RemoteSupervisor]] = {}
@@ -169,8 +167,11 @@ class Pool:
         self._io_scheduled = False
         # Per thread: the loop whose end-of-turn handoff is already scheduled.
         self._turn = threading.local()
-        self._releases: collections.deque[tuple[RemoteSupervisor, int]] = collections.deque()
         self.io = IOThread(f"aioray-io-{self.name}")
+        # Outcomes the caller no longer needs, released in groups (releases.py).
+        self.releases: Releases[RemoteSupervisor] = Releases(self.io, self._send_releases)
+        # Asks whether Ray is still there, once a second (raywatch.py).
+        self.ray_watch = RayWatch(self.io, ray_probe, self.on_ray_lost, logger, self._stopped)
         self._closed = False
         self._started = False
 
@@ -182,8 +183,8 @@ class Pool:
         supervisors = self._create_group(DEFAULT_GROUP, self.count, {})
         self._started = True
         self._wait_ready(supervisors)
-        self.io.call_soon(self._start_release_timer)
-        self.io.call_soon(self._schedule_probe)
+        self.releases.start(lambda: self._closed)
+        self.ray_watch.start()
 
     def _create_group(
         self, key: GroupKey, count: int, options: dict[str, Any]
@@ -276,7 +277,7 @@ class Pool:
         self._closed = True
         if self._started:
             self.io.call_soon(self._send_pending)
-            self.io.call_soon(self._flush_releases)
+            self.io.call_soon(self.releases.flush)
             self.io.stop(lambda: self._fail_in_flight("the runtime closed while it was running"))
         for supervisors in self.groups.values():
             for supervisor in supervisors:
@@ -421,11 +422,11 @@ class Pool:
 
     def flush_releases_soon(self) -> None:
         """Send the queued releases now instead of at the next timer tick."""
-        self.io.call_soon(self._flush_releases)
+        self.io.call_soon(self.releases.flush)
 
     def release(self, home: Home, call_id: int) -> None:
         """A finished future was dropped (``__del__``, any thread): forget it remotely."""
-        self._releases.append((cast(RemoteSupervisor, home), call_id))
+        self.releases.add(cast(RemoteSupervisor, home), call_id)
 
     # -- the I/O thread ----------------------------------------------------------------------
 
@@ -572,7 +573,7 @@ class Pool:
             future, parcel = settled(supervisor, call_id, resend=kind == wire.RESEND)
             supervisor.finished += 1
             if future is None:
-                self._releases.append((supervisor, call_id))
+                self.releases.add(supervisor, call_id)
                 continue
             if kind == wire.RESEND and parcel is not None:
                 # No release: the supervisor dropped the record itself, and a
@@ -686,24 +687,11 @@ class Pool:
                 self._watch(supervisor, supervisor.handle.cancel.remote([future.call_id]))
             )
 
-    def _schedule_probe(self) -> None:
-        if self.ray_probe is not None and not (self._closed or self.ray_lost):
-            self.io.call_later(PROBE_EVERY_S, lambda: self.io.spawn(self._probe_ray()))
+    def _stopped(self) -> bool:
+        return self._closed or self.ray_lost is not None
 
-    async def _probe_ray(self) -> None:
-        assert self.ray_probe is not None
-        if self._closed:
-            return
-        # In a thread: a probe of a remote GCS may wait up to two seconds.
-        try:
-            reason = await self.io.loop.run_in_executor(None, self.ray_probe)
-        except Exception:  # a probe that breaks must not stop the probing
-            self.logger.debug("the Ray probe failed", exc_info=True)
-            reason = None
-        if reason is None:
-            self._schedule_probe()
-        else:
-            self.on_ray_lost(reason)
+    def _send_releases(self, supervisor: RemoteSupervisor, call_ids: list[int]) -> None:
+        self.io.spawn(self._watch(supervisor, supervisor.handle.release.remote(call_ids)))
 
     def on_ray_lost(self, reason: str) -> None:
         """Ray went away: fail every call at once (I/O thread); see ``raywatch.py``."""
@@ -731,22 +719,6 @@ class Pool:
                     " new runtime if it is safe to run again."
                 ),
             )
-
-    def _start_release_timer(self) -> None:
-        self._flush_releases()
-        if not self._closed:
-            self.io.call_later(RELEASE_EVERY_S, self._start_release_timer)
-
-    def _flush_releases(self) -> None:
-        if not self._releases:
-            return
-        by_supervisor: dict[RemoteSupervisor, list[int]] = {}
-        while self._releases:
-            supervisor, call_id = self._releases.popleft()
-            if supervisor.alive:
-                by_supervisor.setdefault(supervisor, []).append(call_id)
-        for supervisor, call_ids in by_supervisor.items():
-            self.io.spawn(self._watch(supervisor, supervisor.handle.release.remote(call_ids)))
 
 
 def _supervisor_of(future: AioRayFuture[Any]) -> RemoteSupervisor:

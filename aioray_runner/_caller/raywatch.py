@@ -22,6 +22,7 @@ one ``Runtime`` makes before ``ray.init`` (``connection.py``), and doctor's.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+
+from .iothread import IOThread
 
 #: Seconds between two probes.
 PROBE_EVERY_S = 1.0
@@ -51,6 +54,48 @@ def probe_address(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> OSE
     except OSError as exc:
         return exc
     return None
+
+
+class RayWatch:
+    """Asks ``probe`` once a second, on the I/O thread, whether Ray is still there,
+    and calls ``on_lost(reason)`` once it is not (the pool fails every call)."""
+
+    def __init__(
+        self,
+        io: IOThread,
+        probe: Probe | None,
+        on_lost: Callable[[str], None],
+        logger: logging.Logger,
+        stopped: Callable[[], bool],
+    ) -> None:
+        self._io = io
+        self._probe = probe
+        self._on_lost = on_lost
+        self._logger = logger
+        self._stopped = stopped
+
+    def start(self) -> None:
+        """Start probing (no probe: nothing to do)."""
+        self._io.call_soon(self._schedule)
+
+    def _schedule(self) -> None:
+        if self._probe is not None and not self._stopped():
+            self._io.call_later(PROBE_EVERY_S, lambda: self._io.spawn(self._ask()))
+
+    async def _ask(self) -> None:
+        assert self._probe is not None
+        if self._stopped():
+            return
+        # In a thread: a probe of a remote GCS may wait up to two seconds.
+        try:
+            reason = await self._io.loop.run_in_executor(None, self._probe)
+        except Exception:  # a probe that breaks must not stop the probing
+            self._logger.debug("the Ray probe failed", exc_info=True)
+            reason = None
+        if reason is None:
+            self._schedule()
+        else:
+            self._on_lost(reason)
 
 
 def probe_for_current_ray(owns_ray: bool) -> Probe | None:
