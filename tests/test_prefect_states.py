@@ -398,13 +398,13 @@ async def test_a_dead_supervisor_crashes_its_runs_and_is_replaced(tmp_path: Path
 async def records_a_crash_the_api_never_heard_of() -> str:
     # What the runner does when a supervisor dies before the engine's events
     # (which create the task run in the API) left it: the run is created, crashed.
-    from aioray_runner._prefect import remote
+    from aioray_runner._prefect import recovery
     from aioray_runner._prefect.runner import _record_state
     from aioray_runner.errors import SupervisorDiedError
 
     task_run_id = uuid.uuid4()
     error = SupervisorDiedError("supervisor 0 (pid 1) died before the run was reported")
-    _record_state(add, task_run_id, remote.crashed_state(error))
+    _record_state(add, task_run_id, recovery.crashed_state(error))
     return str(task_run_id)
 
 

@@ -14,11 +14,11 @@ context.
 
 **After a supervisor died.** The runner submits every task run with
 ``reruns=retries + 1``: if the supervisor running it dies, the runtime runs the
-same call again on a live one, and :func:`_after_loss` decides there what that
-run does, from what the API recorded of the lost one: a run that had already
-finished keeps its final state (nothing runs twice, and the API never sees a
-finished run start again); a run with retries left is retried (the crash counts
-as one attempt, as a failure would); any other ends ``Crashed``.
+same call again on a live one, and ``recovery.after_loss`` (``recovery.py``)
+decides there what that run does, from what the API recorded of the lost one: a
+run that had already finished keeps its final state (nothing runs twice, and the
+API never sees a finished run start again); a run with retries left is retried
+(the crash counts as one attempt, as a failure would); any other ends ``Crashed``.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import datetime
 import threading
 import time
 from contextlib import ExitStack
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from .._supervisor.attempt import Attempt, current_attempt
+from .._supervisor.attempt import current_attempt
 from . import compat, transactions
+from .recovery import after_loss, crashed_state
 from .settled import transporting
 
 
@@ -138,12 +138,12 @@ def _engine_arguments(
 async def _after_loss_in(
     scope: contextvars.Context, task: Any, task_run_id: UUID
 ) -> tuple[Any, Any, Any]:
-    """:func:`_after_loss` for the current call, run in the flow run's ``scope``."""
+    """:func:`recovery.after_loss` for the current call, run in the flow run's ``scope``."""
     attempt = current_attempt()  # the call's, read in the call's own context
     if attempt.number == 1:
         return None, task, None
     return await asyncio.get_running_loop().create_task(
-        _after_loss(task, task_run_id, attempt), context=scope.copy()
+        after_loss(task, task_run_id, attempt), context=scope.copy()
     )
 
 
@@ -185,7 +185,7 @@ async def run_async_task(
             _enter_call_context(stack, call_context)
             try:
                 entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
-                final, run_task, task_run = await _after_loss(task, task_run_id, attempt)
+                final, run_task, task_run = await after_loss(task, task_run_id, attempt)
                 if final is not None:
                     return final
                 state = await run_task_async(
@@ -201,121 +201,6 @@ async def run_async_task(
                 return crashed_state(exc)
 
     return await asyncio.get_running_loop().create_task(run(), context=context.copy())
-
-
-async def _after_loss(task: Any, task_run_id: UUID, attempt: Attempt) -> tuple[Any, Any, Any]:
-    """``(final state, task to run, task run to continue)`` for this run.
-
-    On a first run: ``(None, task, None)``, run as usual. On a run after its
-    supervisor died (see the module docstring): the final state to return at
-    once, or the task (with the retries it has left) and the task run to go on.
-    Runs inside the flow run's context (its API client); ``attempt`` is the
-    call's, read in the call's own context.
-    """
-    if attempt.number == 1:
-        return None, task, None
-
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-    from prefect.states import AwaitingRetry
-
-    from ..errors import SupervisorDiedError
-
-    client = get_client()
-    task_run = await _settled_task_run(client, task_run_id)
-    recorded = task_run.state if task_run is not None else None
-    # Finished before its supervisor died: keep that outcome. Crashed is no
-    # outcome of the task's own: a sync task's Ray worker dies with the
-    # supervisor that started it, and says Crashed on its way out.
-    if recorded is not None and recorded.is_final() and not recorded.is_crashed():
-        return recorded, None, None
-
-    loss = SupervisorDiedError(f"Task run {task.name!r} was lost: {attempt.previous_loss}")
-    crashed = crashed_state(loss)
-    attempts_so_far = max(task_run.run_count if task_run else 0, attempt.number - 1)
-    retries = int(task.retries or 0)
-    retry = attempts_so_far <= retries and await compat.retry_condition_allows(
-        task, task_run, crashed
-    )
-    if retry:
-        delay = _retry_delay(task, attempts_so_far - 1)
-        state: Any = AwaitingRetry(
-            scheduled_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=delay),
-            message=f"Retry {attempts_so_far} of {retries} after a crash: {loss}",
-        )
-    else:
-        state = crashed
-    if task_run is not None:
-        await client.set_task_run_state(task_run_id, state, force=True)
-        task_run.state = state
-    else:
-        flow_run = FlowRunContext.get()
-        task_run = await client.create_task_run(
-            task=task,
-            flow_run_id=flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
-            dynamic_key=f"{task.task_key}-{task_run_id.hex[:8]}",
-            id=task_run_id,
-            state=state,
-        )
-    if not retry:
-        return crashed, None, None
-    if delay:
-        await asyncio.sleep(delay)
-    # The engine counts retries from zero in each run: give it only what is left.
-    return None, task.with_options(retries=retries - attempts_so_far), task_run
-
-
-async def _settled_task_run(client: Any, task_run_id: UUID) -> Any:
-    """The task run as the API records it, once the lost run's news has landed.
-
-    Prefect 3 records task-run states from the engine's events, a little after
-    they happen: the lost run's last events (a Completed state, say) may still be
-    on their way. Read until the state is final or has not changed for two
-    reads a second apart, five seconds at most. Events the dead process had not
-    sent yet are lost with it: then the run counts as not finished (best effort).
-    """
-    from prefect.exceptions import ObjectNotFound
-
-    previous: Any = None
-    task_run: Any = None
-    for _ in range(5):
-        await asyncio.sleep(1.0)
-        try:
-            task_run = await client.read_task_run(task_run_id)
-        except ObjectNotFound:
-            task_run = None  # not heard of (yet)
-        state = task_run.state if task_run is not None else None
-        if state is not None and state.is_final() and not state.is_crashed():
-            return task_run
-        key = (state.type, state.timestamp) if state is not None else None
-        if key is not None and key == previous:
-            return task_run
-        previous = key
-    return task_run
-
-
-def _retry_delay(task: Any, retry_index: int) -> float:
-    delays = getattr(task, "retry_delay_seconds", None)
-    if not delays:
-        return 0.0
-    if isinstance(delays, list | tuple):
-        return float(delays[min(retry_index, len(delays) - 1)])
-    return float(delays)
-
-
-def crashed_state(exc: BaseException) -> Any:
-    """Prefect's Crashed state for an exception raised outside the task's own code."""
-    from prefect.states import exception_to_crashed_state
-
-    # Without a result store the coroutine never awaits: run it to its end here,
-    # so sync callers (and callbacks on the I/O thread) need no event loop.
-    coro = exception_to_crashed_state(exc)
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("exception_to_crashed_state awaited unexpectedly")
 
 
 _sync_runner: Any = None

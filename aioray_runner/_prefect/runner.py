@@ -88,7 +88,7 @@ from .._common.settings import (
 from .._common.watchdog import BlockedLoop
 from .._common.wire import register_reducer
 from ..errors import SerializationError, SupervisorDiedError, UpstreamError
-from . import api, compat, remote, settled, transactions
+from . import api, compat, recovery, remote, settled, transactions
 from .options import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ def _state_of(future: AioRayFuture[Any]) -> State[Any]:
         # usual Prefect outcome for a task whose upstream did not complete.
         return Pending(name="NotReady", message=str(exc))
     except BaseException as exc:
-        return remote.crashed_state(exc)  # type: ignore[no-any-return]
+        return recovery.crashed_state(exc)  # type: ignore[no-any-return]
     if not isinstance(state, State):
         # The type only: the value may be a task's result, which may hold secrets.
         raise TypeError(
@@ -628,7 +628,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         request = remote.TaskRunRequest(task_run_id, wait_for, dependencies, call_context)
         # A run whose supervisor dies is run again elsewhere: once to settle its
         # state from what the API recorded, and once more per retry it has left
-        # (see remote._after_loss), at most MAX_CRASH_RETRIES: a task
+        # (see recovery.after_loss), at most MAX_CRASH_RETRIES: a task
         # that kills its supervisor each time (memory, a segfault) takes the
         # other runs there with it, so it is not given every retry it has.
         reruns = min(int(task.retries or 0), MAX_CRASH_RETRIES) + 1
@@ -814,7 +814,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                     1, thread_name_prefix="aioray-crash-reporter"
                 )
             reporter = self._reporter
-        state = remote.crashed_state(error)
+        state = recovery.crashed_state(error)
         reporter.submit(self._submit_context.copy().run, _record_state, task, task_run_id, state)
 
 
