@@ -180,7 +180,8 @@ def tests_py(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, allow_parallel=False)
 def tests_trio(session: nox.Session) -> None:
-    """The trio tests (callers and coroutines under trio), against the newest Ray."""
+    """The trio backend's tests (coroutines under trio in the supervisors), against the
+    newest Ray; trio callers run in the main suite (tests/test_callers.py, parametrized)."""
     _setup(session)
     _install_for_tests(session, RAY_NEWEST)
     session.run("pytest", "tests_trio", *SLOWEST, *session.posargs)

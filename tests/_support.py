@@ -18,8 +18,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -152,6 +153,33 @@ class Heartbeat:
         ticks = self.ticks_between(start, end)
         assert ticks >= 3, f"heartbeat ticked {ticks} times in {end - start:.2f} s"
         assert ticks >= 0.1 * room, f"heartbeat ticked {ticks} times, room for {room:.0f}"
+
+
+async def submit_all_with_heartbeat(
+    runtime: Runtime, fn: Callable[..., Any], n: int, waiters: int = 20
+) -> list[Any]:
+    """Results of ``fn(i)`` for ``i < n``, awaited by ``waiters`` tasks of the caller's
+    library (asyncio or trio); fails if the caller's heartbeat stalled meanwhile."""
+    heartbeat = Heartbeat()
+    results: list[Any] = [None] * n
+    chunk = max(1, n // waiters)
+    async with anyio.create_task_group() as beating:
+        beating.start_soon(heartbeat.run)
+        await anyio.sleep(0.05)
+        futures = [runtime.submit(fn, i) for i in range(n)]
+        start = time.monotonic()
+
+        async def collect(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                results[i] = await futures[i]
+
+        async with anyio.create_task_group() as collectors:
+            for lo in range(0, n, chunk):
+                collectors.start_soon(collect, lo, min(n, lo + chunk))
+        end = time.monotonic()
+        beating.cancel_scope.cancel()
+    heartbeat.assert_kept_ticking(start, end)
+    return results
 
 
 def spin_for(seconds: float) -> int:

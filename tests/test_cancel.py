@@ -86,18 +86,6 @@ async def test_wait_for_timeout_does_not_cancel_the_remote_call(
     assert (tmp_path / "finally").read_text() == "returned"
 
 
-async def test_anyio_timeouts_do_not_cancel_the_remote_call(runtime: Runtime) -> None:
-    fut = runtime.submit(slow_value, 9, 1.0)
-    with pytest.raises(TimeoutError):
-        with anyio.fail_after(0.2):
-            await fut
-    with anyio.move_on_after(0.1) as scope:
-        await fut
-    assert scope.cancelled_caught
-    assert await fut == 9
-    assert not fut.cancelled()
-
-
 async def test_cancelling_the_awaiting_task_does_not_cancel_the_call(runtime: Runtime) -> None:
     fut = runtime.submit(slow_value, 3, 1.0)
     waiter = asyncio.create_task(fut.wait())

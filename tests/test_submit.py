@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from aioray_runner import AioRayFuture, Runtime, RuntimeNotRunningError
-from tests._support import Heartbeat, block_until_set, set_when_started
+from tests._support import block_until_set, set_when_started
 
 pytestmark = pytest.mark.anyio
 
@@ -130,17 +130,6 @@ async def own_task_throughout() -> tuple[bool, str]:
 async def test_each_call_has_its_own_task_from_its_first_step(runtime: Runtime) -> None:
     futures = [runtime.submit(own_task_throughout) for _ in range(200)]
     assert {await f for f in futures} == {(True, "Task")}
-
-
-async def test_heartbeat_keeps_ticking_while_awaiting(runtime: Runtime) -> None:
-    heartbeat = Heartbeat()
-    async with asyncio.TaskGroup() as tg:
-        beat = tg.create_task(heartbeat.run())
-        start = time.monotonic()
-        assert await runtime.submit(slow_double, 21, 1.0) == 42
-        end = time.monotonic()
-        beat.cancel()
-    heartbeat.assert_kept_ticking(start, end)
 
 
 def test_submit_before_start_and_bad_settings() -> None:

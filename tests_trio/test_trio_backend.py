@@ -12,8 +12,7 @@ import pytest
 import trio
 
 from aioray_runner import AioRayFuture, BlockedLoop, CancelledError, Runtime
-from tests._support import wait_until
-from tests_trio._heartbeat import submit_all_with_heartbeat
+from tests._support import submit_all_with_heartbeat, wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,9 @@
-"""A trio caller, with the default asyncio supervisors."""
+"""The caller's side under each async library a caller may use: asyncio and trio.
+
+Written once with anyio and run under both (``anyio_backend`` is parametrized, as
+anyio's own suite does), against the default asyncio supervisors. A caller's
+loop is woken by its backend's caller half (``aioray_runner/_backends/``).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,21 @@ import time
 
 import anyio
 import pytest
-import trio
 
 from aioray_runner import CancelledError, Runtime, UpstreamError
-from tests._support import Heartbeat, wait_until
-from tests_trio._heartbeat import submit_all_with_heartbeat
+from aioray_runner._caller.wakeups import current_async_library
+from tests._support import Heartbeat, submit_all_with_heartbeat, wait_until
 
 pytestmark = pytest.mark.anyio
 
 N = 10_000
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "trio":
+        pytest.importorskip("trio")
+    return str(request.param)
 
 
 async def asyncio_nap(i: int, seconds: float = 0.1) -> int:
@@ -29,26 +40,26 @@ async def asyncio_fail(message: str) -> None:
     raise LookupError(message)
 
 
-async def test_runs_under_trio(runtime: Runtime) -> None:
-    trio.lowlevel.current_task()  # really on trio
+async def test_runs_under_the_callers_library(runtime: Runtime, anyio_backend: str) -> None:
+    assert current_async_library() == anyio_backend  # really on that library, as the runtime sees
     assert await runtime.submit(asyncio_nap, 41, 0) == 42
 
 
-async def test_ten_thousand_calls_with_a_trio_heartbeat(runtime: Runtime) -> None:
+async def test_ten_thousand_calls_with_a_heartbeat(runtime: Runtime) -> None:
     results = await submit_all_with_heartbeat(runtime, asyncio_nap, N)
     assert results == [i + 1 for i in range(N)]
 
 
-async def test_cancel_scopes_stop_only_the_wait(runtime: Runtime) -> None:
+async def test_cancel_scopes_and_timeouts_stop_only_the_wait(runtime: Runtime) -> None:
     fut = runtime.submit(asyncio_nap, 1, 1.0)
-    with trio.move_on_after(0.2) as scope:
+    with anyio.move_on_after(0.2) as scope:
         await fut
     assert scope.cancelled_caught
     assert not fut.done()
     with pytest.raises(TimeoutError):
         with anyio.fail_after(0.1):
             await fut
-    with trio.CancelScope() as outer:
+    with anyio.CancelScope() as outer:
         outer.cancel()
         await fut  # cancelled at once: the wait never starts
     assert outer.cancelled_caught
@@ -58,18 +69,18 @@ async def test_cancel_scopes_stop_only_the_wait(runtime: Runtime) -> None:
 
 async def test_heartbeat_ticks_while_awaiting(runtime: Runtime) -> None:
     heartbeat = Heartbeat()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(heartbeat.run)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat.run)
         start = time.monotonic()
         assert await runtime.submit(asyncio_nap, 9, 1.0) == 10
         end = time.monotonic()
-        nursery.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
     heartbeat.assert_kept_ticking(start, end)
 
 
-async def test_errors_and_dependencies_under_trio(runtime: Runtime) -> None:
-    bad = runtime.submit(asyncio_fail, "trio caller sees it")
-    with pytest.raises(LookupError, match="trio caller sees it") as info:
+async def test_errors_and_dependencies(runtime: Runtime) -> None:
+    bad = runtime.submit(asyncio_fail, "the caller sees it")
+    with pytest.raises(LookupError, match="the caller sees it") as info:
         await bad
     assert any(bad.label in note for note in info.value.__notes__)
     with pytest.raises(UpstreamError) as upstream:
@@ -79,7 +90,7 @@ async def test_errors_and_dependencies_under_trio(runtime: Runtime) -> None:
     assert await runtime.submit(asyncio_nap, a, 0) == 3
 
 
-async def test_remote_cancel_from_trio(runtime: Runtime) -> None:
+async def test_remote_cancel(runtime: Runtime) -> None:
     fut = runtime.submit(asyncio_nap, 0, 3600)
 
     async def running() -> bool:
@@ -87,13 +98,13 @@ async def test_remote_cancel_from_trio(runtime: Runtime) -> None:
 
     await wait_until(running)
     assert fut.cancel()
-    with trio.fail_after(30):
+    with anyio.fail_after(30):
         with pytest.raises(CancelledError):
             await fut
     assert fut.cancelled()
 
 
-async def test_as_completed_under_trio(runtime: Runtime) -> None:
+async def test_as_completed(runtime: Runtime) -> None:
     futures = [runtime.submit(asyncio_nap, i, 0.05 * (i % 3)) for i in range(12)]
     seen = [f async for f in runtime.as_completed(futures + futures[:4])]
     assert len(seen) == 12
