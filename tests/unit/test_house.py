@@ -60,7 +60,7 @@ MAX_CLASS_LINES = 300
 LONG_CLASSES: dict[str, int] = {
     "_caller.pool.Pool": 588,
     "_caller.runtime.Runtime": 591,
-    "_prefect.runner.AioRayTaskRunner": 476,
+    "_prefect.runner.AioRayTaskRunner": 464,
     "_supervisor.actor.Supervisor": 364,
 }
 
