@@ -189,6 +189,8 @@ class Pool:
         # Per thread: the loop whose end-of-turn handoff is already scheduled.
         self._turn = threading.local()
         self._releases: collections.deque[tuple[RemoteSupervisor, int]] = collections.deque()
+        # Cancels asked for in this turn of the I/O loop, sent together at its end.
+        self._cancels: dict[RemoteSupervisor, list[int]] = {}
         self.io = IOThread(f"aioray-io-{self.name}")
         self._closed = False
         self._started = False
@@ -810,7 +812,18 @@ class Pool:
         slot = _supervisor_of(future)
         # Not sent yet: it will not be (see _dispatch), so nothing to tell.
         if slot.alive and future.call_id in slot.in_flight:
-            self.io.spawn(self._watch(slot, slot.handle.cancel.remote([future.call_id])))
+            # One message per supervisor per loop turn, not one per call: a runner
+            # cancelling 3,000 task runs on Ctrl-C sent 3,000 actor calls, which
+            # queued behind each other in Ray for tens of seconds.
+            if not self._cancels:
+                self.io.call_soon(self._send_cancels)
+            self._cancels.setdefault(slot, []).append(future.call_id)
+
+    def _send_cancels(self) -> None:
+        cancels, self._cancels = self._cancels, {}
+        for slot, call_ids in cancels.items():
+            if slot.alive:
+                self.io.spawn(self._watch(slot, slot.handle.cancel.remote(call_ids)))
 
     def _schedule_probe(self) -> None:
         if self.ray_probe is not None and not (self._closed or self.ray_lost):
