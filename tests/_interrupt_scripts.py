@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -71,10 +72,10 @@ def prefect_job(directory: str) -> None:
     async def interrupted() -> None:
         emit("FLOW_RUN", str(get_run_context().flow_run.id))  # type: ignore[union-attr]
         emit("PIDS", [p.pid for p in psutil.Process().children(recursive=True)])
-        futures = [wait_async.submit() for _ in range(CALLS - SYNC_TASK_RUNS)]
+        futures: list[Any] = [wait_async.submit() for _ in range(CALLS - SYNC_TASK_RUNS)]
         futures += [wait_sync.submit() for _ in range(SYNC_TASK_RUNS)]
         for future in futures:
-            await future  # type: ignore[misc]
+            await future
 
     asyncio.run(interrupted())
 
