@@ -167,6 +167,8 @@ class Pool:
         self._io_scheduled = False
         # Per thread: the loop whose end-of-turn handoff is already scheduled.
         self._turn = threading.local()
+        # Cancels asked for in this turn of the I/O loop, sent together at its end.
+        self._cancels: dict[RemoteSupervisor, list[int]] = {}
         self.io = IOThread(f"aioray-io-{self.name}")
         # Outcomes the caller no longer needs, released in groups (releases.py).
         self.releases: Releases[RemoteSupervisor] = Releases(self.io, self._send_releases)
@@ -683,9 +685,18 @@ class Pool:
         supervisor = _supervisor_of(future)
         # Not sent yet: it will not be (see _dispatch), so nothing to tell.
         if supervisor.alive and self.ledger.holds(supervisor, future.call_id):
-            self.io.spawn(
-                self._watch(supervisor, supervisor.handle.cancel.remote([future.call_id]))
-            )
+            # One message per supervisor per loop turn, not one per call: a runner
+            # cancelling 3,000 task runs on Ctrl-C sent 3,000 actor calls, which
+            # queued behind each other in Ray for tens of seconds.
+            if not self._cancels:
+                self.io.call_soon(self._send_cancels)
+            self._cancels.setdefault(supervisor, []).append(future.call_id)
+
+    def _send_cancels(self) -> None:
+        cancels, self._cancels = self._cancels, {}
+        for supervisor, call_ids in cancels.items():
+            if supervisor.alive:
+                self.io.spawn(self._watch(supervisor, supervisor.handle.cancel.remote(call_ids)))
 
     def _stopped(self) -> bool:
         return self._closed or self.ray_lost is not None

@@ -208,15 +208,16 @@ class Runtime:
         )
         return self
 
-    def close(self, *, wait: bool = True) -> None:
+    def close(self, *, wait: bool = True, grace: float = 5.0) -> None:
         """Stop the supervisors and disconnect from Ray if this runtime connected.
 
         With ``wait`` (the default) calls still running finish first; otherwise
-        they are cancelled. Ray itself is shut down only if this runtime started it.
+        they are cancelled and given ``grace`` seconds in all to unwind (0: stop
+        at once). Ray itself is shut down only if this runtime started it.
         """
         if self._pool is None:
             return
-        self.drain(cancel=not wait)
+        self.drain(cancel=not wait, grace=grace)
         self._shutdown()
 
     def drain(self, *, cancel: bool = False, grace: float = 5.0) -> None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("prefect.task_runner.aioray")
 
@@ -93,7 +96,7 @@ def start_temporary_api(announce: Callable[[str], None] | None = None) -> str | 
             " on a new PREFECT_HOME creates its database)"
         )
     try:
-        server.start(timeout=timeout)
+        _start_out_of_terminal_reach(server, timeout)
     except Exception as exc:  # a time-out, or an answer other than 200 (httpx's errors)
         server.stop()  # Prefect leaves a server that was late running
         raise RuntimeError(
@@ -103,6 +106,46 @@ def start_temporary_api(announce: Callable[[str], None] | None = None) -> str | 
             " (PREFECT_API_URL=http://127.0.0.1:4200/api)."
         ) from exc
     return str(server.api_url)
+
+
+def _start_out_of_terminal_reach(server: Any, timeout: int) -> None:
+    """Start the server with SIGINT blocked, so that a Ctrl-C in the terminal does not stop it.
+
+    A terminal sends Ctrl-C's SIGINT to its whole process group, and Prefect starts
+    its server in ours: the server stopped at once, while the flow's process was
+    still ending its runs, and every run in flight kept a non-final state in its
+    database (and Prefect's queues retried the dead server for minutes). Ray
+    shields its own processes the same way. A blocked signal mask is inherited by
+    the server's process, so Popen runs in a thread that blocks SIGINT (only that
+    thread: the user's Ctrl-C still reaches this process). The server still stops
+    when this process exits (Prefect's atexit hook sends it SIGTERM).
+    """
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        if hasattr(signal, "pthread_sigmask"):  # not on Windows
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start(timeout=timeout)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    starter = threading.Thread(target=start, name="aioray-prefect-api-start", daemon=True)
+    starter.start()
+    try:
+        while starter.is_alive():
+            starter.join(0.1)
+    except BaseException:
+        # Ctrl-C while it starts: a server that the terminal cannot stop must not
+        # outlive this process. Stopping it ends the start (its process is gone);
+        # repeated, because the start may launch it after the first stop.
+        while starter.is_alive():
+            server.stop()
+            starter.join(0.1)
+        server.stop()
+        raise
+    if failed:
+        raise failed[0]
 
 
 def _prefect_default() -> int:

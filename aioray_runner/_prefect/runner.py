@@ -88,7 +88,7 @@ from .._common.settings import (
 from .._common.watchdog import BlockedLoop
 from .._common.wire import register_reducer
 from ..errors import SerializationError, SupervisorDiedError, UpstreamError
-from . import api, compat, recovery, remote, settled, transactions
+from . import api, compat, interrupt, recovery, remote, settled, transactions
 from .options import ACTOR_PLACEMENT_OPTIONS, current_remote_options
 
 if TYPE_CHECKING:
@@ -461,7 +461,10 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         # warning names a call, and belongs in that task run's logs.
         self._runs_by_call: dict[int, tuple[uuid.UUID, Any, str]] = {}
         self._submitted = 0  # task runs submitted by this runner (for _wait_until_recorded)
-        self._tally = _Tally()  # final states, for console="summary"
+        # The flow run this runner's task runs belong to: its context is gone by
+        # the time the runner exits (Prefect enters the runner first).
+        self._flow_run_id: uuid.UUID | None = None
+        self._shown = _RunsOnConsole(console)  # what the console shows of the task runs
         # The flow starts Prefect's temporary API (if it uses one) before it
         # enters this runner: a first start on a new PREFECT_HOME outlasts
         # Prefect's 20 s wait on a busy machine. See api.
@@ -505,7 +508,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             _reporter=None,
             _runs_by_call={},
             _submitted=0,
-            _tally=None,  # holds a lock: made anew on the other side
+            _flow_run_id=None,
+            _shown=None,  # holds a lock: made anew on the other side
             _lock=None,
             _started=False,
         )
@@ -514,7 +518,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        self._tally = _Tally()
+        self._shown = _RunsOnConsole(self.console)
         from prefect.logging.loggers import get_logger
 
         self.logger = get_logger(f"task_runner.{self.name}")
@@ -548,23 +552,41 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                     settings=settings,
                     logger=self.logger,  # Prefect's console shows it
                     on_blocked_loop=self._on_blocked_loop,
-                    on_log=functools.partial(
-                        _print_forwarded_log, only_problems=self.console == "summary"
-                    ),
+                    on_log=self._shown.print_forwarded,
                 ).start()
             return self._runtime
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         runtime, self._runtime = self._runtime, None
+        # Ctrl-C (KeyboardInterrupt; in an async flow, the CancelledError asyncio.run
+        # raises into it), SystemExit, a cancelled flow: end the runs in flight within
+        # seconds (interrupt), not as after an error in the flow.
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
         try:
-            if runtime is not None:
+            if runtime is not None and interrupted:
+                self._shown.interrupted = True
+                flow_run_id = self._flow_run_id
+                report = interrupt.close_interrupted(
+                    runtime,
+                    self._key,
+                    flow_run_id,
+                    exc_type.__name__,
+                    self._submit_context,
+                    # A temporary API stops with this process: what it has not
+                    # recorded by then is lost (see _wait_until_recorded).
+                    lambda within: (
+                        _wait_until_recorded(flow_run_id, None, within) if flow_run_id else None
+                    ),
+                )
+                self.logger.warning("%s", report.line())
+            elif runtime is not None:
                 self._close_runtime(runtime, cancel=exc_type is not None)
             if self._reporter is not None:
-                self._reporter.shutdown(wait=True)
+                self._reporter.shutdown(wait=not interrupted, cancel_futures=interrupted)
                 self._reporter = None
-            if runtime is not None and self._submitted:
-                _wait_until_recorded(self._submitted)
-            if self.console == "summary" and (line := self._tally.line()):
+            if runtime is not None and self._flow_run_id and not interrupted:
+                _wait_until_recorded(self._flow_run_id, self._submitted)
+            if self.console == "summary" and (line := self._shown.line()):
                 self.logger.info(line)
         finally:
             super().__exit__(exc_type, exc_value, traceback)
@@ -652,6 +674,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             wrapped.add_done_callback(lambda _: future._join_transaction(roll_back=False))
         flow_run = FlowRunContext.get()
         self._submitted += 1
+        if self._flow_run_id is None and flow_run and flow_run.flow_run:
+            self._flow_run_id = flow_run.flow_run.id
         self._runs_by_call[wrapped.call_id] = (
             task_run_id,
             flow_run.flow_run.id if flow_run and flow_run.flow_run else None,
@@ -803,9 +827,9 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         error = future.exception(0)
         if self.console == "summary":
             try:
-                self._tally.add(_state_of(future).name or "?")
+                self._shown.add(_state_of(future).name or "?")
             except Exception:  # a count must never keep a crash from being recorded
-                self._tally.add("?")
+                self._shown.add("?")
         if not isinstance(error, SupervisorDiedError) or self._submit_context is None:
             return
         with self._lock:
@@ -819,7 +843,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
 
 
 # Prefect's loggers for task and flow runs: records of these, made in a
-# supervisor, are printed by the flow's process (see _print_forwarded_log).
+# supervisor, are printed by the flow's process (see _RunsOnConsole).
 _RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
 
@@ -827,26 +851,34 @@ def _merged(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*first, *then)))
 
 
-def _print_forwarded_log(record: logging.LogRecord, *, only_problems: bool = False) -> None:
-    """Show a run's log record from a supervisor in this process's console.
+class _RunsOnConsole:
+    """What the flow's console shows of the task runs: their forwarded log lines,
+    or (``console="summary"``) only their problems and a count of final states,
+    which any thread may add to."""
 
-    The supervisor's own API log handler already sent it to the API: here it
-    only goes to the console handlers (Prefect's, and any the user added).
-    ``only_problems``: task runs' records below WARNING are not shown.
-    """
-    if only_problems and record.name == "prefect.task_runs" and record.levelno < logging.WARNING:
-        return
-    record.send_to_api = False
-    logging.getLogger(record.name).handle(record)
-
-
-class _Tally:
-    """How many task runs ended in each state (console="summary"); any thread may add."""
-
-    def __init__(self) -> None:
+    def __init__(self, console: str) -> None:
+        self._summary = console == "summary"
+        #: The flow was interrupted: the runner's one line speaks for the runs.
+        self.interrupted = False
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._started = time.monotonic()
+
+    def print_forwarded(self, record: logging.LogRecord) -> None:
+        """Show a run's log record from a supervisor in this process's console (I/O thread).
+
+        The supervisor's own API log handler already sent it to the API: here it
+        only goes to the console handlers (Prefect's, and any the user added).
+        In summary mode, task runs' records below WARNING are not shown; after an
+        interrupt none are (each cancelled run says "Crash detected!": the
+        interrupt's one line says it for all of them).
+        """
+        if record.name == "prefect.task_runs" and (
+            self.interrupted or (self._summary and record.levelno < logging.WARNING)
+        ):
+            return
+        record.send_to_api = False
+        logging.getLogger(record.name).handle(record)
 
     def add(self, state_name: str) -> None:
         with self._lock:
@@ -903,21 +935,26 @@ RECORD_WAIT_S = 10.0
 _NOT_FINAL = ("SCHEDULED", "RUNNING", "PAUSED", "CANCELLING")
 
 
-def _wait_until_recorded(submitted: int) -> None:
+def _wait_until_recorded(
+    flow_run_id: uuid.UUID, submitted: int | None, within: float = RECORD_WAIT_S
+) -> int | None:
     """With Prefect's temporary API, wait until it has recorded every task run's end.
+
+    Returns how many task runs it has not recorded (or not as final) when the
+    wait ends, or None where nothing was waited for or the API did not answer.
+    ``submitted=None``: only runs the API has are waited for (after an
+    interrupt, runs cancelled before they started never reach it, as under
+    Prefect's own runners).
 
     That API records task-run states from the engine's events, a moment after
     they happen, and it stops when the flow's process exits: a script whose flow
     returns right after its last task stops it mid-write, Prefect logs
     ``Error flushing N events`` and those task runs keep a non-final state. A
     server of your own (``PREFECT_API_URL``) keeps running, so nothing is
-    waited for there. At most :data:`RECORD_WAIT_S` seconds.
+    waited for there. At most ``within`` seconds.
     """
-    flow_run = FlowRunContext.get()
     if not api.uses_temporary_api():
-        return
-    if flow_run is None or flow_run.flow_run is None:
-        return
+        return None
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -929,7 +966,7 @@ def _wait_until_recorded(submitted: int) -> None:
     )
     from prefect.client.schemas.objects import StateType
 
-    of_this_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.flow_run.id]))
+    of_this_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     unfinished = TaskRunFilter(
         state=TaskRunFilterState(
             type=TaskRunFilterStateType(any_=[StateType(t) for t in _NOT_FINAL])
@@ -941,7 +978,8 @@ def _wait_until_recorded(submitted: int) -> None:
             name=TaskRunFilterStateName(any_=["Pending"]),
         )
     )
-    deadline = time.monotonic() + RECORD_WAIT_S
+    deadline = time.monotonic() + within
+    missing: int | None = None
     try:
         with get_client(sync_client=True) as client:
 
@@ -953,12 +991,16 @@ def _wait_until_recorded(submitted: int) -> None:
                 response.raise_for_status()
                 return int(response.json())
 
-            while time.monotonic() < deadline:
-                if count() >= submitted and not count(unfinished) and not count(just_pending):
-                    return
+            while True:
+                missing = count(unfinished) + count(just_pending)
+                if submitted is not None:
+                    missing += max(0, submitted - count())
+                if not missing or time.monotonic() >= deadline:
+                    return missing
                 time.sleep(0.2)
     except Exception:  # the API going away must not fail the flow
         logger.debug("could not read the task runs back from the API", exc_info=True)
+    return missing
 
 
 def _record_state(

@@ -111,11 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # With no PREFECT_API_URL set, Prefect starts a temporary local API for this
     # process, and AioRayTaskRunner points the supervisors at it.
     try:
-        _start_temporary_api_quietly()
-    except RuntimeError as exc:  # said what to do: no traceback
-        print(f"aioray-runner demo: {exc}", file=sys.stderr)
-        return 1
-    summary = asyncio.run(pipeline(args.pages, min(args.parsed, args.pages)))
+        try:
+            _start_temporary_api_quietly()
+        except RuntimeError as exc:  # said what to do: no traceback
+            print(f"aioray-runner demo: {exc}", file=sys.stderr)
+            return 1
+        summary = asyncio.run(pipeline(args.pages, min(args.parsed, args.pages)))
+    except KeyboardInterrupt:  # Ctrl-C: the runner has said what it ended; no traceback
+        print("aioray-runner demo: interrupted", file=sys.stderr)
+        return 130
     print(f"pipeline finished: {summary}")
     return 0
 
