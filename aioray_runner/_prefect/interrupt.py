@@ -143,7 +143,7 @@ def close_interrupted(
         for future in outstanding:
             if future.wait_sync(max(0.0, deadline - time.monotonic())):
                 report.unwound += 1
-        closers = runtime.broadcast(remote.close_flow_run, key, every_group=True)
+        closers = runtime.broadcast(remote.close_flow_run, key, _message(reason), every_group=True)
         deadline = time.monotonic() + FLUSH_S
         report.flushed = all(c.wait_sync(max(0.0, deadline - time.monotonic())) for c in closers)
     finally:
@@ -202,9 +202,7 @@ async def _mark(
     from prefect.utilities.engine import emit_task_run_state_change_event
 
     deadline = report.started + BUDGET_S
-    message = _MESSAGES.get(
-        reason, f"The flow run was interrupted ({reason}) while this task run was in flight."
-    )
+    message = _message(reason)
     of_this_flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     not_final = TaskRunFilter(
         state=TaskRunFilterState(
@@ -263,3 +261,10 @@ _MESSAGES = {
     "CancelledError": "Execution was cancelled by the runtime environment.",
     "SystemExit": "Execution was aborted by Python system exit call.",
 }
+
+
+def _message(reason: str) -> str:
+    """The Crashed state's message for a task run in flight when the flow was interrupted."""
+    return _MESSAGES.get(
+        reason, f"The flow run was interrupted ({reason}) while this task run was in flight."
+    )

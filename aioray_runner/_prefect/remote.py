@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import logging
 import threading
 import time
 from contextlib import ExitStack
@@ -276,8 +277,11 @@ async def run_sync_task_in_thread(
                     task, task_run_id, time.thread_time() - cpu, time.monotonic() - wall, beside
                 )
 
-    running = _thread_pool(request.threads).submit(scope.copy().run, run)
+    context = scope.copy()
+    _in_threads_now[task_run_id] = (key, context)  # for close_flow_run(crashed=...)
+    running = _thread_pool(request.threads).submit(context.run, run)
     waiting = asyncio.wrap_future(running)
+    waiting.add_done_callback(lambda _: _in_threads_now.pop(task_run_id, None))
     try:
         return await asyncio.shield(waiting)
     except asyncio.CancelledError:
@@ -370,13 +374,59 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-async def close_flow_run(key: str) -> int:
-    """Close a flow run's scope here and flush Prefect's log and event queues."""
+async def close_flow_run(key: str, crashed: str | None = None) -> int:
+    """Close a flow run's scope here and flush Prefect's log and event queues.
+
+    ``crashed``: the flow run was interrupted, and this supervisor is about to be
+    stopped: first give each of its task runs still running in a thread (which
+    cannot be interrupted) a Crashed state with this message, as its engine
+    would have, had it seen the interrupt.
+    """
+    if crashed is not None:
+        _crash_runs_in_threads(key, crashed)
     scope = _scopes.pop(key, None)
     if scope is not None:
         await scope.close()
     await asyncio.to_thread(_drain_prefect_queues)
     return len(_scopes)
+
+
+# Task runs running in threads here: task run id -> (flow run key, the context the
+# thread runs in, which holds its engine's TaskRunContext while it runs).
+_in_threads_now: dict[UUID, tuple[str, contextvars.Context]] = {}
+
+
+def _crash_runs_in_threads(key: str, message: str) -> None:
+    """Send a Crashed state for each of the flow run's task runs running in a thread.
+
+    The event Prefect's engine sends for a state change, made from the engine's
+    own task run (read from a copy of the thread's context: a context another
+    thread has entered cannot be entered here), so the API records it like the
+    engine's own. Flushed by :func:`close_flow_run`.
+    """
+    from prefect.context import TaskRunContext
+    from prefect.states import Crashed
+    from prefect.utilities.engine import emit_task_run_state_change_event
+
+    for owner, context in list(_in_threads_now.values()):
+        if owner != key:
+            continue
+        snapshot = context.copy()
+        run_context = snapshot.run(TaskRunContext.get)
+        task_run = run_context.task_run if run_context is not None else None
+        if task_run is None:
+            continue
+        try:
+            snapshot.run(
+                emit_task_run_state_change_event,
+                task_run=task_run,
+                initial_state=task_run.state,
+                validated_state=Crashed(message=message),
+            )
+        except Exception:  # one run's event must not keep the others'
+            logging.getLogger(__name__).debug(
+                "could not send a Crashed state for %s", task_run.id, exc_info=True
+            )
 
 
 def _drain_prefect_queues() -> None:
