@@ -3,7 +3,8 @@
 Same meaning as ``prefect_ray.context.remote_options``, so flows written for
 ``RayTaskRunner`` keep working. What applies differs by kind of task:
 
-* **sync tasks** run as Ray tasks, exactly as under ``RayTaskRunner``: every
+* **sync tasks** submitted inside it run as Ray tasks, exactly as under
+  ``RayTaskRunner`` (outside it they run in threads of a supervisor): every
   option is passed to ``ray.remote(...)`` (``num_cpus``, ``num_gpus``,
   ``memory``, ``resources``, ``runtime_env``, ``max_retries``, ...);
 * **async tasks** run on a supervisor actor. The options that place an actor
