@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the README's main job: a Prefect flow on a temporary local Ray",
         description=(
             "Download pages (async tasks, all at once on a supervisor actor), parse some of"
-            " them (sync tasks as Ray tasks), summarise them; on a temporary Prefect API and"
-            " a temporary local Ray. Needs the `prefect` extra."
+            " them (sync tasks, in threads of the supervisor), summarise them; on a temporary"
+            " Prefect API and a temporary local Ray. Needs the `prefect` extra."
         ),
     )
     demo.add_argument("--pages", type=_positive, default=500, help="pages to download")
