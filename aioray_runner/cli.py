@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size = bench.add_mutually_exclusive_group()
     size.add_argument(
-        "--quick", action="store_const", const="quick", dest="size", help="smaller sizes (~2 min)"
+        "--quick", action="store_const", const="quick", dest="size", help="smaller sizes (~3 min)"
     )
     size.add_argument(
         "--size",

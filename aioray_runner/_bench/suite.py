@@ -70,7 +70,8 @@ SIZES: dict[str, Sizes] = {
         cpu_loops=20_000,
         caps={"ray": 6, "dask": 6},
     ),
-    # `--quick`: under two minutes on a 2-core machine.
+    # `--quick`: about three minutes on a 2-core machine (190 s and 209 s measured on a
+    # shared one; most of it is the Prefect API's and Ray's start and four flow runs).
     "quick": Sizes(
         core_n=2_000,
         latency_n=50,
