@@ -107,9 +107,9 @@ def figure(result: dict[str, Any]) -> Any:
     )
     bottom = 0.0
     if note:
-        text = fig.text(0.01, 0.01, note, fontsize=8, ha="left", va="bottom", color="#7a2e0e")
+        shown = fig.text(0.01, 0.01, note, fontsize=8, ha="left", va="bottom", color="#7a2e0e")
         fig.canvas.draw()
-        height = text.get_window_extent().height / fig.bbox.height
+        height = shown.get_window_extent().height / fig.bbox.height
         bottom = 0.01 + height + 0.01
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
