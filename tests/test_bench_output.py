@@ -86,9 +86,10 @@ def test_the_chart_names_what_was_left_out_and_every_title_fits(size: str) -> No
         assert "DaskTaskRunner: prefect-dask is not installed" in words
         renderer = fig.canvas.get_renderer()
         box = fig.bbox
-        titles = {ax.get_title(loc="left") for ax in fig.axes} | {fig.get_suptitle()}
+        titles = {ax.get_title(loc="left") for ax in fig.axes}
         for text in texts:  # no title and no note cut off at the edges of the image
-            if text.get_text() not in titles and text not in fig.texts:
+            suptitle = text.get_text().startswith("aioray-runner bench (")
+            if text.get_text() not in titles and text not in fig.texts and not suptitle:
                 continue  # tick labels: matplotlib keeps some outside the drawn range
             extent = text.get_window_extent(renderer)
             assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
