@@ -9,11 +9,12 @@ object of a plain class, reach the task as futures.
 Here the runtime lifts every future out of the parameters while pickling them
 and the supervisor awaits it first; :func:`settled_future` then puts back, in
 its place, a :class:`SettledPrefectFuture` holding the upstream's final state.
-The engine in the supervisor (or the Ray worker of a sync task run as a Ray task) sees futures
-exactly where the thread pool's engine sees them and resolves them the same way;
-a future it leaves alone works in the task: ``result()``, ``wait()``, ``state``,
-``task_run_id``. The one difference: it has already finished (the task starts
-after its quoted upstreams, where the thread pool starts it at once).
+The engine in the supervisor (or the Ray worker of a sync task run as a Ray
+task) sees futures exactly where the thread pool's engine sees them and resolves
+them the same way; a future it leaves alone works in the task: ``result()``,
+``wait()``, ``state``, ``task_run_id``. The one difference: it has already
+finished (the task starts after its quoted upstreams, where the thread pool
+starts it at once).
 """
 
 from __future__ import annotations
