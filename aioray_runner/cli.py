@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size = bench.add_mutually_exclusive_group()
     size.add_argument(
-        "--quick", action="store_const", const="quick", dest="size", help="smaller sizes (~2 min)"
+        "--quick", action="store_const", const="quick", dest="size", help="smaller sizes (~3 min)"
     )
     size.add_argument(
         "--size",
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the README's main job: a Prefect flow on a temporary local Ray",
         description=(
             "Download pages (async tasks, all at once on a supervisor actor), parse some of"
-            " them (sync tasks as Ray tasks), summarise them; on a temporary Prefect API and"
-            " a temporary local Ray. Needs the `prefect` extra."
+            " them (sync tasks, in threads of the supervisor), summarise them; on a temporary"
+            " Prefect API and a temporary local Ray. Needs the `prefect` extra."
         ),
     )
     demo.add_argument("--pages", type=_positive, default=500, help="pages to download")

@@ -9,11 +9,12 @@ object of a plain class, reach the task as futures.
 Here the runtime lifts every future out of the parameters while pickling them
 and the supervisor awaits it first; :func:`settled_future` then puts back, in
 its place, a :class:`SettledPrefectFuture` holding the upstream's final state.
-The engine in the supervisor (or the Ray worker of a sync task) sees futures
-exactly where the thread pool's engine sees them and resolves them the same way;
-a future it leaves alone works in the task: ``result()``, ``wait()``, ``state``,
-``task_run_id``. The one difference: it has already finished (the task starts
-after its quoted upstreams, where the thread pool starts it at once).
+The engine in the supervisor (or the Ray worker of a sync task run as a Ray
+task) sees futures exactly where the thread pool's engine sees them and resolves
+them the same way; a future it leaves alone works in the task: ``result()``,
+``wait()``, ``state``, ``task_run_id``. The one difference: it has already
+finished (the task starts after its quoted upstreams, where the thread pool
+starts it at once).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class SettledPrefectFuture(PrefectTaskRunFuture[R]):
 
     Like the thread pool's futures it cannot be pickled by user code (so a
     task's cache key is not computed from it, as under the thread pool); the
-    runner pickles it only to hand it to the Ray task of a sync task.
+    runner pickles it only to hand it to a sync task run as a Ray task
+    (``remote_options``, ``sync_tasks="ray"``).
     """
 
     def __init__(self, task_run_id: uuid.UUID, state: State[R]) -> None:

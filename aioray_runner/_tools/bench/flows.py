@@ -40,7 +40,9 @@ def missing_runners(names: list[str]) -> dict[str, str]:
     for name in names:
         distribution = RUNNERS[name][1]
         if distribution and installed_version(distribution) is None:
-            missing[name] = f"{distribution} is not installed (pip install {distribution})"
+            missing[name] = (
+                f"{distribution} is not installed (python -m pip install {distribution})"
+            )
     return missing
 
 

@@ -31,13 +31,29 @@ def require_matplotlib() -> None:
         raise SystemExit(PLOT_EXTRA_HINT) from exc
 
 
+#: Characters per line of a panel's title: a panel is 5.6 inches wide, its bar
+#: labels take the left of it, and the title starts where the bars do.
+TITLE_WIDTH = 52
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Write ``result`` (what ``bench --json`` writes) as a PNG to ``path``.
 
     One panel per scenario; one horizontal bar per runner, its length the time
     per task (log scale: the runners differ by orders of magnitude), with the
-    ratio to aioray written on it. aioray's bar is the dark one.
+    ratio to aioray written on it. aioray's bar is the dark one. A runner left
+    out (not installed) is named under the panels, with why.
     """
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def figure(result: dict[str, Any]) -> Any:
+    """The chart of :func:`plot`, as a matplotlib figure (for the caller to save and close)."""
     require_matplotlib()
     import matplotlib
 
@@ -54,7 +70,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
         raise ValueError("no figures to plot: every run failed")
     cols = 2 if len(scenarios) > 1 else 1
     rows = math.ceil(len(scenarios) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 2.4 * rows + 0.7), squeeze=False)
+    note = left_out_note(result.get("skipped", {}), width=int(110 * cols / 2))
+    note_lines = note.count("\n") + 1 if note else 0
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(5.6 * cols, 2.6 * rows + 0.7 + 0.18 * note_lines),
+        squeeze=False,
+    )
     for ax in axes.flat[len(scenarios) :]:
         ax.set_visible(False)
     for ax, (name, data) in zip(axes.flat, scenarios):
@@ -70,7 +93,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("ms per task (log scale)", fontsize=8)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelsize=7)
-        title = textwrap.fill(f"{name}: {data['title']}", 70)
+        title = textwrap.fill(f"{name}: {data['title']}", TITLE_WIDTH)
         ax.set_title(title, fontsize=8.5, loc="left")
         for yi, (runner, entry), value in zip(y, entries, values):
             ratio = entry.get("ratio")
@@ -82,7 +105,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f" Prefect {v['prefect'] or '-'}: time per task, ratio to aioray in the same run",
         fontsize=9,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    bottom = 0.0
+    if note:
+        shown = fig.text(0.01, 0.01, note, fontsize=8, ha="left", va="bottom", color="#7a2e0e")
+        fig.canvas.draw()
+        height = shown.get_window_extent().height / fig.bbox.height
+        bottom = 0.01 + height + 0.01
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def left_out_note(skipped: dict[str, Any], width: int = 110) -> str:
+    """``left out: RayTaskRunner: prefect-ray is not installed (...)``, wrapped; "" if none.
+
+    ``skipped`` is the JSON's: name -> ``{"label", "reason"}``.
+    """
+    parts = []
+    for name, entry in skipped.items():
+        parts.append(f"{SHORT_LABELS.get(name, entry['label'])}: {entry['reason']}")
+    if not parts:
+        return ""
+    return textwrap.fill("left out: " + "; ".join(parts), width)
