@@ -23,6 +23,7 @@ from aioray_runner._common.watchdog import (
     BLOCKING_CAUSES,
     BUSY,
     ELSEWHERE,
+    HELD_THE_GIL,
     UNSCHEDULED,
     BlockedLoop,
     Evidence,
@@ -231,12 +232,41 @@ def test_a_cpu_bound_loop_is_named() -> None:
     assert stall.where.startswith(f"spin_for ({_support.__file__}:")
 
 
+async def _holds_the_gil(seconds: float) -> None:
+    # sum() over a range runs in C without letting the GIL go: the watching
+    # thread cannot take one sample. About 30 million numbers a second here.
+    sum(range(int(30_000_000 * seconds)))
+
+
+def test_a_native_call_that_holds_the_gil_is_reported_named_or_not() -> None:
+    # The watching thread samples the call only if it gets the GIL before the
+    # loop beats (usually just after the native call returns); either way the
+    # stall is reported as the loop's own code, never left out.
+    (stall,) = _stalls_of(_holds_the_gil, 1.0)
+    assert stall.cause == BUSY
+    if stall.calls:
+        assert stall.calls == ((7, "blocker#7"),)
+        assert stall.where.startswith("_holds_the_gil (")
+    else:
+        assert stall.where == HELD_THE_GIL
+
+
+def test_a_stall_no_sample_saw_with_the_loop_on_a_cpu_is_the_loops_own_code() -> None:
+    # As when the loop beats before the watching thread (not started here) got
+    # the GIL: the loop's thread was on a CPU meanwhile, so its own code held
+    # it. Before, this was never reported (only a stall without CPU was).
+    stalls: list[Stall] = []
+    watchdog = Watchdog(0.1, lambda task: (), stalls.append)
+    sum(range(15_000_000))  # half a second in C, the GIL held
+    watchdog.beat()
+    assert stalls == [Stall(stalls[0].seconds, (), HELD_THE_GIL, BUSY)]
+
+
 def test_a_stall_the_watching_thread_slept_through_is_the_process_not_running() -> None:
     # As after a SIGSTOP: the loop's thread resumes first and beats before the
     # watching thread (not started here) has looked. The loop's thread used no
     # CPU meanwhile, so the process did not run: said so, no call named. (With
-    # CPU time, something held the GIL, and nothing is said without a culprit;
-    # a loaded machine cannot promise a thread that CPU, so that is not tested here.)
+    # CPU time, something held the GIL: the test above.)
     stalls: list[Stall] = []
     watchdog = Watchdog(0.1, lambda task: (), stalls.append)
     time.sleep(0.5)

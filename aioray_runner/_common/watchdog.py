@@ -90,6 +90,11 @@ UNSCHEDULED = "unscheduled"
 ELSEWHERE = "elsewhere"
 #: The causes that name a call: its code blocked the loop.
 BLOCKING_CAUSES = frozenset({BUSY, BLOCKING_CALL, BLOCKED})
+#: Where a stall was, when one native call held the GIL so that no sample was taken.
+HELD_THE_GIL = (
+    "one call in native code that held Python's GIL throughout (a C extension's long"
+    " call, a huge regular expression: no sample could name it)"
+)
 
 #: Seconds of CPU that one step of a call may take on the loop's thread before
 #: it counts as blocking, however little CPU the process got: asyncio's debug
@@ -393,6 +398,13 @@ class Watchdog:
             # stopped or starved. (When it resumes, this thread usually beats
             # before that one has the GIL to look.)
             self._on_stall(Stall(late, (), "", UNSCHEDULED))
+        elif now - self._woke_at > self._threshold:
+            # The watching thread could not take a single sample, while this
+            # thread was on a CPU for most of the stall: one long call in native
+            # code that held the GIL throughout (Python code lets the GIL go every
+            # few milliseconds, and would have been sampled). Which call it was,
+            # nobody could see; that the loop's own code stalled it is certain.
+            self._on_stall(Stall(late, (), HELD_THE_GIL, BUSY))
 
     # -- on the watching thread ------------------------------------------------------
 
