@@ -211,6 +211,10 @@ def check_command(argv: list[str]) -> None:
     if argv[:1] == ["mkdocs"]:
         assert (ROOT / "mkdocs.yml").is_file()
         return
+    if argv[:3] == ["python", "-m", "pytest"]:
+        for path in argv[3:]:
+            assert path.startswith("-") or (ROOT / path).exists(), f"{path} does not exist"
+        return
     raise AssertionError(f"no rule to check {shlex.join(argv)!r}: add one to this test")
 
 
