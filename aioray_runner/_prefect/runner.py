@@ -585,7 +585,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                 self._reporter.shutdown(wait=not interrupted, cancel_futures=interrupted)
                 self._reporter = None
             if runtime is not None and self._flow_run_id and not interrupted:
-                _wait_until_recorded(self._flow_run_id, self._submitted)
+                _wait_until_recorded(self._flow_run_id, self._submitted, say=self.logger.info)
             if self.console == "summary" and (line := self._shown.line()):
                 self.logger.info(line)
         finally:
@@ -936,7 +936,10 @@ _NOT_FINAL = ("SCHEDULED", "RUNNING", "PAUSED", "CANCELLING")
 
 
 def _wait_until_recorded(
-    flow_run_id: uuid.UUID, submitted: int | None, within: float = RECORD_WAIT_S
+    flow_run_id: uuid.UUID,
+    submitted: int | None,
+    within: float = RECORD_WAIT_S,
+    say: Callable[..., None] | None = None,
 ) -> int | None:
     """With Prefect's temporary API, wait until it has recorded every task run's end.
 
@@ -951,7 +954,8 @@ def _wait_until_recorded(
     returns right after its last task stops it mid-write, Prefect logs
     ``Error flushing N events`` and those task runs keep a non-final state. A
     server of your own (``PREFECT_API_URL``) keeps running, so nothing is
-    waited for there. At most ``within`` seconds.
+    waited for there. At most ``within`` seconds; ``say`` gets one line if
+    there is anything to wait for (the flow seems to pause otherwise).
     """
     if not api.uses_temporary_api():
         return None
@@ -991,12 +995,21 @@ def _wait_until_recorded(
                 response.raise_for_status()
                 return int(response.json())
 
+            said = False
             while True:
                 missing = count(unfinished) + count(just_pending)
                 if submitted is not None:
                     missing += max(0, submitted - count())
                 if not missing or time.monotonic() >= deadline:
                     return missing
+                if not said and say is not None:
+                    said = True  # a pause at the end of a flow, explained once
+                    say(
+                        "Waiting up to %.0f s for Prefect's temporary API to record the end of"
+                        " %d task run(s): it stops when this process exits",
+                        max(0.0, deadline - time.monotonic()),
+                        missing,
+                    )
                 time.sleep(0.2)
     except Exception:  # the API going away must not fail the flow
         logger.debug("could not read the task runs back from the API", exc_info=True)
