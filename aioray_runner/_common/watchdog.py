@@ -58,7 +58,8 @@ _MACHINERY = (
     os.sep + "concurrent" + os.sep,
 )
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The package's root (this module is in its _common/ folder).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 # Installed libraries, the standard library and this package (wherever it is
 # imported from): code a user rarely means to fix.
@@ -72,7 +73,7 @@ _LIBRARY_PREFIXES = tuple(
 )
 
 # The demo's flow and tasks ship inside the package but stand for a user's code.
-_USER_CODE_IN_PACKAGE = (_PACKAGE_DIR + "demo.py",)
+_USER_CODE_IN_PACKAGE = (os.path.join(_PACKAGE_DIR, "_tools", "demo.py"),)
 
 _log = logging.getLogger("aioray_runner.supervisor")
 
