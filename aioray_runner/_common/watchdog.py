@@ -393,19 +393,24 @@ class Watchdog:
             return
         if seen is not None and seen.tick == previous:
             self._on_stall(Stall(late, seen.calls, seen.where, seen.cause))
+        elif (
+            ran >= 0.9 * late
+            and not previous + 2 * self.interval < self._woke_at < now - self.interval
+        ):
+            # No sample of this stall (the watching thread did not wake in the
+            # middle of it, or woke only as it ended and is still looking), while
+            # this thread was on a CPU nearly all along: one long call in native
+            # code held the GIL throughout (Python code lets the GIL go every few
+            # milliseconds, and would have been sampled; a starved process gets
+            # no such share of a CPU). Which call, nobody could see; that the
+            # loop's own code stalled it is certain.
+            self._on_stall(Stall(late, (), HELD_THE_GIL, BUSY))
         elif now - self._woke_at > self._threshold and ran < late / 2:
             # The watching thread, which wakes every interval, did not run
             # either, and this thread was not on a CPU: the whole process was
             # stopped or starved. (When it resumes, this thread usually beats
             # before that one has the GIL to look.)
             self._on_stall(Stall(late, (), "", UNSCHEDULED))
-        elif now - self._woke_at > self._threshold:
-            # The watching thread could not take a single sample, while this
-            # thread was on a CPU for most of the stall: one long call in native
-            # code that held the GIL throughout (Python code lets the GIL go every
-            # few milliseconds, and would have been sampled). Which call it was,
-            # nobody could see; that the loop's own code stalled it is certain.
-            self._on_stall(Stall(late, (), HELD_THE_GIL, BUSY))
 
     # -- on the watching thread ------------------------------------------------------
 
