@@ -71,7 +71,6 @@ class InterruptReport:
     reason: str
     in_flight: int = 0
     unwound: int = 0
-    flushed: bool = False
     marked: int = 0
     api_gone: bool = False
     seconds: float = 0.0
@@ -145,7 +144,8 @@ def close_interrupted(
                 report.unwound += 1
         closers = runtime.broadcast(remote.close_flow_run, key, _message(reason), every_group=True)
         deadline = time.monotonic() + FLUSH_S
-        report.flushed = all(c.wait_sync(max(0.0, deadline - time.monotonic())) for c in closers)
+        for closer in closers:
+            closer.wait_sync(max(0.0, deadline - time.monotonic()))
     finally:
         # The runs had their grace above: Ray stops while they are marked.
         report.steps["cancel+flush"] = time.monotonic() - started
