@@ -19,9 +19,18 @@ from collections.abc import Iterator
 
 import pytest
 
+# Hard bounds on every test and on the run (tests/_bounds.py): hooks, found by name.
+from tests._bounds import pytest_configure, pytest_runtest_protocol
 from tests._support import ray_session, runtime
 
-__all__ = ["anyio_backend", "prefect_api", "ray_session", "runtime"]
+__all__ = [
+    "anyio_backend",
+    "prefect_api",
+    "pytest_configure",
+    "pytest_runtest_protocol",
+    "ray_session",
+    "runtime",
+]
 
 
 @pytest.fixture
