@@ -56,7 +56,8 @@ def read_task_run_when(
 
     Prefect 3 builds task runs and their states in the API from the engine's
     events, a little after they happen: reading once right after a flow can miss
-    the last state, or the run itself.
+    the last state, or the run itself, and the run can be there before any state
+    (``state`` is ``None`` then: not accepted, read again).
     """
     from prefect.exceptions import ObjectNotFound
 
@@ -66,7 +67,9 @@ def read_task_run_when(
         except ObjectNotFound:
             return None
 
-    return poll(fetch, lambda run: run is not None and accept(run), within)
+    return poll(
+        fetch, lambda run: run is not None and run.state is not None and accept(run), within
+    )
 
 
 def read_task_run_states(task_run_id: uuid.UUID) -> list[Any]:
