@@ -7,6 +7,7 @@ The Ray tests (a supervisor that blocks, is stopped, is starved) are in
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import sys
 import threading
@@ -23,6 +24,7 @@ from aioray_runner._common.watchdog import (
     BLOCKING_CAUSES,
     BUSY,
     ELSEWHERE,
+    GARBAGE_COLLECTOR,
     HELD_THE_GIL,
     UNSCHEDULED,
     BlockedLoop,
@@ -251,15 +253,43 @@ def test_a_native_call_that_holds_the_gil_is_reported_named_or_not() -> None:
         assert stall.where == HELD_THE_GIL
 
 
-def test_a_stall_no_sample_saw_with_the_loop_on_a_cpu_is_the_loops_own_code() -> None:
-    # As when the loop beats before the watching thread (not started here) got
-    # the GIL: the loop's thread was on a CPU meanwhile, so its own code held
-    # it. Before, this was never reported (only a stall without CPU was).
+def test_a_stall_no_sample_saw_while_the_watcher_waited_for_a_cpu_blames_no_code() -> None:
+    # The loop's thread ran on a CPU, but the watching thread (not started here,
+    # as if it waited for a CPU all along) never said it was held off the GIL:
+    # nothing is said, and no call named. (Before, the beat blamed native code.)
     stalls: list[Stall] = []
     watchdog = Watchdog(0.1, lambda task: (), stalls.append)
-    sum(range(15_000_000))  # half a second in C, the GIL held
+    spin_for(0.5)
     watchdog.beat()
-    assert stalls == [Stall(stalls[0].seconds, (), HELD_THE_GIL, BUSY)]
+    time.sleep(0.05)
+    watchdog.beat()
+    assert stalls == []
+
+
+def test_a_garbage_collection_is_not_blamed_on_a_call() -> None:
+    # A heap of many small cycles: a full collection of it takes well over the
+    # threshold, holding the GIL throughout (no sample can see it).
+    heap = []
+    for _ in range(1_500_000):
+        node: list[Any] = []
+        node.append(node)
+        heap.append(node)
+    stalls: list[Stall] = []
+    watchdog = Watchdog(0.1, lambda task: (), stalls.append)
+    watchdog.start()
+    try:
+        for _ in range(10):  # the loop turning on time
+            time.sleep(0.01)
+            watchdog.beat()
+        started = time.monotonic()
+        gc.collect()
+        took = time.monotonic() - started
+        watchdog.beat()
+    finally:
+        watchdog.stop()
+        del heap
+    assert took > 0.15, f"the collection took {took:.2f} s: too short to test with"
+    assert [(stall.cause, stall.where) for stall in stalls] == [(ELSEWHERE, GARBAGE_COLLECTOR)]
 
 
 def test_a_stall_the_watching_thread_slept_through_is_the_process_not_running() -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .._common.watchdog import BLOCKING_CAUSES, UNSCHEDULED, BlockedLoop
+from .._common.watchdog import BLOCKING_CAUSES, GARBAGE_COLLECTOR, UNSCHEDULED, BlockedLoop
 
 # Seconds between two mentions of stalls no call caused, per cause (an overloaded machine).
 STALL_MENTION_INTERVAL = 60.0
@@ -67,7 +67,7 @@ class Reports:
         """A supervisor's loop was blocked: a warning (or ``on_blocked_loop``) when a
         call's code did it, else a mention at INFO (see ``_mention_stall``)."""
         if cause not in BLOCKING_CAUSES:
-            self._mention_stall(supervisor, seconds, cause)
+            self._mention_stall(supervisor, seconds, cause, where)
             return
         blocked = BlockedLoop(
             supervisor=supervisor.describe(),
@@ -86,7 +86,9 @@ class Reports:
             self.logger.exception("on_blocked_loop callback %r raised", self.on_blocked_loop)
             self.logger.warning("%s", blocked)
 
-    def _mention_stall(self, supervisor: Described, seconds: float, cause: str) -> None:
+    def _mention_stall(
+        self, supervisor: Described, seconds: float, cause: str, where: str = ""
+    ) -> None:
         """A stall no call of the user's caused: said as what it was.
 
         Each cause (no CPU; work of no single call) once a minute at most. Not
@@ -99,7 +101,12 @@ class Reports:
         ):
             return
         self._stall_mentioned_at[cause] = now
-        if cause == UNSCHEDULED:
+        if where == GARBAGE_COLLECTOR:
+            what = (
+                f"{supervisor.describe()}'s event loop was paused for {seconds:.1f} s by Python's"
+                " garbage collector (a full collection of a large heap); its calls waited meanwhile"
+            )
+        elif cause == UNSCHEDULED:
             what = (
                 f"{supervisor.describe()} got little or no CPU for {seconds:.1f} s: the machine is"
                 " overloaded (or the process was paused); its calls waited meanwhile"

@@ -26,6 +26,12 @@ only a stall spent in the user's code, in one call, names that call. Where
 ``/proc`` or per-thread CPU clocks are missing, the measurements that are
 there are used (the watchdog's oversleep works everywhere).
 
+Some stalls hold the GIL throughout, so no sample is ever taken: a garbage
+collection (timed by a ``gc`` callback, and never blamed on a call) and a long
+call in native code (a C extension, a huge regular expression). The latter is
+told from a busy machine by how the watching thread slept meanwhile: held off
+the GIL past its timeouts, not waiting for a CPU.
+
 When the loop turns again the heartbeat measures the whole stall and hands a
 :class:`Stall` to the supervisor, which sends it to the caller with its next
 outcomes; the caller warns about a blocking call, and mentions the other causes
@@ -37,13 +43,14 @@ own log every few seconds, which Ray forwards to the driver's console.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
 import sysconfig
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import CodeType, FrameType
@@ -96,6 +103,10 @@ HELD_THE_GIL = (
     "one call in native code that held Python's GIL throughout (a C extension's long"
     " call, a huge regular expression: no sample could name it)"
 )
+
+#: Where a stall was, when Python's garbage collector ran on the loop's thread for
+#: most of it (a full collection of a large heap holds the GIL throughout).
+GARBAGE_COLLECTOR = "Python's garbage collector"
 
 #: Seconds of CPU that one step of a call may take on the loop's thread before
 #: it counts as blocking, however little CPU the process got: asyncio's debug
@@ -360,6 +371,18 @@ class Watchdog:
         self._last_tick = time.monotonic()
         self._tick_cpu = time.thread_time()  # the loop's thread's CPU time at the last beat
         self._woke_at = self._last_tick  # the watching thread's last wake-up
+        # A stall no sample saw while this thread was on a CPU, ``(seconds, end)``:
+        # the watching thread decides what held it (see beat), the next beat says it.
+        self._unsampled: tuple[float, float] | None = None
+        self._verdicts: deque[Stall] = deque()
+        # The watching thread's recent wake-ups: ``(when, seconds it slept past its
+        # timeout other than waiting for a CPU)``, held off the GIL or stopped.
+        self._held_off: deque[tuple[float, float]] = deque(maxlen=16)
+        # Garbage collections on the loop's thread: seconds in all, and since when
+        # the one under way runs (see _on_gc).
+        self._gc_seconds = 0.0
+        self._gc_at_tick = 0.0
+        self._gc_started = 0.0
         # Set by the thread while the loop is stuck past the threshold.
         self._seen: _Seen | None = None
         self._stopped = threading.Event()
@@ -373,11 +396,28 @@ class Watchdog:
     def start(self) -> None:
         """Start the watching thread (the loop beats from now on)."""
         self._last_tick = time.monotonic()
+        gc.callbacks.append(self._on_gc)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop watching."""
         self._stopped.set()
+        try:
+            gc.callbacks.remove(self._on_gc)
+        except ValueError:  # never started, or stopped before
+            pass
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        # A collection holds the GIL throughout, so no sample can see it; timed
+        # here, it is told apart from a call's native code. Called for every
+        # collection in the process: return at once on other threads.
+        if threading.get_ident() != self._loop_thread:
+            return
+        if phase == "start":
+            self._gc_started = time.monotonic()
+        elif self._gc_started:
+            self._gc_seconds += time.monotonic() - self._gc_started
+            self._gc_started = 0.0
 
     # -- on the loop --------------------------------------------------------------
 
@@ -389,22 +429,29 @@ class Watchdog:
         seen, self._seen = self._seen, None
         ran, self._tick_cpu = cpu - self._tick_cpu, cpu  # set before the tick (see _watch)
         previous, self._last_tick = self._last_tick, now
+        collected, self._gc_at_tick = self._gc_seconds - self._gc_at_tick, self._gc_seconds
+        while self._verdicts:  # decided by the watching thread since the last beat
+            self._on_stall(self._verdicts.popleft())
         if late <= self._threshold:
             return
-        if seen is not None and seen.tick == previous:
+        if collected >= late / 2:
+            # Python's garbage collector, not a call: no call's code to fix. (A
+            # sample may have been taken as it ended, in its callbacks: not the call's.)
+            self._on_stall(Stall(late, (), GARBAGE_COLLECTOR, ELSEWHERE))
+        elif seen is not None and seen.tick == previous:
             self._on_stall(Stall(late, seen.calls, seen.where, seen.cause))
         elif (
             ran >= 0.9 * late
             and not previous + 2 * self.interval < self._woke_at < now - self.interval
         ):
             # No sample of this stall (the watching thread did not wake in the
-            # middle of it, or woke only as it ended and is still looking), while
-            # this thread was on a CPU nearly all along: one long call in native
-            # code held the GIL throughout (Python code lets the GIL go every few
-            # milliseconds, and would have been sampled; a starved process gets
-            # no such share of a CPU). Which call, nobody could see; that the
-            # loop's own code stalled it is certain.
-            self._on_stall(Stall(late, (), HELD_THE_GIL, BUSY))
+            # middle of it, or woke only as it ended), while this thread was on
+            # a CPU nearly all along. Either native code held the GIL throughout
+            # (Python code lets it go every few milliseconds, and would have been
+            # sampled), or the watching thread waited for a CPU meanwhile (a busy
+            # machine). Only that thread can tell which, from how it slept: it
+            # decides after its next wake-up (_judge_unsampled).
+            self._unsampled = (late, now)
         elif now - self._woke_at > self._threshold and ran < late / 2:
             # The watching thread, which wakes every interval, did not run
             # either, and this thread was not on a CPU: the whole process was
@@ -443,6 +490,9 @@ class Watchdog:
             if waited is not None and my_wait is not None:
                 overslept -= my_wait - waited  # late for want of a CPU: not stopped
             window.stopped += max(0.0, overslept)
+            self._held_off.append((now, max(0.0, overslept)))
+            if self._unsampled is not None and self._unsampled[1] <= now:
+                self._judge_unsampled(*self._unsampled)
             age = now - tick
             if age <= 1.5 * self.interval:
                 continue  # on time
@@ -468,6 +518,26 @@ class Watchdog:
                     stuck_for,
                     f" in {where}" if where else "",
                 )
+
+    def _judge_unsampled(self, seconds: float, end: float) -> None:
+        """What held the loop in a stall no sample saw, its thread on a CPU (see beat).
+
+        The watching thread's timeouts fell in the stall: if it then slept on
+        past them, not waiting for a CPU, for most of the stall, it waited for
+        the GIL, and one long native call on the loop's thread held it
+        (garbage collections are told apart before this). Otherwise it was
+        waiting for a CPU like the rest of a busy machine: nothing to blame.
+        """
+        self._unsampled = None
+        held = sum(
+            overslept
+            for woke_at, overslept in self._held_off
+            if end - seconds <= woke_at <= end + 2 * self.interval
+        )
+        if held >= seconds / 2:
+            self._verdicts.append(Stall(seconds, (), HELD_THE_GIL, BUSY))
+        else:
+            _log.debug("loop late by %.2f s with no sample: the machine was busy", seconds)
 
     def _sample(self, window: _Window) -> None:
         """One sample of the late loop's thread: its state, and whose code it runs."""
