@@ -40,7 +40,8 @@ import time
 
 from aioray_runner import BlockedLoop, Runtime
 
-BURN = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end:\n    pass\n"
+# Burns until this script kills it (a bound in case it cannot: four hours).
+BURN = "import time\nend = time.monotonic() + 4 * 3600\nwhile time.monotonic() < end:\n    pass\n"
 
 
 async def sleeps_in_async(seconds: float) -> str:
