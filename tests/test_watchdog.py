@@ -263,7 +263,8 @@ def test_a_stall_no_sample_saw_while_the_watcher_waited_for_a_cpu_blames_no_code
     watchdog.beat()
     time.sleep(0.05)
     watchdog.beat()
-    assert stalls == []
+    # (On a loaded machine the spin may get little CPU: "unscheduled" is right then.)
+    assert [stall for stall in stalls if stall.cause in BLOCKING_CAUSES] == []
 
 
 def test_a_garbage_collection_is_not_blamed_on_a_call() -> None:
