@@ -61,7 +61,10 @@ BUDGET_S = CANCEL_GRACE_S + FLUSH_S + RECORD_S
 #: temporary API to record what it was sent (it stops with the process), so
 #: that with Prefect's own exit (about a second) the process ends within 10 s.
 WAIT_S = 8.0
-_NOT_FINAL = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+# The runs to mark Crashed: Pending ones too (runner.py's _NOT_FINAL leaves them
+# out, as Pending("NotReady") is how a run whose upstream failed ends; after an
+# interrupt a run still Pending never started and must end too).
+_TO_MARK = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 
 
 @dataclass
@@ -206,7 +209,7 @@ async def _mark(
     of_this_flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     not_final = TaskRunFilter(
         state=TaskRunFilterState(
-            type=TaskRunFilterStateType(any_=[StateType(t) for t in _NOT_FINAL])
+            type=TaskRunFilterStateType(any_=[StateType(t) for t in _TO_MARK])
         )
     )
     marked: set[uuid.UUID] = set()
