@@ -73,6 +73,12 @@ Parcel = tuple[
 ]
 
 
+# The supervisor as a Ray actor class. Supervisor.status runs on an event loop of
+# its own (a concurrency group: Ray refuses those in .options()), so that
+# `aioray-runner status` is answered while the supervisor's own loop is stuck.
+_SUPERVISOR = ray.remote(concurrency_groups={"status": 1})(Supervisor)  # type: ignore[call-overload]
+
+
 class RemoteSupervisor:
     """One supervisor actor, as the caller sees it: its handle, calls and load.
 
@@ -150,7 +156,7 @@ class Pool:
         # What supervisors report beside outcomes: logs and stalls (reports.py).
         self.reports = Reports(logger, on_blocked_loop, on_log)
         self.ray_lost: str | None = None  # why Ray went away, once it has
-        self.name = uuid.uuid4().hex[:8]
+        self.name = "-".join(filter(None, (settings.name, uuid.uuid4().hex[:8])))
         self.groups: dict[GroupKey, list[RemoteSupervisor]] = {}
         self._group_options: dict[GroupKey, dict[str, Any]] = {}
         # The live CPU nodes, read at the first pinned placement (see _new_supervisor).
@@ -219,7 +225,7 @@ class Pool:
             group_number=self._group_numbers[group],
         )
         options["scheduling_strategy"] = to_ray_strategy(options["scheduling_strategy"])
-        handle = ray.remote(Supervisor).options(**options).remote(index, self.settings)
+        handle = _SUPERVISOR.options(**options).remote(index, self.settings, self.name)
         return RemoteSupervisor(self, index, group, handle, generation)
 
     def _wait_ready(self, supervisors: Sequence[RemoteSupervisor]) -> None:

@@ -83,15 +83,13 @@ class Runtime:
         backend: ``"asyncio"`` (default) or ``"trio"``: the library your
             coroutines are written for. With ``"trio"`` they run in a
             ``trio.run`` on a thread of each supervisor.
-        threads: Size of each supervisor's thread pool, where plain (non-async)
-            functions run.
+        threads: Size of each supervisor's thread pool, where plain functions run.
         init_kwargs: Extra keyword arguments for ``ray.init``.
         actor_options: Extra Ray actor options for the supervisors
             (``num_cpus``, ``resources``, ``runtime_env``, ...). By default a
             supervisor reserves no CPU: it spends its time waiting.
         start_timeout: Seconds to wait for the supervisors to start.
-        preload: Modules each supervisor imports when it starts, before it
-            reports ready, so the first calls do not pay for slow imports.
+        preload: Modules each supervisor imports as it starts (first calls pay nothing).
         blocked_loop_threshold: Seconds a supervisor's event loop may go without
             turning before the runtime warns, naming the call that blocked it and
             where (see ``docs/failures.md``); a stall that was no call's doing
@@ -114,6 +112,7 @@ class Runtime:
         on_log: Called with each forwarded ``logging.LogRecord`` (it has an
             ``aioray_supervisor`` attribute), on the runtime's I/O thread,
             instead of handing it to the logger of its name.
+        name: Begins the supervisors' Ray actor names (up to 40 of ``A-Za-z0-9-_.``).
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
@@ -140,6 +139,7 @@ class Runtime:
         settings: Settings | None = None,
         forward_logs: Iterable[str] = (),
         on_log: Callable[[logging.LogRecord], object] | None = None,
+        name: str | None = None,
     ) -> None:
         # Every keyword argument named in SETTING_NAMES (the one list of settings).
         settings = Settings.from_arguments(settings, locals())

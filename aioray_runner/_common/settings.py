@@ -71,6 +71,7 @@ class Settings:
     preload: tuple[str, ...] = ()
     blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD
     forward_logs: tuple[str, ...] = ()
+    name: str | None = None
 
     # Mutable mappings in a frozen object: compared by value, so not hashable.
     __hash__ = None  # type: ignore[assignment]
@@ -86,6 +87,7 @@ class Settings:
             blocked_loop_threshold=self.blocked_loop_threshold,
         )
         check_backend_installed(self.backend)
+        _check_name(self.name)
         # Own copies, so the caller's later changes to its dicts do not leak in.
         _set(self, "init_kwargs", _mapping("init_kwargs", self.init_kwargs))
         _set(self, "actor_options", _mapping("actor_options", self.actor_options))
@@ -177,6 +179,22 @@ def check_backend_installed(name: str) -> None:
             f"backend={name!r} needs {extra}: python -m pip install '.[{extra}]'"
             " in a clone of aioray-runner"
         ) from exc
+
+
+# A runtime's name goes into its supervisors' Ray actor names: letters, digits, - _ .
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+def _check_name(name: object) -> None:
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string (or None), got {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"name must be 1 to 40 letters, digits, '-', '_' or '.', starting with a letter"
+            f" or digit (it goes into the supervisors' Ray actor names), not {name!r}"
+        )
 
 
 def check_settings(

@@ -361,8 +361,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             else the cluster ``RAY_ADDRESS`` names, else starts a temporary local
             instance (never another program's ``ray start`` cluster: pass
             ``"auto"`` for that); see :class:`Runtime`.
-        init_kwargs: Extra keyword arguments for ``ray.init``. As in
-            ``RayTaskRunner`` (the namespace defaults to ``"prefect"``).
+        init_kwargs: Extra keyword arguments for ``ray.init`` (namespace: ``"prefect"``).
         supervisors: Supervisor actors to start; ``None`` = one per Ray node with CPUs.
         max_concurrency: Task runs running at once per supervisor.
         threads: Sync task runs running at once in threads, per supervisor.
@@ -388,14 +387,14 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         blocked_loop_threshold: Seconds a supervisor's loop may stall before the
             runner warns, in the flow's logs and the blocking task run's logs
             (``None`` switches the watchdog off); see :class:`Runtime`.
-        backend: ``"asyncio"`` only: Prefect's task engine runs on asyncio. The
-            argument exists so that every :class:`Settings` field is accepted here.
+        backend: ``"asyncio"`` only (Prefect's task engine runs on asyncio).
         start_timeout: Seconds to wait for the supervisors to start.
         preload: Modules each supervisor imports while it starts (Prefect's task
             engine is always preloaded): your task modules, pandas, ...
         forward_logs: Loggers of your own whose records, inside supervisors,
             print in the flow's console (Prefect's task and flow run loggers
             always do, as under Prefect's own runners); see :class:`Runtime`.
+        name: A name for the supervisors (the flow's is a good one); see :class:`Runtime`.
         settings: All of the above as one :class:`Settings` (then the other
             arguments are ignored); ``runner.settings`` is the one in force.
 
@@ -419,6 +418,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         sync_tasks: Literal["threads", "ray"] = "threads",
         forward_logs: Iterable[str] = (),
         console: Literal["runs", "summary"] = "runs",
+        name: str | None = None,
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
         if sync_tasks not in ("threads", "ray"):

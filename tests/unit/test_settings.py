@@ -39,6 +39,7 @@ EVERY_FIELD = {
     "preload": ("json", "csv"),
     "blocked_loop_threshold": 0.25,
     "forward_logs": ("mypkg.events",),
+    "name": "etl.nightly",
 }
 
 
@@ -142,6 +143,10 @@ def test_equal_by_value_not_hashable_and_picklable() -> None:
         ("start_timeout", 0, ValueError, "start_timeout must be a number of seconds above 0"),
         ("blocked_loop_threshold", 0.001, ValueError, "at least 0.01 s"),
         ("backend", "curio", ValueError, "backend must be 'asyncio' or 'trio'"),
+        ("name", "my flow", ValueError, "name must be 1 to 40 letters"),
+        ("name", "-x", ValueError, "starting with a letter or digit"),
+        ("name", "x" * 41, ValueError, "name must be 1 to 40 letters"),
+        ("name", 7, TypeError, "name must be a string"),
     ],
 )
 def test_bad_values_name_the_setting(
