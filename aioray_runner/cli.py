@@ -110,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    status = sub.add_parser(
+        "status",
+        help="what every runtime's supervisors on a Ray cluster are doing",
+        description=(
+            "Join the Ray cluster at --address (else RAY_ADDRESS, else the cluster `ray start`"
+            " runs on this machine) and show, per runtime and supervisor: calls running,"
+            " waiting for dependencies, waiting to start, finished and failed; the oldest"
+            " running calls; the event loop's lag; memory. It only reads. Exits 1 when"
+            " the cluster cannot be reached. See docs/observability.md."
+        ),
+    )
+    status.add_argument("--address", help="the Ray cluster (default: RAY_ADDRESS)")
+    status.add_argument(
+        "--json", action="store_true", help="print JSON (schema in docs/observability.md)"
+    )
+    status.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS until Ctrl-C (a terminal: in place)",
+    )
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for each supervisor's answer (default 10)",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="the README's main job: a Prefect flow on a temporary local Ray",
@@ -131,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "status":
+        return _status(args)
     return _demo(args)
 
 
@@ -177,6 +208,29 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         print(render(report))
     return 1 if report.problems else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from ._tools.status import StatusError, collect, render
+
+    if args.watch is not None and args.watch <= 0:
+        raise SystemExit(f"--watch takes seconds above 0, not {args.watch}")
+    in_place = args.watch is not None and sys.stdout.isatty() and not args.json
+    try:
+        while True:
+            status = collect(args.address, timeout=args.timeout)
+            text = json.dumps(status, indent=2) if args.json else render(status)
+            print(("\x1b[H\x1b[J" if in_place else "") + text, flush=True)
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+    except StatusError as exc:
+        print(f"aioray-runner status: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -383,6 +383,9 @@ class Watchdog:
         self._gc_seconds = 0.0
         self._gc_at_tick = 0.0
         self._gc_started = 0.0
+        # How late each recent beat was (about the last minute): the loop's lag,
+        # for `aioray-runner status` (see lag_quantiles).
+        self._lags: deque[float] = deque(maxlen=max(16, int(60 / self.interval)))
         # Set by the thread while the loop is stuck past the threshold.
         self._seen: _Seen | None = None
         self._stopped = threading.Event()
@@ -392,6 +395,27 @@ class Watchdog:
     def stopped(self) -> bool:
         """Whether :meth:`stop` was called (the loop stops beating then)."""
         return self._stopped.is_set()
+
+    def lag_quantiles(self) -> dict[str, float] | None:
+        """The loop's recent lag, ``{"p50": s, "p99": s, "max": s}`` over about the
+        last minute of beats (how late each turned past its interval); ``None``
+        before the first beats."""
+        lags = sorted(self._lags)
+        if not lags:
+            return None
+        at = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]  # noqa: E731
+        return {"p50": at(0.5), "p99": at(0.99), "max": lags[-1]}
+
+    def stuck_now(self) -> dict[str, Any] | None:
+        """The stall under way, if the loop is late past the threshold now: how long
+        so far, its cause, the calls and where, as the watching thread last saw
+        them (readable from any thread: the loop itself cannot answer meanwhile)."""
+        seen, tick = self._seen, self._last_tick
+        late = time.monotonic() - tick - self.interval
+        if seen is None or seen.tick != tick or late <= self._threshold:
+            return None
+        calls = [label for _, label in seen.calls]
+        return {"seconds": round(late, 2), "cause": seen.cause, "calls": calls, "where": seen.where}
 
     def start(self) -> None:
         """Start the watching thread (the loop beats from now on)."""
@@ -429,6 +453,7 @@ class Watchdog:
         seen, self._seen = self._seen, None
         ran, self._tick_cpu = cpu - self._tick_cpu, cpu  # set before the tick (see _watch)
         previous, self._last_tick = self._last_tick, now
+        self._lags.append(max(0.0, late))
         collected, self._gc_at_tick = self._gc_seconds - self._gc_at_tick, self._gc_seconds
         while self._verdicts:  # decided by the watching thread since the last beat
             self._on_stall(self._verdicts.popleft())

@@ -40,19 +40,29 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import ray
+
 from .._backends import Host, make_host
 from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
 from ..errors import RemoteError
 from .attempt import Attempt, set_attempt
-from .calls import CallRecord, Permits, Resend
+from .calls import CallRecord, Permits, Resend, calls_holding
+from .census import IN_A_THREAD as THREADS
+from .census import WAITING_FOR_DEPENDENCIES as DEPENDENCIES
+from .census import WAITING_FOR_PERMIT as PERMIT
+from .census import Census, proc_status
 from .dependencies import Dependencies
 from .functions import FunctionTable
 from .gate import StartGate
 from .logs import LogForwarder
+from .metrics import Metrics
 
 Outcome = wire.Outcome
+
+# An outcome's kind, as the census counts it (anything else failed).
+_HOW_ENDED = {wire.OK: "finished", wire.CANCELLED: "cancelled", wire.RESEND: "handed back"}
 
 #: ``asyncio.Task(..., eager_start=True)`` exists (Python 3.12 and newer).
 _EAGER_TASKS = sys.version_info >= (3, 12)
@@ -61,13 +71,14 @@ _EAGER_TASKS = sys.version_info >= (3, 12)
 class Supervisor:
     """Runs submitted calls on this actor's event loop (see the module docstring)."""
 
-    def __init__(self, index: int, settings: Settings) -> None:
+    def __init__(self, index: int, settings: Settings, runtime: str = "") -> None:
         # Imported here, while the caller waits for the supervisors to start,
         # so the first calls do not pay for it (Prefect takes seconds).
         for module in settings.preload:
             importlib.import_module(module)
         self._index = index
         self._settings = settings
+        self._runtime = runtime  # the runtime's id, in its actor names and metrics
         # The backend's host, started before the first call (see aioray_runner/_backends).
         self._host: Host = make_host(settings.backend)
         self._host_start: asyncio.Future[None] | None = None
@@ -91,8 +102,9 @@ class Supervisor:
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
-        self._running = 0
-        self._started_total = 0
+        # What the calls are doing, for `aioray-runner status` (census.py).
+        self._census = Census()
+        self._metrics: Metrics | None = None  # Ray metrics, from the first info()
         self._polls = 0  # replies sent: each wakes the caller's loops once (bench_limits)
         self._starting: CallRecord | None = None  # the call whose first step runs now (3.12+)
         self._actor_id: Any = None
@@ -109,11 +121,13 @@ class Supervisor:
 
     async def info(self) -> dict[str, Any]:
         """Where this supervisor runs: pid, node and settings."""
-        import ray
-
         self._start_watchdog()
+        self._metrics = self._metrics or Metrics.started(self._census, self._runtime, self._index)
+        self._actor_id = ray.get_runtime_context().get_actor_id()
+        return self._identity()
+
+    def _identity(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
-        self._actor_id = context.get_actor_id()
         node_id = context.get_node_id() if hasattr(context, "get_node_id") else None
         return {
             "index": self._index,
@@ -124,35 +138,20 @@ class Supervisor:
             "max_concurrency": self._settings.max_concurrency,
             "blocked_loop_threshold": self._settings.blocked_loop_threshold,
             "actor_id": self._actor_id,
+            "name": self._settings.name,
+            "runtime": self._runtime,
         }
 
     def _start_watchdog(self) -> None:
         threshold = self._settings.blocked_loop_threshold
         if self._watchdog is None and threshold:
             self._watchdog = watch_asyncio_loop(
-                asyncio.get_running_loop(), threshold, self._calls_holding, self._on_stall
+                asyncio.get_running_loop(),
+                threshold,
+                lambda task: calls_holding(task, self._starting, self._calls.values()),
+                self._on_stall,
             )
-
-    def _calls_holding(self, task: asyncio.Task[Any] | None) -> tuple[tuple[int, str], ...]:
-        """The call whose code runs in ``task`` (watchdog thread, loop stuck).
-
-        A call's own task, or a task it awaits (Prefect runs each task run in a
-        task of its own): follow what each running call waits on, a few hops.
-        """
-        starting = self._starting
-        if starting is not None:  # stuck in a call's first step, run as it starts
-            return ((starting.call_id, starting.label),)
-        if task is None:
-            return ()
-        for record in list(self._calls.values()):
-            waiting_on: Any = record.task
-            for _ in range(4):
-                if waiting_on is None:
-                    break
-                if waiting_on is task:
-                    return ((record.call_id, record.label),)
-                waiting_on = getattr(waiting_on, "_fut_waiter", None)
-        return ()
+            self._census.watchdog = self._watchdog
 
     def _on_stall(self, stall: Stall) -> None:
         self._stalls.append(wire.StallReport(stall.seconds, stall.calls, stall.where, stall.cause))
@@ -306,21 +305,27 @@ class Supervisor:
         if collect:
             gc.collect()
             _trim_malloc()
-        status = _proc_status()
+        status = proc_status()
         return {
             "index": self._index,
             "pid": os.getpid(),
-            "running": self._running,
+            "running": self._census.running_now,
             "calls_held": len(self._calls),
             "unpolled": len(self._ready),
             "functions": len(self._functions),
-            "started_total": self._started_total,
+            "started_total": self._census.started_total,
             "polls": self._polls,
             "cpu_s": time.process_time(),  # this process's, every thread's
             "rss_bytes": status.get("VmRSS", 0),
             "peak_rss_bytes": status.get("VmHWM")
             or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
+
+    @ray.method(concurrency_group="status")  # its own loop: it answers while this one is stuck
+    async def status(self) -> dict[str, Any]:
+        """What this supervisor is doing, as plain data (``aioray-runner status``): where
+        it runs, its calls by phase, the oldest running, its loop's lag, its memory."""
+        return {**self._identity(), **self._census.snapshot(self._gate.waiting)}
 
     # -- running calls -------------------------------------------------------------
 
@@ -338,28 +343,26 @@ class Supervisor:
         self, record: CallRecord, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
     ) -> None:
         record.started = True
+        census = self._census
         kind: int
         value: Any
         try:
             try:
                 fn = await self._functions.get(digest)
-                values = await self._dependencies.resolve(deps, record.label) if deps else ()
+                resolving = self._dependencies.resolve(deps, record.label) if deps else None
+                values = await census.wait(DEPENDENCIES, resolving) if resolving else ()
                 args, kwargs = wire.loads_arguments(blob, values)
                 if not admitted:
-                    await self._permits.acquire()
+                    await census.wait(PERMIT, self._permits.acquire())
             except BaseException:
                 if admitted:  # its permit was taken in submit
                     self._permits.release()
                 raise
             try:
                 if not admitted:
-                    await self._gate.admit(record.call_id)
-                self._running += 1
-                self._started_total += 1
-                try:
-                    value = await self._invoke(digest, fn, args, kwargs)
-                finally:
-                    self._running -= 1
+                    await census.wait(PERMIT, self._gate.admit(record.call_id))
+                self._census.running(record.call_id, record.label)  # until _finish
+                value = await self._invoke(digest, fn, args, kwargs)
             finally:
                 self._permits.release()
             kind = wire.OK
@@ -380,8 +383,11 @@ class Supervisor:
         # Plain functions go to the thread pool, so they cannot stall the loop.
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        result = await loop.run_in_executor(
-            self._threads, functools.partial(context.run, fn, *args, **kwargs)
+        result = await self._census.wait(
+            THREADS,
+            loop.run_in_executor(
+                self._threads, functools.partial(context.run, fn, *args, **kwargs)
+            ),
         )
         if inspect.isawaitable(result):
             result = await result
@@ -416,25 +422,13 @@ class Supervisor:
                     waiter.set_result(outcome)
             record.waiters = None
         record.task = None
+        self._census.ended(record.call_id, record.label, _HOW_ENDED.get(kind, "failed"))
         self._ready.append((record.call_id, kind, payload))
         self._ready_event.set()
         if record.released or kind == wire.RESEND:
             # A call handed back is sent again under the same id, maybe to this
             # supervisor: its old record must not stand in for the new one.
             self._calls.pop(record.call_id, None)
-
-
-def _proc_status() -> dict[str, int]:
-    values: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    values[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return values
 
 
 def _trim_malloc() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Iterable
+from typing import Any
 
 
 class CallRecord:
@@ -103,3 +105,27 @@ class Resend(Exception):
         super().__init__(index, owner)
         self.index = index
         self.owner = owner
+
+
+def calls_holding(
+    task: asyncio.Task[Any] | None, starting: CallRecord | None, records: Iterable[CallRecord]
+) -> tuple[tuple[int, str], ...]:
+    """The call whose code runs in ``task`` (the watchdog's thread, the loop stuck).
+
+    ``starting``: the call whose first step runs now, as it starts (3.12+). Else
+    a call's own task, or a task it awaits (Prefect runs each task run in a
+    task of its own): follow what each running call waits on, a few hops.
+    """
+    if starting is not None:
+        return ((starting.call_id, starting.label),)
+    if task is None:
+        return ()
+    for record in list(records):
+        waiting_on: Any = record.task
+        for _ in range(4):
+            if waiting_on is None:
+                break
+            if waiting_on is task:
+                return ((record.call_id, record.label),)
+            waiting_on = getattr(waiting_on, "_fut_waiter", None)
+    return ()

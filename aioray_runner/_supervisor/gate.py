@@ -49,6 +49,11 @@ class StartGate(Generic[S]):
         self._sent_starts: list[S] = []
 
     @property
+    def waiting(self) -> int:
+        """Calls announced from ``start_when_open`` that have not started yet."""
+        return len(self._starts) + len(self._sent_starts)
+
+    @property
     def has_news(self) -> bool:
         """Whether calls wait to be announced."""
         return bool(self._announce)

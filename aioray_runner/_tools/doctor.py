@@ -175,7 +175,7 @@ def _token_sources() -> list[str]:
     return found
 
 
-def _local_cluster_address() -> str | None:
+def local_cluster_address() -> str | None:
     """The address of the cluster that `ray start` runs on this machine, if any."""
     try:
         from ray._private.utils import read_ray_address
@@ -193,7 +193,7 @@ def check_ray(report: Report, address: str | None, *, connect: bool) -> None:
 
     source = "--address" if address else ("RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    local = _local_cluster_address()
+    local = local_cluster_address()
     info: dict[str, Any] = {"address": address, "address_from": source, "local_cluster": local}
     report.ray = info
     if address is None:
