@@ -195,7 +195,24 @@ def render(status: dict[str, Any]) -> str:
         for row in rows:
             cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
             lines.append("  " + "  ".join(cells + list(row[len(widths) :])).rstrip())
+        lines.extend(_blocked_lines(runtime["supervisors"]))
     return "\n".join(lines)
+
+
+def _blocked_lines(supervisors: list[dict[str, Any]]) -> list[str]:
+    """A line per supervisor whose loop is blocked now: every call on it waits."""
+    lines = []
+    for s in supervisors:
+        blocked = s.get("blocked_now")
+        if not blocked:
+            continue
+        by = f" by {', '.join(blocked['calls'])}" if blocked["calls"] else ""
+        at = f" in {blocked['where']}" if blocked["where"] else ""
+        lines.append(
+            f"  BLOCKED: supervisor {s['index']}'s event loop, for {blocked['seconds']:.0f} s"
+            f" so far{by}{at} ({blocked['cause']}); every call on it waits"
+        )
+    return lines
 
 
 def _age(seconds: float) -> str:
