@@ -208,9 +208,7 @@ async def _mark(
     message = _message(reason)
     of_this_flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     not_final = TaskRunFilter(
-        state=TaskRunFilterState(
-            type=TaskRunFilterStateType(any_=[StateType(t) for t in _TO_MARK])
-        )
+        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType(t) for t in _TO_MARK]))
     )
     marked: set[uuid.UUID] = set()
     async with get_client() as client:
