@@ -200,9 +200,15 @@ def render(status: dict[str, Any]) -> str:
 
 
 def _blocked_lines(supervisors: list[dict[str, Any]]) -> list[str]:
-    """A line per supervisor whose loop is blocked now: every call on it waits."""
+    """A line per supervisor whose loop is blocked now (every call on it waits), and
+    per replacement of a supervisor that died."""
     lines = []
     for s in supervisors:
+        if s["generation"]:
+            lines.append(
+                f"  supervisor {s['index']} replaced one that died ({s['generation']} so far):"
+                " calls that had started there failed with SupervisorDiedError"
+            )
         blocked = s.get("blocked_now")
         if not blocked:
             continue
