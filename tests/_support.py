@@ -223,14 +223,19 @@ def free_port() -> int:
 
 @contextmanager
 def started_ray_head(
-    env: dict[str, str], temp_dir: str, *extra_args: str, num_cpus: int = 2
+    env: dict[str, str],
+    temp_dir: str,
+    *extra_args: str,
+    num_cpus: int = 2,
+    gcs_port: int | None = None,
 ) -> Iterator[str]:
     """``ray start --head --block`` on 127.0.0.1, in a process group of its own.
 
     Yields its Ray client address (``ray://127.0.0.1:PORT``) once the client
-    server listens. Stopped by signalling that process group only: ``ray stop``
-    would stop every Ray on the machine, the test session's own included. The
-    head's output is in ``temp_dir/ray-start.log``.
+    server listens; its GCS listens on ``gcs_port`` (a free port if not given).
+    Stopped by signalling that process group only: ``ray stop`` would stop every
+    Ray on the machine, the test session's own included. The head's output is in
+    ``temp_dir/ray-start.log``.
     """
     import signal
     import socket
@@ -247,7 +252,7 @@ def started_ray_head(
             "--head",
             "--block",
             "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
+            f"--port={gcs_port or free_port()}",
             f"--ray-client-server-port={client_port}",
             f"--num-cpus={num_cpus}",
             "--include-dashboard=false",

@@ -268,19 +268,25 @@ def test_a_stall_no_sample_saw_while_the_watcher_waited_for_a_cpu_blames_no_code
 
 
 def test_a_garbage_collection_is_not_blamed_on_a_call() -> None:
-    # A heap of many small cycles: a full collection of it takes well over the
-    # threshold, holding the GIL throughout (no sample can see it).
-    heap = []
-    for _ in range(1_500_000):
-        node: list[Any] = []
-        node.append(node)
-        heap.append(node)
+    threshold = 0.05
+    # A heap of many small cycles, grown until one full collection of it takes
+    # well over the threshold (it holds the GIL throughout: no sample sees it).
+    heap: list[Any] = []
+    took = 0.0
+    while took < 3 * threshold and len(heap) < 12_000_000:
+        for _ in range(max(len(heap), 500_000)):
+            node: list[Any] = []
+            node.append(node)
+            heap.append(node)
+        started = time.monotonic()
+        gc.collect()
+        took = time.monotonic() - started
     stalls: list[Stall] = []
-    watchdog = Watchdog(0.1, lambda task: (), stalls.append)
+    watchdog = Watchdog(threshold, lambda task: (), stalls.append)
     watchdog.start()
     try:
         for _ in range(10):  # the loop turning on time
-            time.sleep(0.01)
+            time.sleep(0.005)
             watchdog.beat()
         started = time.monotonic()
         gc.collect()
@@ -289,8 +295,11 @@ def test_a_garbage_collection_is_not_blamed_on_a_call() -> None:
     finally:
         watchdog.stop()
         del heap
-    assert took > 0.15, f"the collection took {took:.2f} s: too short to test with"
-    assert [(stall.cause, stall.where) for stall in stalls] == [(ELSEWHERE, GARBAGE_COLLECTOR)]
+    assert took > 2 * threshold, f"the collection took {took:.2f} s: too short to test with"
+    # (A loaded machine may add a stall of its own, "unscheduled": not this test's.)
+    collected = [stall for stall in stalls if stall.where == GARBAGE_COLLECTOR]
+    assert [stall.cause for stall in collected] == [ELSEWHERE], stalls
+    assert not [stall for stall in stalls if stall.cause in BLOCKING_CAUSES], stalls
 
 
 def test_a_stall_the_watching_thread_slept_through_is_the_process_not_running() -> None:

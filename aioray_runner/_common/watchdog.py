@@ -516,8 +516,9 @@ class Watchdog:
                 overslept -= my_wait - waited  # late for want of a CPU: not stopped
             window.stopped += max(0.0, overslept)
             self._held_off.append((now, max(0.0, overslept)))
-            if self._unsampled is not None and self._unsampled[1] <= now:
-                self._judge_unsampled(*self._unsampled)
+            pending = self._unsampled  # read once: the loop's thread may replace it
+            if pending is not None and pending[1] <= now:
+                self._judge_unsampled(*pending)
             age = now - tick
             if age <= 1.5 * self.interval:
                 continue  # on time
@@ -553,7 +554,8 @@ class Watchdog:
         (garbage collections are told apart before this). Otherwise it was
         waiting for a CPU like the rest of a busy machine: nothing to blame.
         """
-        self._unsampled = None
+        if self._unsampled == (seconds, end):  # not replaced by a newer one meanwhile
+            self._unsampled = None
         held = sum(
             overslept
             for woke_at, overslept in self._held_off

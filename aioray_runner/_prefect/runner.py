@@ -394,7 +394,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         forward_logs: Loggers of your own whose records, inside supervisors,
             print in the flow's console (Prefect's task and flow run loggers
             always do, as under Prefect's own runners); see :class:`Runtime`.
-        name: A name for the supervisors (the flow's is a good one); see :class:`Runtime`.
+        name: A name for the supervisors (a slug of the flow's); see :class:`Runtime`.
         settings: All of the above as one :class:`Settings` (then the other
             arguments are ignored); ``runner.settings`` is the one in force.
 

@@ -49,10 +49,18 @@ from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
 from ..errors import RemoteError
 from .attempt import Attempt, set_attempt
 from .calls import CallRecord, Permits, Resend, calls_holding
-from .census import IN_A_THREAD as THREADS
-from .census import WAITING_FOR_DEPENDENCIES as DEPENDENCIES
-from .census import WAITING_FOR_PERMIT as PERMIT
-from .census import Census, proc_status
+from .census import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    HANDED_BACK,
+    IN_THREAD_POOL,
+    RUNNING,
+    WAITING_FOR_DEPENDENCIES,
+    WAITING_TO_START,
+    Census,
+    proc_status,
+)
 from .dependencies import Dependencies
 from .functions import FunctionTable
 from .gate import StartGate
@@ -62,7 +70,7 @@ from .metrics import Metrics
 Outcome = wire.Outcome
 
 # An outcome's kind, as the census counts it (anything else failed).
-_HOW_ENDED = {wire.OK: "finished", wire.CANCELLED: "cancelled", wire.RESEND: "handed back"}
+_HOW_ENDED = {wire.OK: FINISHED, wire.CANCELLED: CANCELLED, wire.RESEND: HANDED_BACK}
 
 #: ``asyncio.Task(..., eager_start=True)`` exists (Python 3.12 and newer).
 _EAGER_TASKS = sys.version_info >= (3, 12)
@@ -103,7 +111,7 @@ class Supervisor:
             max_workers=settings.threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
         # What the calls are doing, for `aioray-runner status` (census.py).
-        self._census = Census()
+        self._census = Census(lambda: self._gate.waiting)
         self._metrics: Metrics | None = None  # Ray metrics, from the first info()
         self._polls = 0  # replies sent: each wakes the caller's loops once (bench_limits)
         self._starting: CallRecord | None = None  # the call whose first step runs now (3.12+)
@@ -309,7 +317,7 @@ class Supervisor:
         return {
             "index": self._index,
             "pid": os.getpid(),
-            "running": self._census.running_now,
+            "running": self._census.phases()[RUNNING],
             "calls_held": len(self._calls),
             "unpolled": len(self._ready),
             "functions": len(self._functions),
@@ -325,7 +333,7 @@ class Supervisor:
     async def status(self) -> dict[str, Any]:
         """What this supervisor is doing, as plain data (``aioray-runner status``): where
         it runs, its calls by phase, the oldest running, its loop's lag, its memory."""
-        return {**self._identity(), **self._census.snapshot(self._gate.waiting)}
+        return {**self._identity(), **self._census.snapshot()}
 
     # -- running calls -------------------------------------------------------------
 
@@ -349,18 +357,20 @@ class Supervisor:
         try:
             try:
                 fn = await self._functions.get(digest)
-                resolving = self._dependencies.resolve(deps, record.label) if deps else None
-                values = await census.wait(DEPENDENCIES, resolving) if resolving else ()
+                values: Sequence[Any] = ()
+                if deps:
+                    resolving = self._dependencies.resolve(deps, record.label)
+                    values = await census.wait(WAITING_FOR_DEPENDENCIES, resolving)
                 args, kwargs = wire.loads_arguments(blob, values)
                 if not admitted:
-                    await census.wait(PERMIT, self._permits.acquire())
+                    await census.wait(WAITING_TO_START, self._permits.acquire())
             except BaseException:
                 if admitted:  # its permit was taken in submit
                     self._permits.release()
                 raise
             try:
                 if not admitted:
-                    await census.wait(PERMIT, self._gate.admit(record.call_id))
+                    await census.wait(WAITING_TO_START, self._gate.admit(record.call_id))
                 self._census.running(record.call_id, record.label)  # until _finish
                 value = await self._invoke(digest, fn, args, kwargs)
             finally:
@@ -384,7 +394,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         result = await self._census.wait(
-            THREADS,
+            IN_THREAD_POOL,
             loop.run_in_executor(
                 self._threads, functools.partial(context.run, fn, *args, **kwargs)
             ),
@@ -422,7 +432,7 @@ class Supervisor:
                     waiter.set_result(outcome)
             record.waiters = None
         record.task = None
-        self._census.ended(record.call_id, record.label, _HOW_ENDED.get(kind, "failed"))
+        self._census.ended(record.call_id, record.label, _HOW_ENDED.get(kind, FAILED))
         self._ready.append((record.call_id, kind, payload))
         self._ready_event.set()
         if record.released or kind == wire.RESEND:

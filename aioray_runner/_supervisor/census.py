@@ -1,31 +1,49 @@
-"""What a supervisor's calls are doing now, and what they did: for ``aioray-runner status``.
+"""What a supervisor's calls are doing now, and what they did: for ``aioray-runner status``
+and Ray metrics.
 
 Counted as calls move through their phases (a few integer updates per call,
-on the loop's thread), read by :meth:`Census.snapshot` without stopping them.
-Only function names and labels are kept, never arguments or results: the
-snapshot is shown to whoever can reach the cluster.
+on the loop's thread), read by :meth:`Census.snapshot` (on another thread) and
+by the metrics without stopping them. Only function names and labels are kept,
+never arguments or results: the snapshot is shown to whoever can reach the cluster.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections import deque
-from collections.abc import Awaitable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._common.watchdog import Watchdog
 
 T = TypeVar("T")
 
-#: Phases a call waits in before it runs (keys of ``Census.waiting``).
+#: Phases of a call before and while it runs (keys of ``Census.phases``).
+RUNNING = "running"
+#: Waiting for its upstream futures or ObjectRefs.
 WAITING_FOR_DEPENDENCIES = "dependencies"
-WAITING_FOR_PERMIT = "permit"  # max_concurrency's cap, or the start gate's round trip
-#: Not waiting: a sync call running in the supervisor's thread pool.
-IN_A_THREAD = "threads"
+#: Waiting for a permit (``max_concurrency``'s cap) or the start gate's round trip.
+WAITING_TO_START = "start"
+#: A sync call handed to the supervisor's thread pool (running there, or queued
+#: for a thread); it counts as running too.
+IN_THREAD_POOL = "threads"
+
+#: How a call ended (``Census.ended``).
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+#: Sent to another supervisor without starting here: it ends there, not counted here.
+HANDED_BACK = "handed back"
 
 #: How many of the oldest running calls a snapshot lists.
 OLDEST_SHOWN = 5
+#: Distinct function names counted apart per supervisor; more count as ``"other"``
+#: (the metrics' ``function`` tag: bounded however many functions a program makes).
+MAX_FUNCTIONS = 50
+#: Run times kept between two readings of the metrics (the newest): the histogram
+#: samples when calls end faster than that per interval; the counts stay exact.
+MAX_DURATIONS = 2_000
 
 
 def function_of(label: str) -> str:
@@ -36,34 +54,32 @@ def function_of(label: str) -> str:
 class Census:
     """Counts of one supervisor's calls by phase, and totals since it started."""
 
-    def __init__(self) -> None:
-        # Calls in each phase now (see wait).
-        self.waiting = {WAITING_FOR_DEPENDENCIES: 0, WAITING_FOR_PERMIT: 0, IN_A_THREAD: 0}
+    def __init__(self, at_the_gate: Callable[[], int] = lambda: 0) -> None:
+        # Calls announced to the caller that wait for the start gate before their
+        # task exists (the start gate counts them; see gate.py).
+        self._at_the_gate = at_the_gate
+        # Calls waiting in each phase now (see wait); the running ones are in _running.
+        self._waiting = {WAITING_FOR_DEPENDENCIES: 0, WAITING_TO_START: 0, IN_THREAD_POOL: 0}
         # call id -> (when it began running, its label), while it runs.
         self._running: dict[int, tuple[float, str]] = {}
         self.started_total = 0
-        self.finished = 0
-        self.failed = 0
-        self.cancelled = 0
-        # Calls ended since the metrics last took them: (function, how, seconds run
-        # or None if it never ran). Bounded: with no metrics reader the oldest go.
-        self.ended_since: deque[tuple[str, str, float | None]] = deque(maxlen=50_000)
+        self.ended_total: Counter[str] = Counter()  # by how
+        # Since the metrics last took them (take_ended): calls ended, by (function,
+        # how), exactly; and the newest run times, by function.
+        self._ended: Counter[tuple[str, str]] = Counter()
+        self._durations: deque[tuple[str, float]] = deque(maxlen=MAX_DURATIONS)
+        self._functions: set[str] = set()
         #: The loop's watchdog, once it runs: its lag and its stall under way.
         self.watchdog: Watchdog | None = None
         self._started_at = time.time()
 
-    @property
-    def running_now(self) -> int:
-        """Calls whose own code runs now."""
-        return len(self._running)
-
     async def wait(self, phase: str, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable``, counting the call as waiting in ``phase`` meanwhile."""
-        self.waiting[phase] += 1
+        """Await ``awaitable``, counting the call in ``phase`` meanwhile."""
+        self._waiting[phase] += 1
         try:
             return await awaitable
         finally:
-            self.waiting[phase] -= 1
+            self._waiting[phase] -= 1
 
     def running(self, call_id: int, label: str) -> None:
         """The call's own code starts."""
@@ -71,34 +87,55 @@ class Census:
         self.started_total += 1
 
     def ended(self, call_id: int, label: str, how: str) -> None:
-        """The call ended (``how``: ``"finished"``, ``"failed"``, ``"cancelled"``, or
-        ``"handed back"``, sent to another supervisor without starting here)."""
+        """The call ended: ``how`` is :data:`FINISHED`, :data:`FAILED`,
+        :data:`CANCELLED` or :data:`HANDED_BACK`."""
         ran = self._running.pop(call_id, None)
-        if how != "handed back":  # it ends on another supervisor
-            seconds = time.monotonic() - ran[0] if ran is not None else None
-            self.ended_since.append((function_of(label), how, seconds))
-        if how == "finished":
-            self.finished += 1
-        elif how == "cancelled":
-            self.cancelled += 1
-        elif how == "failed":
-            self.failed += 1
+        if how == HANDED_BACK:
+            return
+        self.ended_total[how] += 1
+        function = self._function(function_of(label))
+        self._ended[function, how] += 1
+        if ran is not None:
+            self._durations.append((function, time.monotonic() - ran[0]))
 
-    def snapshot(self, starting: int) -> dict[str, Any]:
-        """Plain data: counts (``starting``: more calls waiting at the start gate),
-        the oldest running calls with their age in seconds, the loop's lag, memory."""
+    def _function(self, name: str) -> str:
+        if name in self._functions or len(self._functions) < MAX_FUNCTIONS:
+            self._functions.add(name)
+            return name
+        return "other"
+
+    def take_ended(self) -> tuple[Counter[tuple[str, str]], list[tuple[str, float]]]:
+        """Calls ended since the last call, by (function, how), and run times (the newest)."""
+        ended, self._ended = self._ended, Counter()
+        durations = list(self._durations)
+        self._durations.clear()
+        return ended, durations
+
+    def phases(self) -> dict[str, int]:
+        """Calls in each phase now."""
+        return {
+            RUNNING: len(self._running),
+            WAITING_FOR_DEPENDENCIES: self._waiting[WAITING_FOR_DEPENDENCIES],
+            WAITING_TO_START: self._waiting[WAITING_TO_START] + self._at_the_gate(),
+            IN_THREAD_POOL: self._waiting[IN_THREAD_POOL],
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data: counts, the oldest running calls with their age in seconds,
+        the loop's lag and its stall under way, memory."""
         now = time.monotonic()
         # Copied at once (in C, under the GIL): status() runs on a thread of its own.
         oldest = heapq.nsmallest(OLDEST_SHOWN, list(self._running.values()))
         watchdog = self.watchdog
+        phases = self.phases()
         return {
-            "running": len(self._running),
-            "waiting_for_dependencies": self.waiting[WAITING_FOR_DEPENDENCIES],
-            "waiting_for_permit": self.waiting[WAITING_FOR_PERMIT] + starting,
-            "finished": self.finished,
-            "failed": self.failed,
-            "cancelled": self.cancelled,
-            "threads_busy": self.waiting[IN_A_THREAD],
+            "running": phases[RUNNING],
+            "waiting_for_dependencies": phases[WAITING_FOR_DEPENDENCIES],
+            "waiting_to_start": phases[WAITING_TO_START],
+            "in_thread_pool": phases[IN_THREAD_POOL],
+            "finished": self.ended_total[FINISHED],
+            "failed": self.ended_total[FAILED],
+            "cancelled": self.ended_total[CANCELLED],
             "oldest_running": [
                 {"function": function_of(label), "label": label, "age_s": round(now - began, 3)}
                 for began, label in oldest
@@ -111,6 +148,8 @@ class Census:
 
 
 def proc_status() -> dict[str, int]:
+    """This process's resident memory now and at its peak, in bytes (``VmRSS``,
+    ``VmHWM`` of ``/proc/self/status``; empty where there is none)."""
     values: dict[str, int] = {}
     try:
         with open("/proc/self/status") as f:

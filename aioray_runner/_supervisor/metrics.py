@@ -6,36 +6,31 @@ set-up with no configuration (``docs/observability.md`` lists them). Names as
 Prometheus shows them (Ray adds the ``ray_`` prefix):
 
 * ``ray_aioray_calls_total{runtime, function, outcome}``: calls ended
-  (``finished``, ``failed``, ``cancelled``);
-* ``ray_aioray_call_seconds{runtime, function}``: how long calls ran (a histogram);
-* ``ray_aioray_calls{runtime, supervisor, phase}``: calls ``running``, waiting for
-  ``dependencies``, waiting for a ``permit``, in ``threads`` now;
+  (``finished``, ``failed``, ``cancelled``), exact;
+* ``ray_aioray_call_seconds{runtime, function}``: how long calls ran (a histogram;
+  at most ``census.MAX_DURATIONS`` per update, the newest: a sample at high rates);
+* ``ray_aioray_calls_in_phase{runtime, supervisor, phase}``: calls ``running``,
+  waiting for ``dependencies``, waiting to ``start``, in the thread pool (``threads``);
 * ``ray_aioray_loop_lag_seconds{runtime, supervisor, quantile}``: the loop's
   recent lag (p50, p99), when the watchdog is on.
 
 Updated from the census every :data:`INTERVAL_S` seconds, not per call: a call
-costs nothing more than the census's counting. Function names are the only tag
-that grows with the program: at most :data:`MAX_FUNCTIONS` per supervisor, the
-rest as ``"other"``.
+costs nothing more than the census's counting, and an update costs one metric
+call per function and outcome. Function names are the only tag that grows with
+the program: at most ``census.MAX_FUNCTIONS`` per supervisor, the rest as ``"other"``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from typing import Any
 
-from .census import IN_A_THREAD, WAITING_FOR_DEPENDENCIES, WAITING_FOR_PERMIT, Census
+from .census import Census
 
 #: Seconds between updates (Ray reports them to its agent every few seconds anyway).
 INTERVAL_S = 5.0
-#: Distinct ``function`` tag values per supervisor; more are counted as ``"other"``.
-MAX_FUNCTIONS = 50
 #: Histogram bucket bounds of a call's run time, in seconds.
 BOUNDS = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0]
-#: Run times observed per update at most (the counts stay exact beyond it).
-MAX_OBSERVED = 5_000
 
 _log = logging.getLogger("aioray_runner.supervisor")
 
@@ -49,7 +44,6 @@ class Metrics:
         self._census = census
         self._tags = {"runtime": runtime, "supervisor": str(supervisor)}
         self._runtime = runtime
-        self._functions: set[str] = set()
         self._calls_total = metrics.Counter(
             "aioray_calls_total",
             "Calls that ended on aioray-runner supervisors, by outcome",
@@ -62,7 +56,7 @@ class Metrics:
             tag_keys=("runtime", "function"),
         )
         self._calls = metrics.Gauge(
-            "aioray_calls",
+            "aioray_calls_in_phase",
             "Calls on an aioray-runner supervisor now, by phase",
             tag_keys=("runtime", "supervisor", "phase"),
         )
@@ -88,35 +82,15 @@ class Metrics:
                 _log.debug("updating Ray metrics failed", exc_info=True)
             await asyncio.sleep(INTERVAL_S)
 
-    def _function(self, name: str) -> str:
-        if name in self._functions or len(self._functions) < MAX_FUNCTIONS:
-            self._functions.add(name)
-            return name
-        return "other"
-
     def update(self) -> None:
         """Copy what changed since the last update into the metrics."""
-        ended = self._census.ended_since
-        counts: Counter[tuple[str, str]] = Counter()
-        observed = 0
-        while ended:
-            name, how, seconds = ended.popleft()
-            function = self._function(name)
-            counts[function, how] += 1
-            if seconds is not None and observed < MAX_OBSERVED:
-                observed += 1
-                tags = {"runtime": self._runtime, "function": function}
-                self._call_seconds.observe(seconds, tags)
-        for (function, how), count in counts.items():
+        ended, durations = self._census.take_ended()
+        for function, seconds in durations:
+            self._call_seconds.observe(seconds, {"runtime": self._runtime, "function": function})
+        for (function, how), count in ended.items():
             tags = {"runtime": self._runtime, "function": function, "outcome": how}
             self._calls_total.inc(count, tags)
-        snapshot: dict[str, Any] = {
-            "running": self._census.running_now,
-            "dependencies": self._census.waiting[WAITING_FOR_DEPENDENCIES],
-            "permit": self._census.waiting[WAITING_FOR_PERMIT],
-            "threads": self._census.waiting[IN_A_THREAD],
-        }
-        for phase, value in snapshot.items():
+        for phase, value in self._census.phases().items():
             self._calls.set(value, {**self._tags, "phase": phase})
         watchdog = self._census.watchdog
         lag = watchdog.lag_quantiles() if watchdog is not None else None

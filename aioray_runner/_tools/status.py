@@ -103,8 +103,11 @@ def collect(address: str | None = None, *, timeout: float = 10.0) -> dict[str, A
     for name, ref in refs.items():
         try:
             answers[name] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # dead, restarting, or its loop blocked past the timeout
-            errors[name] = f"did not answer within {timeout:.0f} s ({type(exc).__name__})"
+        except ray.exceptions.GetTimeoutError:
+            errors[name] = f"did not answer within {timeout:.0f} s"
+        except Exception as exc:  # dead, or restarting
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            errors[name] = f"{type(exc).__name__}: {first_line}"[:200]
     runtimes: dict[tuple[str, str], dict[str, Any]] = {}
     for name, namespace, match in found:
         runtime = runtimes.setdefault(
@@ -136,11 +139,11 @@ def collect(address: str | None = None, *, timeout: float = 10.0) -> dict[str, A
 _SUMMED = (
     "running",
     "waiting_for_dependencies",
-    "waiting_for_permit",
+    "waiting_to_start",
     "finished",
     "failed",
     "cancelled",
-    "threads_busy",
+    "in_thread_pool",
 )
 
 
@@ -162,14 +165,14 @@ def render(status: dict[str, Any]) -> str:
         lines.append(
             f"runtime {runtime['runtime']} (namespace {runtime['namespace']}):"
             f" {totals['running']} running, {totals['waiting_for_dependencies']} waiting for"
-            f" dependencies, {totals['waiting_for_permit']} waiting to start;"
+            f" dependencies, {totals['waiting_to_start']} waiting to start;"
             f" {totals['finished']} finished, {totals['failed']} failed,"
             f" {totals['cancelled']} cancelled"
         )
         header = ("sup", "node", "pid", "run", "deps", "start", "done", "fail", "threads")
         rows = [(*header, "lag p50/p99", "memory", "oldest running")]
         for s in runtime["supervisors"]:
-            who = f"{s['group']}.{s['index']}" if s["group"] else str(s["index"])
+            who = _who(s)
             if "error" in s:
                 rows.append((who, "-", "-", *("-",) * 6, "-", "-", s["error"]))
                 continue
@@ -182,10 +185,10 @@ def render(status: dict[str, Any]) -> str:
                     str(s.get("pid", "?")),
                     str(s["running"]),
                     str(s["waiting_for_dependencies"]),
-                    str(s["waiting_for_permit"]),
+                    str(s["waiting_to_start"]),
                     str(s["finished"]),
                     str(s["failed"]),
-                    str(s["threads_busy"]),
+                    str(s["in_thread_pool"]),
                     f"{lag['p50'] * 1000:.0f}/{lag['p99'] * 1000:.0f} ms" if lag else "off",
                     f"{s.get('rss_bytes', 0) / 2**20:.0f} MiB",
                     ", ".join(f"{c['label']} {_age(c['age_s'])}" for c in oldest[:3]) or "-",
@@ -204,10 +207,12 @@ def _blocked_lines(supervisors: list[dict[str, Any]]) -> list[str]:
     per replacement of a supervisor that died."""
     lines = []
     for s in supervisors:
+        who = _who(s)
         if s["generation"]:
             lines.append(
-                f"  supervisor {s['index']} replaced one that died ({s['generation']} so far):"
-                " calls that had started there failed with SupervisorDiedError"
+                f"  supervisor {who} replaced one that died ({s['generation']} so far): calls"
+                " that had started there failed with SupervisorDiedError, or ran again where"
+                " allowed (reruns=; Prefect task runs)"
             )
         blocked = s.get("blocked_now")
         if not blocked:
@@ -215,10 +220,16 @@ def _blocked_lines(supervisors: list[dict[str, Any]]) -> list[str]:
         by = f" by {', '.join(blocked['calls'])}" if blocked["calls"] else ""
         at = f" in {blocked['where']}" if blocked["where"] else ""
         lines.append(
-            f"  BLOCKED: supervisor {s['index']}'s event loop, for {blocked['seconds']:.0f} s"
+            f"  BLOCKED: supervisor {who}'s event loop, for {blocked['seconds']:.0f} s"
             f" so far{by}{at} ({blocked['cause']}); every call on it waits"
         )
     return lines
+
+
+def _who(supervisor: dict[str, Any]) -> str:
+    """A supervisor's index, as ``group.index`` outside the default group."""
+    index = str(supervisor["index"])
+    return f"{supervisor['group']}.{index}" if supervisor["group"] else index
 
 
 def _age(seconds: float) -> str:

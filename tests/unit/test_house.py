@@ -64,7 +64,7 @@ LONG_CLASSES: dict[str, int] = {
     "_caller.pool.Pool": 599,
     "_caller.runtime.Runtime": 592,
     "_prefect.runner.AioRayTaskRunner": 488,
-    "_supervisor.actor.Supervisor": 361,
+    "_supervisor.actor.Supervisor": 363,
 }
 
 
