@@ -59,6 +59,7 @@ from .census import (
     WAITING_FOR_DEPENDENCIES,
     WAITING_TO_START,
     Census,
+    Holder,
     proc_status,
 )
 from .dependencies import Dependencies
@@ -110,14 +111,17 @@ class Supervisor:
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix=f"aioray-supervisor-{index}"
         )
-        # What the calls are doing, for `aioray-runner status` (census.py).
-        self._census = Census(lambda: self._gate.waiting)
         self._metrics: Metrics | None = None  # Ray metrics, from the first info()
         self._polls = 0  # replies sent: each wakes the caller's loops once (bench_limits)
         self._starting: CallRecord | None = None  # the call whose first step runs now (3.12+)
         self._actor_id: Any = None
         # Awaits each call's dependencies (see dependencies.py).
         self._dependencies = Dependencies(self._arrived, lambda: self._actor_id)
+        # What the calls are doing, for `aioray-runner status` (census.py).
+        waiting: list[Holder] = [self._permits, self._gate]  # a permit, or the gate's round trip
+        self._census = Census(
+            {WAITING_FOR_DEPENDENCIES: [self._dependencies], WAITING_TO_START: waiting}
+        )
         self._logs = LogForwarder(settings.forward_logs, self._wake_from_any_thread)
 
     def _wake_from_any_thread(self) -> None:
@@ -351,26 +355,22 @@ class Supervisor:
         self, record: CallRecord, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
     ) -> None:
         record.started = True
-        census = self._census
         kind: int
         value: Any
         try:
             try:
                 fn = await self._functions.get(digest)
-                values: Sequence[Any] = ()
-                if deps:
-                    resolving = self._dependencies.resolve(deps, record.label)
-                    values = await census.wait(WAITING_FOR_DEPENDENCIES, resolving)
+                values = await self._dependencies.resolve(deps, record.label) if deps else ()
                 args, kwargs = wire.loads_arguments(blob, values)
                 if not admitted:
-                    await census.wait(WAITING_TO_START, self._permits.acquire())
+                    await self._permits.acquire()
             except BaseException:
                 if admitted:  # its permit was taken in submit
                     self._permits.release()
                 raise
             try:
                 if not admitted:
-                    await census.wait(WAITING_TO_START, self._gate.admit(record.call_id))
+                    await self._gate.admit(record.call_id)
                 self._census.running(record.call_id, record.label)  # until _finish
                 value = await self._invoke(digest, fn, args, kwargs)
             finally:

@@ -62,6 +62,11 @@ class Permits:
         self._free = free
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a permit now."""
+        return len(self._waiters)
+
     def try_acquire(self) -> bool:
         """Take a permit if one is free and nobody waits for one."""
         if self._free > 0 and not self._waiters:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .._common.watchdog import Watchdog
 
@@ -46,6 +46,15 @@ MAX_FUNCTIONS = 50
 MAX_DURATIONS = 2_000
 
 
+class Holder(Protocol):
+    """A part of the supervisor that holds calls in one phase, and counts them."""
+
+    @property
+    def waiting(self) -> int:
+        """Calls it holds now."""
+        ...
+
+
 def function_of(label: str) -> str:
     """The function (or Prefect task) name of a call's label (``"fetch#12"`` -> ``"fetch"``)."""
     return label.rsplit("#", 1)[0]
@@ -54,12 +63,12 @@ def function_of(label: str) -> str:
 class Census:
     """Counts of one supervisor's calls by phase, and totals since it started."""
 
-    def __init__(self, at_the_gate: Callable[[], int] = lambda: 0) -> None:
-        # Calls announced to the caller that wait for the start gate before their
-        # task exists (the start gate counts them; see gate.py).
-        self._at_the_gate = at_the_gate
-        # Calls waiting in each phase now (see wait); the running ones are in _running.
-        self._waiting = {WAITING_FOR_DEPENDENCIES: 0, WAITING_TO_START: 0, IN_THREAD_POOL: 0}
+    def __init__(self, holders: Mapping[str, Sequence[Holder]] | None = None) -> None:
+        # Calls waiting for dependencies and to start, as the parts that hold them
+        # count them (phase -> Dependencies, Permits, the StartGate): nothing per call here.
+        self._holders = dict(holders or {})
+        # Calls in the thread pool now (see wait); the running ones are in _running.
+        self._waiting = {IN_THREAD_POOL: 0}
         # call id -> (when it began running, its label), while it runs.
         self._running: dict[int, tuple[float, str]] = {}
         self.started_total = 0
@@ -113,10 +122,11 @@ class Census:
 
     def phases(self) -> dict[str, int]:
         """Calls in each phase now."""
+        held = {phase: sum(h.waiting for h in of) for phase, of in self._holders.items()}
         return {
             RUNNING: len(self._running),
-            WAITING_FOR_DEPENDENCIES: self._waiting[WAITING_FOR_DEPENDENCIES],
-            WAITING_TO_START: self._waiting[WAITING_TO_START] + self._at_the_gate(),
+            WAITING_FOR_DEPENDENCIES: held.get(WAITING_FOR_DEPENDENCIES, 0),
+            WAITING_TO_START: held.get(WAITING_TO_START, 0),
             IN_THREAD_POOL: self._waiting[IN_THREAD_POOL],
         }
 

@@ -32,15 +32,23 @@ class Dependencies:
     ) -> None:
         self._arrived = arrived
         self._actor_id = actor_id
+        #: Calls waiting for their dependencies now (``aioray-runner status``).
+        self.waiting = 0
 
     async def resolve(self, deps: Sequence[Any], label: str) -> list[Any]:
         """The values of a call's dependencies, in order (raises ``UpstreamError``
         for one that failed, ``Resend`` for one that moved)."""
-        if len(deps) == 1:
-            return [await self._resolve_one(deps[0], label, 0)]
-        return list(
-            await asyncio.gather(*(self._resolve_one(dep, label, i) for i, dep in enumerate(deps)))
-        )
+        self.waiting += 1
+        try:
+            if len(deps) == 1:
+                return [await self._resolve_one(deps[0], label, 0)]
+            return list(
+                await asyncio.gather(
+                    *(self._resolve_one(dep, label, i) for i, dep in enumerate(deps))
+                )
+            )
+        finally:
+            self.waiting -= 1
 
     async def _resolve_one(self, dep: Sequence[Any], label: str, index: int) -> Any:
         kind, handle, call_id, upstream = dep

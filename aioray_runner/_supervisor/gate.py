@@ -47,11 +47,13 @@ class StartGate(Generic[S]):
         # Calls started by the supervisor itself when their gate opens.
         self._starts: list[S] = []
         self._sent_starts: list[S] = []
+        self._admitting = 0  # calls in admit()
 
     @property
     def waiting(self) -> int:
-        """Calls announced from ``start_when_open`` that have not started yet."""
-        return len(self._starts) + len(self._sent_starts)
+        """Calls waiting to start: in :meth:`admit`, or announced from
+        :meth:`start_when_open` and not handed back yet."""
+        return self._admitting + len(self._starts) + len(self._sent_starts)
 
     @property
     def has_news(self) -> bool:
@@ -67,7 +69,11 @@ class StartGate(Generic[S]):
         self._wake()
         # Shielded: the gate is shared by every call of the batch, and
         # cancelling one call must not cancel the others' gate.
-        await asyncio.shield(gate)
+        self._admitting += 1
+        try:
+            await asyncio.shield(gate)
+        finally:
+            self._admitting -= 1
 
     def start_when_open(self, call_id: int, start: S) -> None:
         """Announce the call; :meth:`open` hands ``start`` back once it may start.
