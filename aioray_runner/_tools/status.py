@@ -78,13 +78,22 @@ def collect(address: str | None = None, *, timeout: float = 10.0) -> dict[str, A
 
     target = _address(address)
     if not ray.is_initialized():
-        ray.init(
-            address=target,
-            namespace="aioray-status",
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                address=target,
+                namespace="aioray-status",
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
+        except Exception as exc:  # e.g. Ray 2.52+ refusing a driver without the token
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            raise StatusError(
+                f"could not join the Ray cluster at {target}: {type(exc).__name__}: {first_line}."
+                " A cluster with token authentication (Ray 2.52 and newer, the default) needs"
+                " RAY_AUTH_MODE=token in this shell and its token in ~/.ray/auth_token or"
+                " RAY_AUTH_TOKEN; `aioray-runner doctor --address ...` checks the rest"
+            ) from exc
     found = [
         (entry["name"], entry["namespace"], match)
         for entry in ray.util.list_named_actors(all_namespaces=True)
