@@ -54,7 +54,6 @@ from .census import (
     FAILED,
     FINISHED,
     HANDED_BACK,
-    IN_THREAD_POOL,
     RUNNING,
     WAITING_FOR_DEPENDENCIES,
     WAITING_TO_START,
@@ -393,11 +392,8 @@ class Supervisor:
         # Plain functions go to the thread pool, so they cannot stall the loop.
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        result = await self._census.wait(
-            IN_THREAD_POOL,
-            loop.run_in_executor(
-                self._threads, functools.partial(context.run, fn, *args, **kwargs)
-            ),
+        result = await self._census.in_thread_pool(
+            loop.run_in_executor(self._threads, functools.partial(context.run, fn, *args, **kwargs))
         )
         if inspect.isawaitable(result):
             result = await result

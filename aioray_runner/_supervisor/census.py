@@ -67,8 +67,8 @@ class Census:
         # Calls waiting for dependencies and to start, as the parts that hold them
         # count them (phase -> Dependencies, Permits, the StartGate): nothing per call here.
         self._holders = dict(holders or {})
-        # Calls in the thread pool now (see wait); the running ones are in _running.
-        self._waiting = {IN_THREAD_POOL: 0}
+        # Sync calls in the thread pool now (see in_thread_pool); they run too.
+        self._in_thread_pool = 0
         # call id -> (when it began running, its label), while it runs.
         self._running: dict[int, tuple[float, str]] = {}
         self.started_total = 0
@@ -82,13 +82,13 @@ class Census:
         self.watchdog: Watchdog | None = None
         self._started_at = time.time()
 
-    async def wait(self, phase: str, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable``, counting the call in ``phase`` meanwhile."""
-        self._waiting[phase] += 1
+    async def in_thread_pool(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` (a sync call handed to the thread pool), counting it meanwhile."""
+        self._in_thread_pool += 1
         try:
             return await awaitable
         finally:
-            self._waiting[phase] -= 1
+            self._in_thread_pool -= 1
 
     def running(self, call_id: int, label: str) -> None:
         """The call's own code starts."""
@@ -127,7 +127,7 @@ class Census:
             RUNNING: len(self._running),
             WAITING_FOR_DEPENDENCIES: held.get(WAITING_FOR_DEPENDENCIES, 0),
             WAITING_TO_START: held.get(WAITING_TO_START, 0),
-            IN_THREAD_POOL: self._waiting[IN_THREAD_POOL],
+            IN_THREAD_POOL: self._in_thread_pool,
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -87,9 +87,8 @@ def collect(address: str | None = None, *, timeout: float = 10.0) -> dict[str, A
                 configure_logging=False,
             )
         except Exception as exc:  # e.g. Ray 2.52+ refusing a driver without the token
-            first_line = (str(exc).strip().splitlines() or [""])[0]
             raise StatusError(
-                f"could not join the Ray cluster at {target}: {type(exc).__name__}: {first_line}."
+                f"could not join the Ray cluster at {target}: {_in_a_line(exc)}."
                 " A cluster with token authentication (Ray 2.52 and newer, the default) needs"
                 " RAY_AUTH_MODE=token in this shell and its token in ~/.ray/auth_token or"
                 " RAY_AUTH_TOKEN; `aioray-runner doctor --address ...` checks the rest"
@@ -115,8 +114,7 @@ def collect(address: str | None = None, *, timeout: float = 10.0) -> dict[str, A
         except ray.exceptions.GetTimeoutError:
             errors[name] = f"did not answer within {timeout:.0f} s"
         except Exception as exc:  # dead, or restarting
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            errors[name] = f"{type(exc).__name__}: {first_line}"[:200]
+            errors[name] = _in_a_line(exc)[:200]
     runtimes: dict[tuple[str, str], dict[str, Any]] = {}
     for name, namespace, match in found:
         runtime = runtimes.setdefault(
@@ -233,6 +231,11 @@ def _blocked_lines(supervisors: list[dict[str, Any]]) -> list[str]:
             f" so far{by}{at} ({blocked['cause']}); every call on it waits"
         )
     return lines
+
+
+def _in_a_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (Ray's errors run to many lines)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 def _who(supervisor: dict[str, Any]) -> str:

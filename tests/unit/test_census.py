@@ -51,7 +51,7 @@ def test_threads_are_counted_while_awaited_and_after_an_error() -> None:
             raise ValueError("boom")
 
         try:
-            await census.wait(IN_THREAD_POOL, work())
+            await census.in_thread_pool(work())
         except ValueError:
             pass
         assert seen == [1] and census.phases()[IN_THREAD_POOL] == 0
