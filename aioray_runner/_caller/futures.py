@@ -13,9 +13,12 @@ by writing its fields.
 
 from __future__ import annotations
 
+import collections
+import math
 import pickle
 import threading
-from collections.abc import Callable, Generator
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -397,3 +400,63 @@ def held_outcome(future: AioRayFuture[Any]) -> tuple[bool, bytes]:
 
         payload = cloudpickle.dumps(future._outcome(), protocol=5)
     return True, payload
+
+
+async def as_completed(futures: Iterable[AioRayFuture[T]]) -> AsyncIterator[AioRayFuture[T]]:
+    """Yield the futures as they finish (asyncio or trio); each one once."""
+    unique = list(dict.fromkeys(futures))
+    if not unique:
+        return
+    schedule = loop_scheduler()
+    if schedule is None:
+        raise RuntimeError("as_completed must be iterated inside an event loop")
+    finished: collections.deque[AioRayFuture[T]] = collections.deque()
+    wakeup = anyio.Event()
+    lock = threading.Lock()
+
+    def on_done(future: AioRayFuture[T]) -> None:
+        nonlocal wakeup
+        with lock:
+            finished.append(future)
+            event = wakeup
+        schedule(event.set)
+
+    for future in unique:
+        future.add_done_callback(on_done)
+    try:
+        remaining = len(unique)
+        while remaining:
+            await wakeup.wait()
+            with lock:
+                batch = list(finished)
+                finished.clear()
+                wakeup = anyio.Event()
+            for future in batch:
+                remaining -= 1
+                yield future
+    finally:
+        for future in unique:
+            future.remove_done_callback(on_done)
+
+
+def wait_all(futures: Iterable[AioRayFuture[Any]], *, cancel: bool, grace: float) -> None:
+    """Block until every future is done; with ``cancel``, cancel them first and wait
+    ``grace`` seconds in all (sync code)."""
+    futures = list(futures)
+    if cancel:
+        for future in futures:
+            future.cancel()
+    deadline = time.monotonic() + grace
+    for future in futures:
+        future.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
+
+
+async def await_all(futures: Iterable[AioRayFuture[Any]], *, cancel: bool, grace: float) -> None:
+    """:func:`wait_all` without blocking the event loop (asyncio or trio)."""
+    futures = list(futures)
+    if cancel:
+        for future in futures:
+            future.cancel()
+    with anyio.move_on_after(grace if cancel else math.inf):
+        for future in futures:
+            await future.wait()

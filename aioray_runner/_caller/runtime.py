@@ -8,22 +8,16 @@ coordinates (the caller's side) and in ``aioray_runner/_supervisor/`` (the actor
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
-    Concatenate,
     Literal,
-    ParamSpec,
     Self,
-    TypeAlias,
     TypeVar,
-    overload,
 )
 
 import anyio
@@ -39,33 +33,19 @@ from .._common.settings import (
 from .._common.watchdog import BlockedLoop
 from ..errors import RuntimeNotRunningError
 from .connection import RayConnection
-from .futures import AioRayFuture
-from .placement import DEFAULT_GROUP, GroupKey, default_supervisor_count
+from .futures import AioRayFuture, as_completed, await_all, wait_all
+from .placement import GroupKey
 from .pool import Pool
 from .raywatch import probe_for_current_ray
-from .wakeups import loop_scheduler
+from .submitting import Submitting
 
 if TYPE_CHECKING:
-    from ray import ObjectRef
+    pass
 
-P = ParamSpec("P")
 T = TypeVar("T")
-A = TypeVar("A")
-A1 = TypeVar("A1")
-A2 = TypeVar("A2")
-A3 = TypeVar("A3")
-A4 = TypeVar("A4")
-
-# What may stand for an argument of type A in submit and map: the value, or a
-# future or ObjectRef of one, which the supervisor awaits before the call. The
-# overloads give each of the first four positional arguments this type, so that
-# the type checkers accept `rt.submit(add, x_future, ray.put(2))` and still
-# reject a str where an int is expected; later and keyword arguments take the
-# function's own types (a future there needs a cast).
-_Arg: TypeAlias = "A | AioRayFuture[A] | ObjectRef[A]"
 
 
-class Runtime:
+class Runtime(Submitting):
     """Run coroutines on supervisor actors in a Ray cluster.
 
     Args:
@@ -178,16 +158,13 @@ class Runtime:
                 raise RuntimeError("this runtime is already running")
             self._ray.connect()
             try:
-                count = self.settings.supervisors or default_supervisor_count(ray.nodes())
                 pool = Pool(
                     self.settings,
-                    count=count,
                     logger=self.logger,
                     on_blocked_loop=self.on_blocked_loop,
                     on_log=self.on_log,
                     ray_probe=probe_for_current_ray(self._ray.owns_ray),
                 )
-                started = time.monotonic()
                 try:
                     pool.start()
                 except BaseException:
@@ -197,15 +174,6 @@ class Runtime:
                 self._ray.disconnect()
                 raise
             self._pool = pool
-        nodes = collections.Counter(s.info.get("node_ip", "?") for s in pool.supervisors())
-        self.logger.info(
-            "Started %d supervisor(s) in %.1f s (backend=%s, max_concurrency=%d each) on %s",
-            count,
-            time.monotonic() - started,
-            self.settings.backend,
-            self.settings.max_concurrency,
-            ", ".join(f"{ip} x{n}" for ip, n in sorted(nodes.items())),
-        )
         return self
 
     def close(self, *, wait: bool = True, grace: float = 5.0) -> None:
@@ -228,29 +196,13 @@ class Runtime:
         it, they are waited for however long they take. Calls submitted while
         draining are not waited for.
         """
-        outstanding = self.outstanding()
-        if cancel:
-            for future in outstanding:
-                future.cancel()
-        deadline = time.monotonic() + grace
-        for future in outstanding:
-            future.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
+        wait_all(self.outstanding(), cancel=cancel, grace=grace)
 
     async def aclose(self, *, wait: bool = True) -> None:
         """Like :meth:`close`, but waits without blocking the event loop."""
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return
-        outstanding = self.outstanding()
-        if not wait:
-            for future in outstanding:
-                future.cancel()
-            with anyio.move_on_after(5):
-                for future in outstanding:
-                    await future.wait()
-        else:
-            for future in outstanding:
-                await future.wait()
+        await await_all(self.outstanding(), cancel=not wait, grace=5.0)
         await anyio.to_thread.run_sync(self._shutdown)
 
     def outstanding(self) -> list[AioRayFuture[Any]]:
@@ -288,141 +240,11 @@ class Runtime:
     ) -> None:
         await self.aclose(wait=exc_type is None)
 
-    # -- submitting --------------------------------------------------------------------
+    # -- submitting (submit and map: see Submitting) -----------------------------------
 
-    @overload
-    def submit(
-        self,
-        fn: Callable[P, Awaitable[T]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[P, T],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, P], Awaitable[T]],
-        a1: _Arg[A1],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, P], T],
-        a1: _Arg[A1],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, P], Awaitable[T]],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, P], T],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, P], Awaitable[T]],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, P], T],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, A4, P], Awaitable[T]],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        a4: _Arg[A4],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, A4, P], T],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        a4: _Arg[A4],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
-        """Run ``fn(*args, **kwargs)`` on the least loaded supervisor.
-
-        ``fn`` is a coroutine function (run on the supervisor's loop) or a plain
-        function (run in the supervisor's thread pool). Futures of this runtime
-        and Ray ``ObjectRef``\\ s anywhere in the arguments are awaited inside the
-        supervisor before the call starts, and replaced by their values.
-
-        Returns at once, from sync or async code; the call is sent at the end of
-        the current event-loop turn together with the other calls made in it.
-
-        For type checkers each of the first four positional arguments takes the
-        parameter's type ``T``, an ``AioRayFuture[T]`` or an ``ObjectRef[T]``;
-        other arguments take the parameter's own type (docs/guide.md, "Type
-        checking").
-
-        Raises:
-            InvalidCallError: ``fn`` is not something a supervisor can run (not
-                callable, a coroutine object, a generator); nothing is sent.
-            SerializationError: ``fn`` or an argument cannot be pickled (the
-                message names which); nothing is sent.
-            RuntimeNotRunningError: the runtime is not running.
-        """
+    def _submit_one(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AioRayFuture[Any]:
         return self._require().submit(fn, args, kwargs)
 
     def submit_call(
@@ -458,12 +280,6 @@ class Runtime:
             RuntimeNotRunningError: the runtime is not running.
             RayLostError: Ray went away; the runtime cannot run more calls.
         """
-        if isinstance(reruns, bool) or not isinstance(reruns, int):
-            raise TypeError(
-                f"reruns must be a whole number, got an object of type {type(reruns).__name__}"
-            )
-        if reruns < 0:
-            raise ValueError(f"reruns must be 0 or more, not {reruns}")
         pool = self._require()
         return pool.submit(
             fn,
@@ -474,92 +290,6 @@ class Runtime:
             reruns=reruns,
         )
 
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1], Awaitable[T]],
-        items1: Iterable[_Arg[A1]],
-        /,
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1], T],
-        items1: Iterable[_Arg[A1]],
-        /,
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1, A2], Awaitable[T]],
-        items1: Iterable[_Arg[A1]],
-        items2: Iterable[_Arg[A2]],
-        /,
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1, A2], T],
-        items1: Iterable[_Arg[A1]],
-        items2: Iterable[_Arg[A2]],
-        /,
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1, A2, A3], Awaitable[T]],
-        items1: Iterable[_Arg[A1]],
-        items2: Iterable[_Arg[A2]],
-        items3: Iterable[_Arg[A3]],
-        /,
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1, A2, A3], T],
-        items1: Iterable[_Arg[A1]],
-        items2: Iterable[_Arg[A2]],
-        items3: Iterable[_Arg[A3]],
-        /,
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[..., Awaitable[T]],
-        items1: Iterable[Any],
-        items2: Iterable[Any],
-        items3: Iterable[Any],
-        items4: Iterable[Any],
-        /,
-        *more: Iterable[Any],
-    ) -> list[AioRayFuture[T]]: ...
-
-    @overload
-    def map(
-        self,
-        fn: Callable[..., T],
-        items1: Iterable[Any],
-        items2: Iterable[Any],
-        items3: Iterable[Any],
-        items4: Iterable[Any],
-        /,
-        *more: Iterable[Any],
-    ) -> list[AioRayFuture[T]]: ...
-
-    def map(self, fn: Callable[..., Any], /, *iterables: Iterable[Any]) -> list[AioRayFuture[Any]]:
-        """Submit ``fn`` once per item (``zip`` of the iterables); return the futures in order.
-
-        Items may be futures or ``ObjectRef``\\ s, as arguments of :meth:`submit`.
-        """
-        pool = self._require()
-        return [pool.submit(fn, args, {}) for args in zip(*iterables)]
-
     def broadcast(
         self, fn: Callable[..., Any], /, *args: Any, every_group: bool = False, **kwargs: Any
     ) -> list[AioRayFuture[Any]]:
@@ -568,13 +298,7 @@ class Runtime:
         By default on the supervisors of the default group; with
         ``every_group``, also on those started by :meth:`options`.
         """
-        pool = self._require()
-        groups = list(pool.groups) if every_group else [DEFAULT_GROUP]
-        return [
-            pool.submit(fn, args, kwargs, supervisor=supervisor)
-            for group in groups
-            for supervisor in pool.supervisors(group)
-        ]
+        return self._require().broadcast(fn, args, kwargs, every_group=every_group)
 
     def options(self, **actor_options: Any) -> RuntimeOptions:
         """A view of this runtime whose submissions run on a supervisor started with
@@ -588,51 +312,14 @@ class Runtime:
         self, futures: Iterable[AioRayFuture[T]]
     ) -> AsyncIterator[AioRayFuture[T]]:
         """Yield the futures as they finish (asyncio or trio); each one once."""
-        unique = list(dict.fromkeys(futures))
-        if not unique:
-            return
-        schedule = loop_scheduler()
-        if schedule is None:
-            raise RuntimeError("as_completed must be iterated inside an event loop")
-        finished: collections.deque[AioRayFuture[T]] = collections.deque()
-        wakeup = anyio.Event()
-        lock = threading.Lock()
-
-        def on_done(future: AioRayFuture[T]) -> None:
-            nonlocal wakeup
-            with lock:
-                finished.append(future)
-                event = wakeup
-            schedule(event.set)
-
-        for future in unique:
-            future.add_done_callback(on_done)
-        try:
-            remaining = len(unique)
-            while remaining:
-                await wakeup.wait()
-                with lock:
-                    batch = list(finished)
-                    finished.clear()
-                    wakeup = anyio.Event()
-                for future in batch:
-                    remaining -= 1
-                    yield future
-        finally:
-            for future in unique:
-                future.remove_done_callback(on_done)
+        async for future in as_completed(futures):
+            yield future
 
     # -- introspection -----------------------------------------------------------------
 
     def supervisor_info(self) -> list[dict[str, Any]]:
         """Where each live supervisor runs (index, pid, node) and its settings."""
-        pool = self._require()
-        return [
-            dict(supervisor.info)
-            for supervisors in pool.groups.values()
-            for supervisor in supervisors
-            if supervisor.alive
-        ]
+        return [dict(s.info) for s in self._require().supervisors.every() if s.alive]
 
     async def stats(self, *, collect: bool = False) -> list[dict[str, Any]]:
         """Counters and memory of each live supervisor; ``collect`` runs their GC first.
@@ -646,7 +333,7 @@ class Runtime:
         """
         pool = self._require()
         pool.flush_releases_soon()
-        refs = [supervisor.handle.stats.remote(collect) for supervisor in pool.supervisors()]
+        refs = [s.handle.stats.remote(collect) for s in pool.supervisors.live()]
         return await anyio.to_thread.run_sync(ray.get, refs)
 
     def _require(self) -> Pool:
@@ -659,124 +346,17 @@ class Runtime:
         return pool
 
 
-class RuntimeOptions:
-    """Submissions to a group of supervisors started with particular actor options."""
+class RuntimeOptions(Submitting):
+    """Submissions to a group of supervisors started with particular actor options.
+
+    Made by :meth:`Runtime.options`; ``submit`` and ``map`` work as the runtime's.
+    """
 
     def __init__(self, pool: Pool, group: GroupKey) -> None:
         self._pool = pool
         self._group = group
 
-    # The same overloads as Runtime.submit (see _Arg).
-    @overload
-    def submit(
-        self,
-        fn: Callable[P, Awaitable[T]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[P, T],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, P], Awaitable[T]],
-        a1: _Arg[A1],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, P], T],
-        a1: _Arg[A1],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, P], Awaitable[T]],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, P], T],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, P], Awaitable[T]],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, P], T],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, A4, P], Awaitable[T]],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        a4: _Arg[A4],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    @overload
-    def submit(
-        self,
-        fn: Callable[Concatenate[A1, A2, A3, A4, P], T],
-        a1: _Arg[A1],
-        a2: _Arg[A2],
-        a3: _Arg[A3],
-        a4: _Arg[A4],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> AioRayFuture[T]: ...
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AioRayFuture[Any]:
-        """Like :meth:`Runtime.submit`, on this group's supervisors."""
+    def _submit_one(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AioRayFuture[Any]:
         return self._pool.submit(fn, args, kwargs, group=self._group)
