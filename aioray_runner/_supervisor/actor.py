@@ -29,12 +29,9 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-import gc
 import importlib
 import inspect
 import os
-import pickle
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,9 +43,8 @@ from .._backends import Host, make_host
 from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
-from ..errors import RemoteError
 from .attempt import Attempt, set_attempt
-from .calls import CallRecord, Permits, Resend, calls_holding
+from .calls import CallRecord, CallTable, Permits, Resend, calls_holding, pack_outcome
 from .census import (
     CANCELLED,
     FAILED,
@@ -59,7 +55,7 @@ from .census import (
     WAITING_TO_START,
     Census,
     Holder,
-    proc_status,
+    process_memory,
 )
 from .dependencies import Dependencies
 from .functions import FunctionTable
@@ -93,9 +89,7 @@ class Supervisor:
         self._host_ready = False
         # The functions sent here, by digest (see functions.py).
         self._functions = FunctionTable(index, self._host.adapt)
-        self._calls: dict[int, CallRecord] = {}
-        self._arrivals: dict[int, asyncio.Future[CallRecord]] = {}
-        self._cancel_early: set[int] = set()
+        self._calls = CallTable()  # by id, from arrival until released
         self._ready: list[Outcome] = []
         self._stalls: list[wire.StallReport] = []
         self._watchdog: Watchdog | None = None
@@ -115,7 +109,7 @@ class Supervisor:
         self._starting: CallRecord | None = None  # the call whose first step runs now (3.12+)
         self._actor_id: Any = None
         # Awaits each call's dependencies (see dependencies.py).
-        self._dependencies = Dependencies(self._arrived, lambda: self._actor_id)
+        self._dependencies = Dependencies(self._calls.arrived, lambda: self._actor_id)
         # What the calls are doing, for `aioray-runner status` (census.py).
         waiting: list[Holder] = [self._permits, self._gate]  # a permit, or the gate's round trip
         self._census = Census(
@@ -135,23 +129,10 @@ class Supervisor:
         self._start_watchdog()
         self._metrics = self._metrics or Metrics.started(self._census, self._runtime, self._index)
         self._actor_id = ray.get_runtime_context().get_actor_id()
-        return self._identity()
+        return self._where()
 
-    def _identity(self) -> dict[str, Any]:
-        context = ray.get_runtime_context()
-        node_id = context.get_node_id() if hasattr(context, "get_node_id") else None
-        return {
-            "index": self._index,
-            "pid": os.getpid(),
-            "node_id": node_id,
-            "node_ip": ray.util.get_node_ip_address(),
-            "backend": self._settings.backend,
-            "max_concurrency": self._settings.max_concurrency,
-            "blocked_loop_threshold": self._settings.blocked_loop_threshold,
-            "actor_id": self._actor_id,
-            "name": self._settings.name,
-            "runtime": self._runtime,
-        }
+    def _where(self) -> dict[str, Any]:
+        return identity(self._index, self._settings, self._runtime, self._actor_id)
 
     def _start_watchdog(self) -> None:
         threshold = self._settings.blocked_loop_threshold
@@ -159,7 +140,7 @@ class Supervisor:
             self._watchdog = watch_asyncio_loop(
                 asyncio.get_running_loop(),
                 threshold,
-                lambda task: calls_holding(task, self._starting, self._calls.values()),
+                lambda task: calls_holding(task, self._starting, self._calls.records()),
                 self._on_stall,
             )
             self._census.watchdog = self._watchdog
@@ -183,13 +164,8 @@ class Supervisor:
             self._functions.add(digest, blob)
         announced_here = False
         for call_id, digest, blob, deps, label, rerun in calls:
-            record = CallRecord(call_id, label)
-            self._calls[call_id] = record
-            arrival = self._arrivals.pop(call_id, None)
-            if arrival is not None:
-                arrival.set_result(record)
-            if call_id in self._cancel_early:
-                self._cancel_early.discard(call_id)
+            record, cancelled = self._calls.arrive(call_id, label)
+            if cancelled:
                 self._finish(record, wire.CANCELLED, None)
                 continue
             if rerun is not None:
@@ -280,7 +256,7 @@ class Supervisor:
 
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
-        record = await self._arrived(call_id)
+        record = await self._calls.arrived(call_id)
         return await record.wait()
 
     async def cancel(self, call_ids: Sequence[int]) -> None:
@@ -288,7 +264,7 @@ class Supervisor:
         for call_id in call_ids:
             record = self._calls.get(call_id)
             if record is None:
-                self._cancel_early.add(call_id)  # still on its way here
+                self._calls.cancel_early(call_id)  # still on its way here
             elif record.task is not None:
                 record.task.cancel()  # reaches trio too: see TrioHost.run
                 if not record.started:
@@ -302,21 +278,10 @@ class Supervisor:
 
     async def release(self, call_ids: Sequence[int]) -> None:
         """The caller dropped these futures: forget their outcomes once finished."""
-        for call_id in call_ids:
-            record = self._calls.get(call_id)
-            if record is None:
-                continue
-            if record.outcome is not None:
-                del self._calls[call_id]
-            else:
-                record.released = True
+        self._calls.release(call_ids)
 
     async def stats(self, collect: bool = False) -> dict[str, Any]:
         """Counters and memory of this supervisor (``collect`` runs the GC first)."""
-        if collect:
-            gc.collect()
-            _trim_malloc()
-        status = proc_status()
         return {
             "index": self._index,
             "pid": os.getpid(),
@@ -327,28 +292,16 @@ class Supervisor:
             "started_total": self._census.started_total,
             "polls": self._polls,
             "cpu_s": time.process_time(),  # this process's, every thread's
-            "rss_bytes": status.get("VmRSS", 0),
-            "peak_rss_bytes": status.get("VmHWM")
-            or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            **process_memory(collect=collect),
         }
 
     @ray.method(concurrency_group="status")  # its own loop: it answers while this one is stuck
     async def status(self) -> dict[str, Any]:
         """What this supervisor is doing, as plain data (``aioray-runner status``): where
         it runs, its calls by phase, the oldest running, its loop's lag, its memory."""
-        return {**self._identity(), **self._census.snapshot()}
+        return {**self._where(), **self._census.snapshot()}
 
     # -- running calls -------------------------------------------------------------
-
-    async def _arrived(self, call_id: int) -> CallRecord:
-        record = self._calls.get(call_id)
-        if record is not None:
-            return record
-        arrival = self._arrivals.get(call_id)
-        if arrival is None:
-            arrival = asyncio.get_running_loop().create_future()
-            self._arrivals[call_id] = arrival
-        return await asyncio.shield(arrival)
 
     async def _run(
         self, record: CallRecord, digest: bytes, blob: bytes, deps: Sequence[Any], admitted: bool
@@ -400,25 +353,7 @@ class Supervisor:
         return result
 
     def _finish(self, record: CallRecord, kind: int, value: Any) -> None:
-        payload: bytes | None = None
-        try:
-            if kind == wire.OK:
-                kind, payload = wire.dumps_value(value, record.label)
-            elif kind == wire.ERROR:
-                payload = wire.dumps_exception(value)
-            elif kind == wire.RESEND:
-                payload = pickle.dumps(wire.ResendReason(value.index, value.owner))
-        except BaseException as exc:  # the outcome must be reported, whatever it is
-            kind, payload = (
-                wire.ERROR,
-                wire.dumps_exception(
-                    RemoteError(
-                        type(value).__qualname__,
-                        f"the outcome of {record.label} could not be sent back:"
-                        f" {type(exc).__name__}",
-                    )
-                ),
-            )
+        kind, payload = pack_outcome(kind, value, record.label)
         # Kept pickled, not as the live object: every dependent, here or on
         # another supervisor, gets its own copy, as the caller does.
         record.outcome = outcome = (kind, payload)
@@ -434,14 +369,22 @@ class Supervisor:
         if record.released or kind == wire.RESEND:
             # A call handed back is sent again under the same id, maybe to this
             # supervisor: its old record must not stand in for the new one.
-            self._calls.pop(record.call_id, None)
+            self._calls.forget(record.call_id)
 
 
-def _trim_malloc() -> None:
-    """Hand freed heap pages back to the OS (glibc), so RSS reflects live memory."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+def identity(index: int, settings: Settings, runtime: str, actor_id: str | None) -> dict[str, Any]:
+    """Who and where a supervisor is, as its ``info`` and ``status`` report it."""
+    context = ray.get_runtime_context()
+    node_id = context.get_node_id() if hasattr(context, "get_node_id") else None
+    return {
+        "index": index,
+        "pid": os.getpid(),
+        "node_id": node_id,
+        "node_ip": ray.util.get_node_ip_address(),
+        "backend": settings.backend,
+        "max_concurrency": settings.max_concurrency,
+        "blocked_loop_threshold": settings.blocked_loop_threshold,
+        "actor_id": actor_id,
+        "name": settings.name,
+        "runtime": runtime,
+    }

@@ -1,12 +1,17 @@
-"""A call on a supervisor: its record, the permits that cap how many run at once,
-and the hand-back of a call that cannot start here."""
+"""A call on a supervisor: its record, the table of records by id, the permits that
+cap how many run at once, the hand-back of a call that cannot start here, and its
+outcome packed for the caller."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterable
+import pickle
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from .._common import wire
+from ..errors import RemoteError
 
 
 class CallRecord:
@@ -49,6 +54,72 @@ class CallRecord:
             self.waiters = []
         self.waiters.append(waiter)
         return await waiter
+
+
+class CallTable:
+    """This supervisor's calls by id, from arrival until the caller releases them.
+
+    Also what arrives out of order: a dependent on this supervisor may ask for a
+    call's outcome (``arrived``) before the call itself arrives, and a cancel
+    may come before the call it cancels.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[int, CallRecord] = {}
+        self._arrivals: dict[int, asyncio.Future[CallRecord]] = {}
+        self._cancel_early: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> Iterable[CallRecord]:
+        """Every record held now (finished ones until released)."""
+        return self._records.values()
+
+    def get(self, call_id: int) -> CallRecord | None:
+        """The call's record, if it has arrived and is still held."""
+        return self._records.get(call_id)
+
+    def arrive(self, call_id: int, label: str) -> tuple[CallRecord, bool]:
+        """A call arrived: its new record, and whether a cancel came before it."""
+        record = self._records[call_id] = CallRecord(call_id, label)
+        arrival = self._arrivals.pop(call_id, None)
+        if arrival is not None:
+            arrival.set_result(record)
+        if call_id in self._cancel_early:
+            self._cancel_early.discard(call_id)
+            return record, True
+        return record, False
+
+    async def arrived(self, call_id: int) -> CallRecord:
+        """The call's record, once the call has arrived."""
+        record = self._records.get(call_id)
+        if record is not None:
+            return record
+        arrival = self._arrivals.get(call_id)
+        if arrival is None:
+            arrival = asyncio.get_running_loop().create_future()
+            self._arrivals[call_id] = arrival
+        return await asyncio.shield(arrival)
+
+    def cancel_early(self, call_id: int) -> None:
+        """A cancel for a call still on its way here: it ends as it arrives."""
+        self._cancel_early.add(call_id)
+
+    def release(self, call_ids: Sequence[int]) -> None:
+        """The caller dropped these futures: forget each outcome once finished."""
+        for call_id in call_ids:
+            record = self._records.get(call_id)
+            if record is None:
+                continue
+            if record.outcome is not None:
+                del self._records[call_id]
+            else:
+                record.released = True
+
+    def forget(self, call_id: int) -> None:
+        """Drop a finished call's record now (released, or handed back)."""
+        self._records.pop(call_id, None)
 
 
 class Permits:
@@ -134,3 +205,25 @@ def calls_holding(
                 return ((record.call_id, record.label),)
             waiting_on = getattr(waiting_on, "_fut_waiter", None)
     return ()
+
+
+def pack_outcome(kind: int, value: Any, label: str) -> tuple[int, bytes | None]:
+    """A finished call's outcome as ``(kind, pickled payload)`` for the caller.
+
+    Never raises: an outcome that cannot be pickled becomes a
+    :class:`RemoteError` saying so, for the call must be reported whatever it is.
+    """
+    try:
+        if kind == wire.OK:
+            return wire.dumps_value(value, label)
+        if kind == wire.ERROR:
+            return kind, wire.dumps_exception(value)
+        if kind == wire.RESEND:
+            return kind, pickle.dumps(wire.ResendReason(value.index, value.owner))
+        return kind, None
+    except BaseException as exc:
+        error = RemoteError(
+            type(value).__qualname__,
+            f"the outcome of {label} could not be sent back: {type(exc).__name__}",
+        )
+        return wire.ERROR, wire.dumps_exception(error)

@@ -9,7 +9,9 @@ never arguments or results: the snapshot is shown to whoever can reach the clust
 
 from __future__ import annotations
 
+import gc
 import heapq
+import resource
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Mapping, Sequence
@@ -170,3 +172,24 @@ def proc_status() -> dict[str, int]:
     except OSError:
         pass
     return values
+
+
+def process_memory(*, collect: bool = False) -> dict[str, int]:
+    """This process's ``rss_bytes`` and ``peak_rss_bytes``; ``collect`` runs the
+    garbage collector and trims the heap first, so RSS reflects live memory."""
+    if collect:
+        gc.collect()
+        _trim_malloc()
+    status = proc_status()
+    peak = status.get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"rss_bytes": status.get("VmRSS", 0), "peak_rss_bytes": peak}
+
+
+def _trim_malloc() -> None:
+    """Hand freed heap pages back to the OS (glibc)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
