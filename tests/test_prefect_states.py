@@ -399,12 +399,12 @@ async def records_a_crash_the_api_never_heard_of() -> str:
     # What the runner does when a supervisor dies before the engine's events
     # (which create the task run in the API) left it: the run is created, crashed.
     from aioray_runner._prefect import recovery
-    from aioray_runner._prefect.runner import _record_state
+    from aioray_runner._prefect.records import record_state
     from aioray_runner.errors import SupervisorDiedError
 
     task_run_id = uuid.uuid4()
     error = SupervisorDiedError("supervisor 0 (pid 1) died before the run was reported")
-    _record_state(add, task_run_id, recovery.crashed_state(error))
+    record_state(add, task_run_id, recovery.crashed_state(error))
     return str(task_run_id)
 
 

@@ -61,7 +61,7 @@ BUDGET_S = CANCEL_GRACE_S + FLUSH_S + RECORD_S
 #: temporary API to record what it was sent (it stops with the process), so
 #: that with Prefect's own exit (about a second) the process ends within 10 s.
 WAIT_S = 8.0
-# The runs to mark Crashed: Pending ones too (runner.py's _NOT_FINAL leaves them
+# The runs to mark Crashed: Pending ones too (records.py's _NOT_FINAL leaves them
 # out, as Pending("NotReady") is how a run whose upstream failed ends; after an
 # interrupt a run still Pending never started and must end too).
 _TO_MARK = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")

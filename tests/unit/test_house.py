@@ -54,18 +54,7 @@ PREFECT_MAY_IMPORT = {
 # the demo (``from aioray_runner.demo import main``, examples/pipeline.py).
 MAY_IMPORT_TOOLS = {"cli", "demo"}
 
-# The classes still longer than MAX_CLASS_LINES (issue 18 leaves them to split
-# further), each with the length it may not grow past: the list only shrinks.
-# (Ctrl-C's handling, merged right after the split, added to three of them:
-# batched cancels to Pool, close's grace to Runtime, the interrupted exit to the
-# runner; moving those into collaborators is part of the next split.)
 MAX_CLASS_LINES = 300
-LONG_CLASSES: dict[str, int] = {
-    "_caller.pool.Pool": 599,
-    "_caller.runtime.Runtime": 592,
-    "_prefect.runner.AioRayTaskRunner": 488,
-    "_supervisor.actor.Supervisor": 363,
-}
 
 
 @functools.cache
@@ -295,9 +284,8 @@ def test_no_class_is_longer_than_300_lines() -> None:
                 continue
             assert node.end_lineno is not None
             length = node.end_lineno - node.lineno + 1
-            ceiling = LONG_CLASSES.get(f"{module}.{node.name}", MAX_CLASS_LINES)
-            if length > ceiling:
-                problems.append(f"{module}.{node.name}: {length} lines (at most {ceiling})")
+            if length > MAX_CLASS_LINES:
+                problems.append(f"{module}.{node.name}: {length} lines (at most {MAX_CLASS_LINES})")
     assert not problems, "\n".join(problems)
 
 

@@ -1,0 +1,144 @@
+"""The runner's book of the task runs it sent (the flow's process).
+
+Which runtime call is which task run (a blocked-loop warning names a call, and
+belongs in that task run's logs), how many were sent and for which flow run (the
+runner waits until the API has recorded them), and the states the flow's process
+records itself: a run that could not be sent, and a run lost with its supervisor
+(``recovery.py`` says which state).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import functools
+import logging
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
+
+from .._caller.futures import AioRayFuture
+from .._common.watchdog import BlockedLoop
+from ..errors import SerializationError, SupervisorDiedError
+from . import recovery
+from .console import RunsOnConsole
+from .future import state_of
+from .records import record_state
+
+if TYPE_CHECKING:
+    from prefect.tasks import Task
+
+logger = logging.getLogger("aioray_runner")
+
+
+class TaskRunBook:
+    """The task runs one runner sent, while it runs (see the module docstring).
+
+    Made anew for each copy of a runner (copies are pickled into the context the
+    supervisors receive, and start empty there).
+    """
+
+    def __init__(self, console: RunsOnConsole, logger: logging.Logger) -> None:
+        self.console = console
+        self.logger = logger
+        #: Task runs sent so far (the API should record this many).
+        self.submitted = 0
+        #: The flow run of these task runs: its context is gone by the time the
+        #: runner exits (Prefect enters the runner first).
+        self.flow_run_id: uuid.UUID | None = None
+        #: The flow's context at the first task run sent: crash states are
+        #: recorded in it (its flow run, its API client settings).
+        self.context: contextvars.Context | None = None
+        # Call id -> (task run id, flow run id, task name) of the runs in flight.
+        self._runs_by_call: dict[int, tuple[uuid.UUID, uuid.UUID | None, str]] = {}
+        self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def sent(self, task: Task[Any, Any], task_run_id: uuid.UUID, call: AioRayFuture[Any]) -> None:
+        """A task run went out as this call (the flow's thread)."""
+        if self.context is None:
+            self.context = contextvars.copy_context()
+        flow_run = FlowRunContext.get()
+        flow_run_id = flow_run.flow_run.id if flow_run and flow_run.flow_run else None
+        self.submitted += 1
+        if self.flow_run_id is None:
+            self.flow_run_id = flow_run_id
+        self._runs_by_call[call.call_id] = (task_run_id, flow_run_id, task.name)
+        call.add_done_callback(functools.partial(self._on_done, task, task_run_id))
+
+    def failed_at_submit(
+        self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: Exception
+    ) -> State[Any]:
+        """A parameter cannot be pickled, or the run cannot take part in the flow's
+        transaction: this task run fails (in the API and the flow's log), the flow
+        goes on. Returns its final state."""
+        from prefect.states import Failed
+
+        message = (
+            f"Task run {task.name!r} could not be sent to a supervisor: {exc}"
+            if isinstance(exc, SerializationError)
+            else f"Task run {task.name!r} cannot run: {exc}"
+        )
+        state: State[Any] = Failed(message=message, data=exc)
+        record_state(task, task_run_id, state, exists=False)
+        flow_run = FlowRunContext.get()
+        if flow_run is not None:
+            from prefect.logging.loggers import get_run_logger
+
+            get_run_logger(flow_run).error(message)
+        else:
+            logger.error(message)
+        return state
+
+    def on_blocked_loop(self, blocked: BlockedLoop) -> None:
+        """Warn about a blocked supervisor loop in the logs of the task run that
+        blocked it, which Prefect shows in the console and sends to the API
+        (I/O thread). A stall no task run is known for goes to the runner's log."""
+        runs = [self._runs_by_call[c] for c in blocked.call_ids if c in self._runs_by_call]
+        if not runs:
+            self.logger.warning("%s", blocked)
+            return
+        task_run_id, flow_run_id, task_name = runs[0]
+        # Prefect sends only its run loggers' records to the API.
+        logging.getLogger("prefect.task_runs").warning(
+            "%s",
+            blocked,
+            extra={
+                "task_run_id": task_run_id,
+                "flow_run_id": flow_run_id,
+                "task_run_name": task_name,
+                "task_name": task_name,
+            },
+        )
+
+    def close(self, *, interrupted: bool) -> None:
+        """Finish recording crash states (after an interrupt: drop those not begun)."""
+        with self._lock:
+            reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            reporter.shutdown(wait=not interrupted, cancel_futures=interrupted)
+
+    def _on_done(
+        self, task: Task[Any, Any], task_run_id: uuid.UUID, call: AioRayFuture[Any]
+    ) -> None:
+        """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
+        self._runs_by_call.pop(call.call_id, None)
+        error = call.exception(0)
+        if self.console.summary:
+            try:
+                self.console.add(state_of(call).name or "?")
+            except Exception:  # a count must never keep a crash from being recorded
+                self.console.add("?")
+        if not isinstance(error, SupervisorDiedError) or self.context is None:
+            return
+        with self._lock:
+            if self._reporter is None:
+                self._reporter = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="aioray-crash-reporter"
+                )
+            reporter = self._reporter
+        state = recovery.crashed_state(error)
+        reporter.submit(self.context.copy().run, record_state, task, task_run_id, state)
