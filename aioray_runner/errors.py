@@ -64,9 +64,13 @@ class UpstreamError(AioRayError):
 class SupervisorDiedError(AioRayError):
     """The supervisor actor running a call died (its process exited or was killed).
 
-    Every call in flight on that supervisor fails with this error; later
-    submissions run on a replacement supervisor. Resubmit the call if it is safe
-    to run again.
+    Every call in flight on that supervisor that may have started fails with
+    this error (unless submitted with ``reruns``); later submissions run on a
+    replacement supervisor. Resubmit the call if it is safe to run again.
+
+    Also raised by ``submit`` when the supervisors of a group keep failing as
+    they start (a module in ``preload`` that fails to import, say): the message
+    says so, and where to look.
     """
 
 

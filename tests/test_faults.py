@@ -390,3 +390,38 @@ async def test_cancelling_calls_waiting_to_start_leaves_the_others_alone(
                     assert future.cancelled() or future.result(0) == (pid + 1, pid)
         assert rt.supervisor_info()[0]["pid"] == pid  # never replaced
         assert await rt.submit(add_pid, 1) == (2, pid)
+
+
+async def test_supervisors_that_keep_dying_as_they_start_are_not_replaced_forever(
+    ray_session: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every supervisor imports this module as it starts (preload): once the
+    # marker exists, the import fails, and so does every replacement. After
+    # three in a row the runtime stops starting them and says why, instead of
+    # replacing them every half second for ever.
+    marker = tmp_path / "broken"
+    (tmp_path / "breaks_when_told.py").write_text(
+        "import os\n"
+        "if os.path.exists(os.environ['BREAK_MARKER']):\n"
+        "    raise ImportError('broken on purpose')\n"
+    )
+    env = {"PYTHONPATH": str(tmp_path), "BREAK_MARKER": str(marker)}
+    options = {"runtime_env": {"env_vars": env}}
+    async with Runtime(supervisors=1, preload=["breaks_when_told"], actor_options=options) as rt:
+        running = rt.submit(sleep_then_pid, 30)
+        waiting = rt.submit(sleep_then_pid, 0)
+        assert await waiting == rt.supervisor_info()[0]["pid"]
+        marker.write_text("")
+        os.kill(rt.supervisor_info()[0]["pid"], signal.SIGKILL)
+        with anyio.fail_after(90), pytest.raises(SupervisorDiedError) as lost:
+            await running
+        gave_up = lambda: any("in a row failed" in r.getMessage() for r in caplog.records)  # noqa: E731
+        await wait_until(gave_up, within=60)
+        assert "supervisor 0" in str(lost.value)
+        # New calls fail at once, naming the cause and where to look.
+        with pytest.raises(
+            SupervisorDiedError, match="3 supervisors in a row failed as they started"
+        ) as refused:
+            rt.submit(sleep_then_pid, 0)
+        assert "preload" in str(refused.value)
+        assert not rt.supervisor_info()  # none left running

@@ -25,6 +25,7 @@ looking into them: ``tests/unit/test_call_ledger.py`` drives it without Ray.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -36,12 +37,13 @@ P = TypeVar("P")  # what sends it again (its parcel)
 class _Notes:
     """What the ledger keeps for a call beyond its books (few calls need it)."""
 
-    __slots__ = ("attempt", "cancelled", "loss", "reruns", "sends")
+    __slots__ = ("attempt", "cancelled", "loss", "lost_at", "reruns", "sends")
 
     def __init__(self) -> None:
         self.reruns = 0  # runs allowed after a death while it may have been running
         self.attempt = 1  # which run the next send is
         self.loss = ""  # why the previous run was lost
+        self.lost_at = 0.0  # when (time.time())
         self.sends = 0  # times handed back (resent) and sent again
         self.cancelled = False  # cancel() was called: never send it again
 
@@ -114,12 +116,13 @@ class CallLedger(Generic[F, P]):
         del self._notes[call_id]
         return True
 
-    def rerun_of(self, call_id: int) -> tuple[int, str] | None:
-        """``(attempt, previous loss)`` for a call being run again, else ``None``."""
+    def rerun_of(self, call_id: int) -> tuple[int, str, float] | None:
+        """``(attempt, previous loss, when: a time.time())`` for a call being run again,
+        else ``None``."""
         notes = self._notes.get(call_id) if self._notes else None
         if notes is None or notes.attempt == 1:
             return None
-        return notes.attempt, notes.loss
+        return notes.attempt, notes.loss, notes.lost_at
 
     def count_send(self, call_id: int) -> int:
         """The call was handed back to be sent again: how many times it has been."""
@@ -207,11 +210,13 @@ class CallLedger(Generic[F, P]):
         if book is None:
             return death
         resend = dict(book.unstarted)
+        now = time.time()
         for call_id, parcel in book.rerunnable.items():
             notes = self._notes_of(call_id)
             notes.reruns -= 1
             notes.attempt += 1
             notes.loss = loss
+            notes.lost_at = now
             resend[call_id] = parcel
         for call_id, future in book.in_flight.items():
             if call_id not in resend:

@@ -25,7 +25,7 @@ from typing import Any, cast
 from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import BlockedLoop
-from ..errors import RayLostError, RuntimeNotRunningError
+from ..errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError
 from .futures import AioRayFuture, Home, fail, settle
 from .iothread import IOThread, wait_ref
 from .ledger import CallLedger
@@ -185,6 +185,8 @@ class Pool:
         if supervisor is None:
             supervisor = self.supervisors.least_loaded(group)
             if supervisor is None:
+                if broken := self.supervisors.broken.get(group):
+                    raise SupervisorDiedError(f"cannot run {label}: {broken}.")
                 raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
         supervisor.assign()
         future: AioRayFuture[Any] = AioRayFuture(supervisor, call_id, label, upstream)

@@ -6,7 +6,10 @@ supervisor may have started: those fail with :class:`SupervisorDiedError` (or
 run again, if submitted with ``reruns``). Every other one never ran, and is sent
 to a live supervisor as it is: nothing that never started is lost. A call that a
 live supervisor hands back because an upstream's supervisor died is sent again
-with its dependencies lifted afresh. Everything here runs on the I/O thread.
+with its dependencies lifted afresh. A group whose supervisors keep failing in
+their constructor (three in a row, none of the group left running) is given up:
+its calls fail, and so does every later submission to it, instead of a new
+supervisor every half second for ever. Everything here runs on the I/O thread.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from .supervisors import RemoteSupervisor, Supervisors
 # A call whose upstream's supervisor died is sent again; a few times at most, in
 # case the upstream keeps moving (each move is a supervisor death).
 MAX_SENDS = 5
+#: Supervisors of a group that die in a row before they answer once: then the
+#: group is not replaced any more (an import error in ``preload``, a runtime_env
+#: that cannot be built, a node that kills every process: a new one would die too).
+MAX_FAILED_STARTS = 3
 
 
 class Recovery:
@@ -52,11 +59,27 @@ class Recovery:
         self.io = io
         self.logger = logger
         self._closed = closed
+        # Constructor failures in a row, by (group, index): see on_death.
+        self._failed_starts: dict[tuple[Any, int], int] = {}
 
     def on_death(self, supervisor: RemoteSupervisor, exc: BaseException) -> None:
         """``supervisor`` died (a failed poll or message): see the module docstring."""
         if not supervisor.alive or self._closed():
             return
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        group = supervisor.group
+        if broken := self.supervisors.broken.get(group):
+            self._give_up(supervisor, broken)
+            return
+        key = (group, supervisor.index)
+        if supervisor.info:  # it had started
+            self._failed_starts.pop(key, None)
+        elif _failed_in_constructor(exc):
+            failed = self._failed_starts[key] = self._failed_starts.get(key, 0) + 1
+            others = [s for s in self.supervisors.live(group) if s is not supervisor and s.info]
+            if failed >= MAX_FAILED_STARTS and not others:
+                self._give_up(supervisor, _gave_up(cause))
+                return
         # Put the replacement in place before failing any future: a caller woken
         # by the failure may submit again at once.
         replacement = self.supervisors.replace(supervisor)
@@ -64,11 +87,11 @@ class Recovery:
 
         # Calls announced (may have started) are lost, unless they may run
         # again; the rest never ran.
-        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         death = self.ledger.died(supervisor, f"{supervisor.describe()} died ({cause})")
         self.logger.warning(
             "%s died (%s). %d call(s) that had started on it failed; %d were sent to"
-            " %s (%d that had not started, %d allowed to run again). Starting a replacement.",
+            " %s (%d that had not started, %d allowed to run again). A replacement takes"
+            " its place.",
             supervisor.describe(),
             cause,
             len(death.lost),
@@ -127,9 +150,40 @@ class Recovery:
             # through another supervisor's poll a moment later.
             self.io.call_later(0.05, lambda: self.sender.dispatch([parcel], relift=True))
 
+    def _give_up(self, supervisor: RemoteSupervisor, reason: str) -> None:
+        """Supervisors of this group keep failing as they start: fail its calls."""
+        self.supervisors.give_up(supervisor, reason)
+        death = self.ledger.died(supervisor, reason)
+        doomed = [*death.lost, *(parcel[0] for parcel in death.resend)]
+        for parcel in death.resend:
+            self.ledger.forget(parcel[0].call_id)
+        self.logger.error("%s; %d call(s) failed.", reason, len(doomed))
+        for future in doomed:
+            fail(future, SupervisorDiedError(f"{future.label} cannot run: {reason}."))
+
     async def _describe(self, supervisor: RemoteSupervisor) -> None:
         try:
             supervisor.info = await wait_ref(supervisor.handle.info.remote())
+            self._failed_starts.pop((supervisor.group, supervisor.index), None)
             self.logger.info("Replacement %s is ready", supervisor.describe())
         except Exception as exc:
             self.on_death(supervisor, exc)
+
+
+def _failed_in_constructor(exc: BaseException) -> bool:
+    """Whether a supervisor died starting (its constructor raised, its runtime_env
+    could not be built), not later: only those count towards giving a group up."""
+    from ray.exceptions import RuntimeEnvSetupError
+
+    if isinstance(exc, RuntimeEnvSetupError):
+        return True
+    return bool(getattr(exc, "actor_init_failed", False))
+
+
+def _gave_up(cause: str) -> str:
+    return (
+        f"{MAX_FAILED_STARTS} supervisors in a row failed as they started (the last:"
+        f" {cause}), so no more are started for these calls. Look for the cause in the"
+        " supervisors' logs (Ray's dashboard, or /tmp/ray/session_latest/logs): a module"
+        " in `preload` that fails to import, a runtime_env that cannot be built"
+    )

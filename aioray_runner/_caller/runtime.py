@@ -279,6 +279,7 @@ class Runtime(Submitting):
             TypeError, ValueError: ``reruns`` is not a whole number of 0 or more.
             RuntimeNotRunningError: the runtime is not running.
             RayLostError: Ray went away; the runtime cannot run more calls.
+            SupervisorDiedError: supervisors for these options keep failing to start.
         """
         pool = self._require()
         return pool.submit(

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from .._common import wire
-from ..errors import RuntimeNotRunningError
+from ..errors import RuntimeNotRunningError, SupervisorDiedError
 from .futures import AioRayFuture, fail, held_outcome, home_of, mark_cancelled, move
 from .iothread import IOThread, wait_ref
 from .ledger import CallLedger
@@ -94,9 +94,12 @@ class Sender:
                 rerouted = self._reroute(future)
                 if rerouted is None:
                     ledger.forget(future.call_id)
+                    broken = self.supervisors.broken.get(supervisor.group)
                     fail(
                         future,
-                        RuntimeNotRunningError(
+                        SupervisorDiedError(f"{future.label} cannot run: {broken}.")
+                        if broken
+                        else RuntimeNotRunningError(
                             f"{future.label}: the runtime closed before the call was sent"
                         ),
                     )

@@ -4,9 +4,12 @@ A :class:`RemoteSupervisor` is one supervisor actor as the caller sees it (its
 handle, its load, where it runs); :class:`Supervisors` keeps them by group (the
 Ray actor options they were started with) and is the one place that starts an
 actor: the default group with the pool, another group on first use, a
-replacement after a death. Groups and their supervisors change on the caller's
-threads (a new group) and the I/O thread (a replacement); each change is one
-assignment under the lock, so readers see a group whole.
+replacement after a death, and a standby for a supervisor that died once (its
+next death is taken over at once). A group whose supervisors keep failing as
+they start is marked broken (:attr:`Supervisors.broken`) and takes no calls.
+Groups and their supervisors change on the caller's threads (a new group) and
+the I/O thread (a replacement); each change is one assignment under the lock, so
+readers see a group whole.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import collections
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import ray
@@ -66,6 +69,9 @@ class RemoteSupervisor:
         self.handle = handle
         self.generation = generation
         self.alive = True
+        #: It ended on its own (killed, crashed, Ray lost), not stopped by the
+        #: runtime: whatever it had not sent yet (Prefect's events, say) is lost.
+        self.died = False
         self.info: dict[str, Any] = {}
         # Ray has no public accessor for a handle's actor id; supervisors
         # report deaths of others by this id (see Recovery.send_again).
@@ -146,6 +152,12 @@ class Supervisors:
         self._numbers: dict[GroupKey, int] = {DEFAULT_GROUP: 0}
         # The live CPU nodes, read at the first pinned placement (see _new).
         self._nodes: list[str] = []
+        # A started, idle next generation of each supervisor that died once, by
+        # (group, index): its next death is replaced at once (see replace).
+        self._standbys: dict[tuple[GroupKey, int], RemoteSupervisor] = {}
+        #: Groups whose supervisors keep dying before they start, and why: they
+        #: are not replaced any more (see Recovery), and take no calls.
+        self.broken: dict[GroupKey, str] = {}
         self._lock = threading.Lock()
         self._io = io
         self._cancel = cancel
@@ -193,27 +205,73 @@ class Supervisors:
         return [supervisor for supervisors in self.groups.values() for supervisor in supervisors]
 
     def least_loaded(self, group: GroupKey) -> RemoteSupervisor | None:
-        """The live supervisor of ``group`` with the fewest calls not finished, if any."""
+        """The live supervisor of ``group`` with the fewest calls not finished, if any
+        (none in a broken group: see :attr:`broken`)."""
+        if group in self.broken:
+            return None
         supervisors = self.live(group)
         return min(supervisors, key=lambda s: s.load) if supervisors else None
 
     def replace(self, dead: RemoteSupervisor) -> RemoteSupervisor:
-        """Kill ``dead`` (if it still runs) and put a new supervisor in its place."""
+        """Kill ``dead`` (if it still runs) and put a new supervisor in its place.
+
+        A supervisor that died once may die again (a flaky node, a task that
+        runs it out of memory, chaos): its replacement gets a standby, the
+        generation after it, started now and idle until it is needed. Starting
+        a supervisor takes seconds (Prefect's imports, in a Prefect flow), and
+        every call that was running waits for it. Not for groups whose
+        supervisors hold resources (a CPU, a GPU): a standby would hold them idle.
+        """
         dead.alive = False
+        dead.died = True
         try:
             ray.kill(dead.handle, no_restart=True)
         except Exception:
             pass
-        replacement = self._new(dead.index, dead.group, dead.generation + 1)
+        with self._lock:
+            standby = self._standbys.pop((dead.group, dead.index), None)
+        replacement = standby or self._new(dead.index, dead.group, dead.generation + 1)
         group = list(self.groups[dead.group])
         group[group.index(dead)] = replacement
         self.groups[dead.group] = group
         self._on_started(replacement)
+        self._start_standby(replacement)
         return replacement
 
+    def _start_standby(self, supervisor: RemoteSupervisor) -> None:
+        options = (self.settings.actor_options, self._options.get(supervisor.group, {}))
+        # A name of the user's own cannot be given to two actors at once.
+        if _holds_resources(*options) or any("name" in given for given in options):
+            return
+        try:
+            standby = self._new(supervisor.index, supervisor.group, supervisor.generation + 1)
+        except Exception:  # a standby is a nicety: the calls in hand come first
+            self.logger.debug("could not start a standby supervisor", exc_info=True)
+            return
+        with self._lock:
+            self._standbys[(supervisor.group, supervisor.index)] = standby
+
+    def give_up(self, dead: RemoteSupervisor, reason: str) -> None:
+        """Do not replace ``dead``: its group is broken (``reason`` says why)."""
+        self.broken[dead.group] = reason  # first: a submit meanwhile must read why
+        dead.alive = False
+        dead.died = True
+        with self._lock:
+            standby = self._standbys.pop((dead.group, dead.index), None)
+        for supervisor in (dead, standby):
+            if supervisor is not None:
+                try:
+                    ray.kill(supervisor.handle, no_restart=True)
+                except Exception:
+                    pass
+
     def stop_all(self, *, kill: bool) -> None:
-        """Mark every supervisor dead; with ``kill``, end their actors too."""
-        for supervisor in self.every():
+        """Mark every supervisor dead; with ``kill``, end their actors too (without,
+        they are gone already: Ray went away, and they died with it)."""
+        with self._lock:
+            standbys, self._standbys = list(self._standbys.values()), {}
+        for supervisor in [*self.every(), *standbys]:
+            supervisor.died = supervisor.died or (supervisor.alive and not kill)
             supervisor.alive = False
             if kill:
                 try:
@@ -281,3 +339,13 @@ class Supervisors:
             )
         for supervisor, info in zip(supervisors, ray.get(refs)):
             supervisor.info = info
+
+
+def _holds_resources(*options: Mapping[str, Any]) -> bool:
+    """Whether supervisors started with these actor options hold resources (a CPU, ...)."""
+    for given in options:
+        if given.get("num_cpus") or given.get("num_gpus") or given.get("resources"):
+            return True
+        if given.get("memory") or given.get("accelerator_type"):
+            return True
+    return False

@@ -90,6 +90,8 @@ class Rerun(NamedTuple):
 
     attempt: int
     previous_loss: str
+    #: When the caller learned of the loss (its ``time.time()``).
+    lost_at: float = 0.0
 
 
 class StallReport(NamedTuple):

@@ -195,7 +195,8 @@ class Supervisor:
         context = None
         if rerun is not None:  # the task sees its attempt through current_attempt()
             context = contextvars.copy_context()
-            context.run(set_attempt, Attempt(rerun.attempt, rerun.previous_loss))
+            attempt = Attempt(rerun.attempt, rerun.previous_loss, rerun.lost_at)
+            context.run(set_attempt, attempt)
         record.admitted = admitted
         coro = self._run(record, digest, blob, deps, admitted)
         if _EAGER_TASKS:

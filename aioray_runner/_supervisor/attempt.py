@@ -15,10 +15,15 @@ class Attempt:
             while an earlier run may have been under way.
         previous_loss: Why the previous run was lost (which supervisor died, and
             how), or ``""`` on the first run.
+        lost_at: When the caller learned of that loss (a ``time.time()`` of the
+            caller's clock), or ``0.0`` on the first run. Work the lost run had
+            sent out shortly before (a message to a service, say) may still be
+            arriving there.
     """
 
     number: int = 1
     previous_loss: str = ""
+    lost_at: float = 0.0
 
 
 _FIRST_ATTEMPT = Attempt()
