@@ -3,35 +3,51 @@
 Which runtime call is which task run (a blocked-loop warning names a call, and
 belongs in that task run's logs), how many were sent and for which flow run (the
 runner waits until the API has recorded them), and the states the flow's process
-records itself: a run that could not be sent, and a run lost with its supervisor
-(``recovery.py`` says which state).
+records itself: a run that could not be sent, a run lost with its supervisor
+(``recovery.py`` says which state), and a run that finished on a supervisor that
+died before sending its final state to the API. At the end it waits until a
+temporary API has recorded every run's end (or says which it has not).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextvars
 import functools
 import logging
 import threading
+import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 
 from .._caller.futures import AioRayFuture
+from .._caller.supervisors import RemoteSupervisor, supervisor_of
 from .._common.watchdog import BlockedLoop
 from ..errors import SerializationError, SupervisorDiedError
 from . import recovery
 from .console import RunsOnConsole
 from .future import state_of
-from .records import record_state
+from .records import record_missed_finals, record_state, wait_until_recorded
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
 logger = logging.getLogger("aioray_runner")
+
+#: Seconds a final state is kept per supervisor, in case that supervisor dies
+#: before Prefect's engine there has sent it to the API (it sends within seconds).
+RECENT_S = 60.0
+
+
+class _Final(NamedTuple):
+    at: float  # time.monotonic() when the flow learned it
+    task_run_id: uuid.UUID
+    task: Any
+    state: State[Any]
 
 
 class TaskRunBook:
@@ -54,6 +70,10 @@ class TaskRunBook:
         self.context: contextvars.Context | None = None
         # Call id -> (task run id, flow run id, task name) of the runs in flight.
         self._runs_by_call: dict[int, tuple[uuid.UUID, uuid.UUID | None, str]] = {}
+        # Final states the flow learned in the last RECENT_S on each supervisor:
+        # if that one dies, the API may never hear them (see close). Older ones
+        # were sent long before any death.
+        self._recent: dict[RemoteSupervisor, collections.deque[_Final]] = {}
         self._reporter: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -115,11 +135,56 @@ class TaskRunBook:
         )
 
     def close(self, *, interrupted: bool) -> None:
-        """Finish recording crash states (after an interrupt: drop those not begun)."""
+        """After the runtime closed: finish recording crash states (after an
+        interrupt: drop those not begun and stop there), record the final states
+        that died unsent with a supervisor, and wait (with Prefect's temporary
+        API) until the API has recorded every run's end, or warn naming those it
+        has not."""
         with self._lock:
             reporter, self._reporter = self._reporter, None
         if reporter is not None:
             reporter.shutdown(wait=not interrupted, cancel_futures=interrupted)
+        recent, self._recent = self._recent, {}
+        if interrupted or self.context is None:
+            return
+        # Prefect's engine sends a run's final state to the API as an event, a
+        # moment after the run ends; a supervisor that died took the events it
+        # had not sent yet with it. The flow's process knows those states.
+        missed = {
+            final.task_run_id: (final.task, final.state)
+            for supervisor, finals in recent.items()
+            if supervisor.died
+            for final in finals
+        }
+        if missed:
+            self._record_missed(self.context, missed)
+        if self.flow_run_id is None:
+            return
+        unrecorded = wait_until_recorded(self.flow_run_id, self.submitted, say=self.logger.info)
+        if unrecorded is not None and unrecorded.runs:
+            self.logger.warning(
+                "Prefect's temporary API had not recorded the end of %d task run(s) when"
+                " this flow ended (%s%s): the UI may show them unfinished, though the flow"
+                " has their final states. A Prefect server of your own (PREFECT_API_URL)"
+                " keeps recording after the flow's process exits.",
+                unrecorded.runs,
+                ", ".join(unrecorded.names) or "names unknown",
+                ", ..." if unrecorded.runs > len(unrecorded.names) else "",
+            )
+
+    def _record_missed(
+        self,
+        context: contextvars.Context,
+        missed: dict[uuid.UUID, tuple[Task[Any, Any], State[Any]]],
+    ) -> None:
+        failed = context.copy().run(record_missed_finals, missed)
+        if failed:
+            self.logger.warning(
+                "The API may not show the final state of %d task run(s) that finished on"
+                " a supervisor that died later (the API did not take it): %s",
+                len(failed),
+                ", ".join(failed),
+            )
 
     def _on_done(
         self, task: Task[Any, Any], task_run_id: uuid.UUID, call: AioRayFuture[Any]
@@ -127,11 +192,19 @@ class TaskRunBook:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(call.call_id, None)
         error = call.exception(0)
+        try:
+            state: State[Any] | None = state_of(call)
+        except Exception:  # a count must never keep a crash from being recorded
+            state = None
         if self.console.summary:
-            try:
-                self.console.add(state_of(call).name or "?")
-            except Exception:  # a count must never keep a crash from being recorded
-                self.console.add("?")
+            self.console.add(state.name or "?" if state is not None else "?")
+        if error is None and state is not None and state.is_final():
+            now = time.monotonic()
+            finals = self._recent.setdefault(supervisor_of(call), collections.deque())
+            while finals and finals[0].at < now - RECENT_S:
+                finals.popleft()
+            # Without its data: the result stays the user's to keep or drop.
+            finals.append(_Final(now, task_run_id, task, state.model_copy(update={"data": None})))
         if not isinstance(error, SupervisorDiedError) or self.context is None:
             return
         with self._lock:

@@ -31,20 +31,6 @@ def ensure_logging_setup() -> None:
         configuration.setup_logging()
 
 
-def dynamic_key_for_task_run(flow_run_context: Any, task: Any) -> str:
-    """The dynamic key Prefect gives the next run of ``task`` in this flow run.
-
-    Moved from ``prefect.utilities._engine`` to ``prefect._internal.engine`` in 3.7.1.
-    """
-    import importlib
-
-    try:
-        module = importlib.import_module("prefect._internal.engine")
-    except ImportError:
-        module = importlib.import_module("prefect.utilities._engine")
-    return str(module.dynamic_key_for_task_run(flow_run_context, task))
-
-
 async def retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
     """Whether ``task.retry_condition_fn`` lets ``task_run`` retry after ``state``.
 

@@ -137,14 +137,14 @@ def _engine_arguments(
 
 
 async def _after_loss_in(
-    scope: contextvars.Context, task: Any, task_run_id: UUID
+    scope: contextvars.Context, task: Any, task_run_id: UUID, parameters: dict[str, Any]
 ) -> tuple[Any, Any, Any]:
     """:func:`recovery.after_loss` for the current call, run in the flow run's ``scope``."""
     attempt = current_attempt()  # the call's, read in the call's own context
     if attempt.number == 1:
         return None, task, None
     return await asyncio.get_running_loop().create_task(
-        after_loss(task, task_run_id, attempt), context=scope.copy()
+        after_loss(task, task_run_id, attempt, parameters), context=scope.copy()
     )
 
 
@@ -186,7 +186,7 @@ async def run_async_task(
             _enter_call_context(stack, call_context)
             try:
                 entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
-                final, run_task, task_run = await after_loss(task, task_run_id, attempt)
+                final, run_task, task_run = await after_loss(task, task_run_id, attempt, parameters)
                 if final is not None:
                     return final
                 state = await run_task_async(
@@ -248,7 +248,7 @@ async def run_sync_task_in_thread(
 
     task_run_id, call_context = request.task_run_id, request.call_context
     scope = await _scope_for(key, flow_context)
-    final, run_task, task_run = await _after_loss_in(scope, task, task_run_id)
+    final, run_task, task_run = await _after_loss_in(scope, task, task_run_id, parameters)
     if final is not None:
         return final
 
@@ -346,7 +346,7 @@ async def run_sync_task(
     task_run = None
     if current_attempt().number > 1:  # run again after a supervisor died
         scope = await _scope_for(key, flow_context)
-        final, task, task_run = await _after_loss_in(scope, task, request.task_run_id)
+        final, task, task_run = await _after_loss_in(scope, task, request.task_run_id, parameters)
         if final is not None:
             return final
 

@@ -67,13 +67,13 @@ from .._common.settings import (
     DEFAULT_START_TIMEOUT,
     Settings,
 )
-from ..errors import SerializationError
+from ..errors import SerializationError, SupervisorDiedError
 from . import api, interrupt, remote, transactions
 from .book import TaskRunBook
 from .calls import TaskRunCalls
 from .console import RUN_LOGGERS, RunsOnConsole
 from .future import PrefectAioRayFuture, aresult, aresults
-from .records import wait_until_recorded
+from .records import Unrecorded, wait_until_recorded
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
@@ -284,16 +284,16 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                     book.context,
                     # A temporary API stops with this process: what it has not
                     # recorded by then is lost (see records.wait_until_recorded).
-                    lambda within: (
+                    lambda within: _count(
                         wait_until_recorded(flow_run_id, None, within) if flow_run_id else None
                     ),
                 )
                 self.logger.warning("%s", report.line())
             elif runtime is not None:
                 _close_runtime(runtime, self._key, cancel=exc_type is not None)
+            # Crash states, states a dead supervisor did not send, and a wait for a
+            # temporary API to record them all.
             book.close(interrupted=interrupted)
-            if runtime is not None and book.flow_run_id and not interrupted:
-                wait_until_recorded(book.flow_run_id, book.submitted, say=self.logger.info)
             if self.console == "summary" and (line := self._shown.line()):
                 self.logger.info(line)
         finally:
@@ -348,7 +348,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                 actor_options=call.actor_options,
                 reruns=call.reruns,
             )
-        except (transactions.TransactionNotPortable, SerializationError) as exc:
+        except _FAILS_THE_RUN as exc:
             state = self._book.failed_at_submit(task, task_run_id, exc)
             failed = AioRayFuture.failed(exc, task.name)
             future: PrefectAioRayFuture[Any] = PrefectAioRayFuture(
@@ -390,6 +390,11 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         return super().map(task, parameters, wait_for)
 
 
+# Errors of submit that fail one task run (recorded as its state), not the flow: a
+# parameter that cannot be pickled, a transaction a supervisor cannot take part in,
+# supervisors for the run that keep failing as they start (docs/failures.md).
+_FAILS_THE_RUN = (transactions.TransactionNotPortable, SerializationError, SupervisorDiedError)
+
 _SYNC_TASKS = {
     "threads": "sync tasks run in threads of a supervisor",
     "ray": "each runs as a Ray task, as under RayTaskRunner",
@@ -417,6 +422,10 @@ def check_choice(name: str, value: object, choices: dict[str, str]) -> None:
     if value not in choices:
         valid = " or ".join(f"{choice!r} ({meaning})" for choice, meaning in choices.items())
         raise ValueError(f"{name} must be {valid}, not {value!r}")
+
+
+def _count(unrecorded: Unrecorded | None) -> int | None:
+    return None if unrecorded is None else unrecorded.runs
 
 
 def _merged(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:

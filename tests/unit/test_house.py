@@ -48,6 +48,8 @@ PREFECT_MAY_IMPORT = {
     ("_common.settings", "DEFAULT_THREADS"): "the runner's defaults are the runtime's",
     ("_common.settings", "SETTING_NAMES"): "the runner takes every setting the runtime takes",
     ("_caller.placement", "ACTOR_PLACEMENT_OPTIONS"): "remote_options sorts Ray's options by kind",
+    ("_caller.supervisors", "supervisor_of"): "a final state is resent if its supervisor died",
+    ("_caller.supervisors", "RemoteSupervisor"): "the type supervisor_of returns",
 }
 
 # Modules that may import the tools: the command line, and the public path of
