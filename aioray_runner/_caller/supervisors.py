@@ -158,6 +158,7 @@ class Supervisors:
         #: Groups whose supervisors keep dying before they start, and why: they
         #: are not replaced any more (see Recovery), and take no calls.
         self.broken: dict[GroupKey, str] = {}
+        self._stopped = False  # stop_all ran: a standby started after it is ended at once
         self._lock = threading.Lock()
         self._io = io
         self._cancel = cancel
@@ -249,7 +250,13 @@ class Supervisors:
             self.logger.debug("could not start a standby supervisor", exc_info=True)
             return
         with self._lock:
-            self._standbys[(supervisor.group, supervisor.index)] = standby
+            # A death handled while the runtime closes (another thread) must
+            # not leave a standby behind the close.
+            stopped = self._stopped
+            if not stopped:
+                self._standbys[(supervisor.group, supervisor.index)] = standby
+        if stopped:
+            ray.kill(standby.handle, no_restart=True)
 
     def give_up(self, dead: RemoteSupervisor, reason: str) -> None:
         """Do not replace ``dead``: its group is broken (``reason`` says why)."""
@@ -270,6 +277,7 @@ class Supervisors:
         they are gone already: Ray went away, and they died with it)."""
         with self._lock:
             standbys, self._standbys = list(self._standbys.values()), {}
+            self._stopped = True
         for supervisor in [*self.every(), *standbys]:
             supervisor.died = supervisor.died or (supervisor.alive and not kill)
             supervisor.alive = False

@@ -27,7 +27,7 @@ from prefect.context import FlowRunContext
 from .._caller.futures import AioRayFuture
 from .._caller.supervisors import RemoteSupervisor, supervisor_of
 from .._common.watchdog import BlockedLoop
-from ..errors import SerializationError, SupervisorDiedError
+from ..errors import SerializationError, UpstreamError
 from . import recovery
 from .console import RunsOnConsole
 from .future import state_of
@@ -192,10 +192,12 @@ class TaskRunBook:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(call.call_id, None)
         error = call.exception(0)
-        try:
-            state: State[Any] | None = state_of(call)
-        except Exception:  # a count must never keep a crash from being recorded
-            state = None
+        state: State[Any] | None = None
+        if error is None or self.console.summary:  # a lost run's state is made below
+            try:
+                state = state_of(call)
+            except Exception:  # a count must never keep a crash from being recorded
+                pass
         if self.console.summary:
             self.console.add(state.name or "?" if state is not None else "?")
         if error is None and state is not None and state.is_final():
@@ -205,7 +207,11 @@ class TaskRunBook:
                 finals.popleft()
             # Without its data: the result stays the user's to keep or drop.
             finals.append(_Final(now, task_run_id, task, state.model_copy(update={"data": None})))
-        if not isinstance(error, SupervisorDiedError) or self.context is None:
+        # A call that failed outside the task's own code (its supervisor died, the
+        # remote side raised) ends Crashed in the flow: the API must say so too,
+        # whatever the engine there had sent. (A lost upstream is Prefect's own
+        # NotReady, which the engine records: left alone.)
+        if error is None or isinstance(error, UpstreamError) or self.context is None:
             return
         with self._lock:
             if self._reporter is None:
