@@ -225,10 +225,7 @@ class Supervisors:
         """
         dead.alive = False
         dead.died = True
-        try:
-            ray.kill(dead.handle, no_restart=True)
-        except Exception:
-            pass
+        _end(dead.handle)
         with self._lock:
             standby = self._standbys.pop((dead.group, dead.index), None)
         replacement = standby or self._new(dead.index, dead.group, dead.generation + 1)
@@ -256,7 +253,7 @@ class Supervisors:
             if not stopped:
                 self._standbys[(supervisor.group, supervisor.index)] = standby
         if stopped:
-            ray.kill(standby.handle, no_restart=True)
+            _end(standby.handle)
 
     def give_up(self, dead: RemoteSupervisor, reason: str) -> None:
         """Do not replace ``dead``: its group is broken (``reason`` says why)."""
@@ -267,10 +264,7 @@ class Supervisors:
             standby = self._standbys.pop((dead.group, dead.index), None)
         for supervisor in (dead, standby):
             if supervisor is not None:
-                try:
-                    ray.kill(supervisor.handle, no_restart=True)
-                except Exception:
-                    pass
+                _end(supervisor.handle)
 
     def stop_all(self, *, kill: bool) -> None:
         """Mark every supervisor dead; with ``kill``, end their actors too (without,
@@ -282,10 +276,7 @@ class Supervisors:
             supervisor.died = supervisor.died or (supervisor.alive and not kill)
             supervisor.alive = False
             if kill:
-                try:
-                    ray.kill(supervisor.handle, no_restart=True)
-                except Exception:
-                    pass
+                _end(supervisor.handle)
 
     def placement(self) -> str:
         """Where the live default supervisors run: ``"127.0.0.1 x2, 10.0.0.5 x1"``."""
@@ -357,3 +348,11 @@ def _holds_resources(*options: Mapping[str, Any]) -> bool:
         if given.get("memory") or given.get("accelerator_type"):
             return True
     return False
+
+
+def _end(handle: Any) -> None:
+    """End a supervisor's actor; one already gone (or a Ray going away) is no error."""
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception:
+        pass

@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 
 from . import api
+from .recovery import READ_CHUNK, SETTLE_S
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
@@ -180,14 +181,6 @@ def record_state(
         return False
 
 
-#: Task runs read back per API request when checking the states a dead
-#: supervisor may not have sent.
-_READ_CHUNK = 200
-#: Seconds to let the API take in events already on their way before a state it
-#: lacks is written over them.
-_SETTLE_S = 1.0
-
-
 def record_missed_finals(finals: dict[uuid.UUID, tuple[Task[Any, Any], State[Any]]]) -> list[str]:
     """Put in the API the final states the flow's process knows and the API lacks.
 
@@ -210,7 +203,8 @@ def record_missed_finals(finals: dict[uuid.UUID, tuple[Task[Any, Any], State[Any
             states = _read_states(client, list(finals))
             missed = [task_run_id for task_run_id in finals if differs(states, task_run_id)]
             if missed:
-                time.sleep(_SETTLE_S)
+                # Events already on their way are not overtaken.
+                time.sleep(SETTLE_S)
                 states = _read_states(client, missed)
                 missed = [task_run_id for task_run_id in missed if differs(states, task_run_id)]
     except Exception:
@@ -231,8 +225,8 @@ def _read_states(client: Any, ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 
     states: dict[uuid.UUID, Any] = {}
-    for start in range(0, len(ids), _READ_CHUNK):
-        chunk = ids[start : start + _READ_CHUNK]
+    for start in range(0, len(ids), READ_CHUNK):
+        chunk = ids[start : start + READ_CHUNK]
         runs = client.read_task_runs(
             task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)), limit=len(chunk)
         )

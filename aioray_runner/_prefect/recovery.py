@@ -99,6 +99,8 @@ def _announce(task_run: Any, state: Any) -> None:
 #: Seconds after a loss by which the lost run's last events, sent before its
 #: supervisor died, have normally been recorded by the API.
 SETTLE_S = 1.0
+#: Task runs read by id per API request.
+READ_CHUNK = 200
 #: Seconds between reads of a run whose recorded state may still be changing.
 _REREAD_S = 0.5
 
@@ -144,8 +146,6 @@ class _Reads:
     """
 
     _by_client: weakref.WeakKeyDictionary[Any, _Reads] = weakref.WeakKeyDictionary()
-    #: Task runs per request, at most.
-    CHUNK = 200
     #: Seconds a first read waits for others to join it.
     GATHER_S = 0.02
 
@@ -181,8 +181,8 @@ class _Reads:
             if client is None:
                 raise RuntimeError("the flow run's API client was closed")
             ids = list(waiting)
-            for start in range(0, len(ids), self.CHUNK):
-                chunk = ids[start : start + self.CHUNK]
+            for start in range(0, len(ids), READ_CHUNK):
+                chunk = ids[start : start + READ_CHUNK]
                 runs = await client.read_task_runs(
                     task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)),
                     limit=len(chunk),
