@@ -153,8 +153,10 @@ def api_view(flow_run_id: UUID) -> dict[str, Any]:
     }
 
 
-def _state(state: Any) -> tuple[str, str] | None:
-    return (state.type.value, state.name) if state is not None else None
+def _state(state: Any) -> tuple[str, str]:
+    # A run the API has just created from its first event may have no state yet:
+    # it must still sort beside the others (settled_api_view then waits for it).
+    return (state.type.value, state.name) if state is not None else ("NONE", "")
 
 
 def _level(level: int) -> str:
