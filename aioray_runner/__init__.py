@@ -5,6 +5,7 @@ The public surface is small:
 * :class:`Runtime` starts supervisor actors and submits coroutines to them,
   configured by one :class:`Settings`;
 * :class:`AioRayFuture` is what ``submit`` returns: awaitable from asyncio and trio;
+* :class:`Stream` is what ``stream`` returns: a generator's values as they are made;
 * :class:`AioRayTaskRunner` and :func:`remote_options` are the Prefect 3 task
   runner, :func:`aresult` and :func:`aresults` await its tasks' results in typed
   code (they need Prefect; the core runtime does not);
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._caller.futures import AioRayFuture
     from ._caller.runtime import Runtime, RuntimeOptions
+    from ._caller.streams import Stream
     from ._common.settings import Settings
     from ._common.watchdog import BlockedLoop
     from ._common.wire import register_reducer
@@ -65,6 +67,7 @@ _HOMES = {
     "RuntimeOptions": "_caller.runtime",
     "SerializationError": "errors",
     "Settings": "_common.settings",
+    "Stream": "_caller.streams",
     "SupervisorDiedError": "errors",
     "UpstreamError": "errors",
     "aresult": "task_runners",
@@ -91,6 +94,7 @@ __all__ = [
     "RuntimeOptions",
     "SerializationError",
     "Settings",
+    "Stream",
     "SupervisorDiedError",
     "UpstreamError",
     "aresult",

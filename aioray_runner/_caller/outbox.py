@@ -20,9 +20,16 @@ from .wakeups import end_of_turn_scheduler
 
 # Everything needed to send one call (again): the future, the function's digest
 # and bytes, the pickled arguments, their dependencies and, parallel to those,
-# the futures behind them (None for an ObjectRef).
+# the futures behind them (None for an ObjectRef), and a stream's limits (None
+# for a plain call).
 Parcel = tuple[
-    AioRayFuture[Any], bytes, bytes, bytes, list[wire.Dep], "list[AioRayFuture[Any] | None]"
+    AioRayFuture[Any],
+    bytes,
+    bytes,
+    bytes,
+    list[wire.Dep],
+    "list[AioRayFuture[Any] | None]",
+    "wire.StreamLimits | None",
 ]
 
 

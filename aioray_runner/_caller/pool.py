@@ -36,6 +36,7 @@ from .recovery import Recovery
 from .releases import Releases
 from .reports import Reports
 from .sending import Sender
+from .streams import Inbox, Inboxes
 from .supervisors import RemoteSupervisor, Supervisors
 from .wakeups import one_wakeup_per_loop
 
@@ -92,6 +93,8 @@ class Pool:
         # Asks whether Ray is still there, once a second (raywatch.py).
         self.ray_watch = RayWatch(self.io, ray_probe, self.on_ray_lost, logger, self._stopped)
         self._functions = wire.FunctionCache()
+        # Streams' values not yet taken, by call id (streams.py).
+        self.inboxes = Inboxes()
         self._ids = itertools.count(1)
         self._closed = False
         self._started = False
@@ -156,11 +159,14 @@ class Pool:
         supervisor: RemoteSupervisor | None = None,
         label: str | None = None,
         reruns: int = 0,
+        stream: tuple[wire.StreamLimits, Inbox] | None = None,
     ) -> AioRayFuture[Any]:
         """Queue one call; see the module docstring.
 
         ``reruns``: how many times the call is sent again if its supervisor dies
         after it may have started (it sees ``current_attempt()`` grow).
+        ``stream``: the call is a stream, with its limits and the inbox its values
+        go to (streams are never run again: no ``reruns``).
         """
         if isinstance(reruns, bool) or not isinstance(reruns, int):
             raise TypeError(
@@ -178,7 +184,10 @@ class Pool:
                 "this runtime is not running: submit inside `async with Runtime() as rt:`"
                 " (or `with Runtime() as rt:`), or call rt.start() first"
             )
-        digest, fn_blob = self._functions.get(fn)
+        if stream is None:
+            digest, fn_blob = self._functions.get(fn)
+        else:
+            digest, fn_blob = self._functions.get_stream(fn)
         call_id = next(self._ids)
         label = f"{label or wire.callable_name(fn)}#{call_id}"
         blob, deps, upstream = wire.dumps_arguments(label, args, kwargs, self.sender.lift)
@@ -190,9 +199,13 @@ class Pool:
                 raise RuntimeNotRunningError("no supervisor is running (the runtime is closing)")
         supervisor.assign()
         future: AioRayFuture[Any] = AioRayFuture(supervisor, call_id, label, upstream)
-        if reruns:
+        if reruns and stream is None:
             self.ledger.allow_reruns(call_id, reruns)
-        self.outbox.put((future, digest, fn_blob, blob, deps, upstream))
+        limits = None
+        if stream is not None:
+            limits, inbox = stream
+            self.inboxes.open(call_id, inbox)  # before it is sent: no value comes first
+        self.outbox.put((future, digest, fn_blob, blob, deps, upstream, limits))
         return future
 
     def broadcast(
@@ -241,6 +254,10 @@ class Pool:
         """Send the queued releases now instead of at the next timer tick."""
         self.io.call_soon(self.releases.flush)
 
+    def stream_taken(self, future: AioRayFuture[Any], count: int) -> None:
+        """A stream's consumer has taken ``count`` values in all (any thread)."""
+        self.io.call_soon(self.sender.taken, future, count)
+
     def release(self, home: Home, call_id: int) -> None:
         """A finished future was dropped (``__del__``, any thread): forget it remotely."""
         self.releases.add(cast(RemoteSupervisor, home), call_id)
@@ -277,7 +294,10 @@ class Pool:
         stalls: list[wire.StallReport],
         logs: list[dict[str, Any]],
         logs_dropped: int,
+        streamed: list[tuple[int, list[bytes]]],
     ) -> None:
+        if streamed:  # before the outcomes: a stream ends after its values
+            self.inboxes.deliver(streamed)
         if logs or logs_dropped:
             self.reports.forward_logs(supervisor, logs, logs_dropped)
         ledger = self.ledger

@@ -242,10 +242,8 @@ class Runtime(Submitting):
 
     # -- submitting (submit and map: see Submitting) -----------------------------------
 
-    def _submit_one(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AioRayFuture[Any]:
-        return self._require().submit(fn, args, kwargs)
+    def _target(self) -> tuple[Pool, GroupKey | None]:
+        return self._require(), None
 
     def submit_call(
         self,
@@ -357,7 +355,5 @@ class RuntimeOptions(Submitting):
         self._pool = pool
         self._group = group
 
-    def _submit_one(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AioRayFuture[Any]:
-        return self._pool.submit(fn, args, kwargs, group=self._group)
+    def _target(self) -> tuple[Pool, GroupKey | None]:
+        return self._pool, self._group

@@ -1,4 +1,5 @@
-"""What the caller sends to the supervisors: calls, cancels and releases (I/O thread).
+"""What the caller sends to the supervisors: calls, cancels, releases and streams'
+progress (I/O thread).
 
 Calls go one message per supervisor and chunk of ``BATCH_MAX``, each recorded in
 the call ledger as it leaves. A message the supervisor refuses fails its calls
@@ -29,7 +30,8 @@ BATCH_MAX = 2000
 
 
 class Sender:
-    """Sends calls, cancels and releases to the supervisors (see the module docstring).
+    """Sends calls, cancels, releases and streams' progress to the supervisors (see the
+    module docstring).
 
     ``on_death`` is told of a supervisor found dead by a message; ``closed``
     says whether the runtime has closed (then nothing is rerouted).
@@ -53,6 +55,8 @@ class Sender:
         self._closed = closed
         # Cancels asked for in this turn of the I/O loop, sent together at its end.
         self._cancels: dict[RemoteSupervisor, list[int]] = {}
+        # Streams' progress (values taken, in all, by call id), sent likewise.
+        self._taken: dict[RemoteSupervisor, dict[int, int]] = {}
 
     def lift(self, obj: Any) -> wire.Lifted | None:
         """The dependency an argument stands for, if it is a future or an ObjectRef."""
@@ -84,7 +88,7 @@ class Sender:
         functions: dict[RemoteSupervisor, dict[bytes, bytes]] = {}
         ledger = self.ledger
         for parcel in parcels:
-            future, digest, fn_blob, blob, deps, upstream = parcel
+            future, digest, fn_blob, blob, deps, upstream, limits = parcel
             if ledger.take_cancelled(future.call_id):  # cancelled while it moved
                 supervisor_of(future).finished += 1  # it was counted there when assigned
                 mark_cancelled(future)
@@ -107,7 +111,7 @@ class Sender:
                 supervisor = rerouted
             if relift:
                 deps = self._relift(deps, upstream)
-                parcel = (future, digest, fn_blob, blob, deps, upstream)
+                parcel = (future, digest, fn_blob, blob, deps, upstream, limits)
             ledger.sent(supervisor, future.call_id, future, parcel)
             if digest not in supervisor.known_digests:
                 supervisor.known_digests.add(digest)
@@ -115,7 +119,7 @@ class Sender:
             again = ledger.rerun_of(future.call_id)
             rerun = None if again is None else wire.Rerun(*again)
             by_supervisor.setdefault(supervisor, []).append(
-                (future.call_id, digest, blob, deps, future.label, rerun)
+                (future.call_id, digest, blob, deps, future.label, rerun, limits)
             )
         for supervisor, calls in by_supervisor.items():
             for start in range(0, len(calls), BATCH_MAX):
@@ -141,6 +145,22 @@ class Sender:
             if not self._cancels:
                 self.io.call_soon(self._send_cancels)
             self._cancels.setdefault(supervisor, []).append(future.call_id)
+
+    def taken(self, future: AioRayFuture[Any], count: int) -> None:
+        """A stream's consumer has taken ``count`` values in all (I/O thread; batched
+        per turn): its generator may run on (see ``_caller/streams.py``)."""
+        supervisor = supervisor_of(future)
+        if future.done() or not supervisor.alive:
+            return
+        if not self._taken:
+            self.io.call_soon(self._send_taken)
+        self._taken.setdefault(supervisor, {})[future.call_id] = count
+
+    def _send_taken(self) -> None:
+        taken, self._taken = self._taken, {}
+        for supervisor, counts in taken.items():
+            if supervisor.alive:
+                self.io.spawn(self.watch(supervisor, supervisor.handle.taken.remote(counts)))
 
     def release(self, supervisor: RemoteSupervisor, call_ids: list[int]) -> None:
         """Tell a supervisor to forget these outcomes (their futures are gone)."""

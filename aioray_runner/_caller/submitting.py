@@ -1,16 +1,27 @@
-"""``Submitting``: the typed ``submit`` and ``map`` of a runtime and of its views.
+"""``Submitting``: the typed ``submit``, ``map`` and ``stream`` of a runtime and of its views.
 
 :class:`Runtime` and :class:`RuntimeOptions` submit the same way and differ only
 in where a call goes, so the overloads that type-check user code are written
-once, here, and each subclass says where a call goes (``_submit_one``).
+once, here, and each subclass says where a call goes (``_target``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeAlias, TypeVar, overload
 
 from .futures import AioRayFuture
+from .placement import GroupKey
+from .pool import Pool
+from .streams import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_BUFFERED,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    Inbox,
+    Stream,
+    StreamLimits,
+    check_limits,
+)
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -32,8 +43,92 @@ A = TypeVar("A")
 _Arg: TypeAlias = "A | AioRayFuture[A] | ObjectRef[A]"
 
 
-class Submitting:
-    """``submit`` and ``map``, typed for the functions they are given.
+class Streaming:
+    """``stream`` and ``stream_call``: the base of :class:`Submitting`, which says
+    where calls go (``_target``)."""
+
+    def _target(self) -> tuple[Pool, GroupKey | None]:
+        """Where calls go: the pool, and the group of supervisors (None: the default)."""
+        raise NotImplementedError
+
+    def _stream_one(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limits: StreamLimits = DEFAULT_LIMITS,
+        label: str | None = None,
+    ) -> Stream[Any]:
+        pool, group = self._target()
+        inbox = Inbox()
+        stream = (limits, inbox)
+        if group is None:
+            future = pool.submit(fn, args, kwargs, label=label, stream=stream)
+        else:
+            future = pool.submit(fn, args, kwargs, group=group, label=label, stream=stream)
+        return Stream(future, inbox, pool.inboxes, limits, pool.stream_taken)
+
+    @overload
+    def stream(
+        self, fn: Callable[P, AsyncIterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Stream[T]: ...
+
+    @overload
+    def stream(
+        self, fn: Callable[P, Iterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Stream[T]: ...
+
+    def stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Stream[Any]:
+        """Run the generator function ``fn(*args, **kwargs)`` on a supervisor and
+        receive its values as it yields them (docs/guide.md, "Streams").
+
+        ``fn`` is an async generator function (run on the supervisor's loop, or
+        its trio thread with ``backend="trio"``) or a plain generator function
+        (run in the supervisor's thread pool). Arguments are handled as in
+        :meth:`submit`: futures and Ray ``ObjectRef`` objects among them are resolved on
+        the supervisor first. Iterate the returned :class:`Stream` with
+        ``async for`` (asyncio or trio) or ``for`` (sync code); close it early
+        with ``async with``/``with`` or ``aclose()``. The generator runs at most
+        10,000 values (or 16 MiB) ahead of the consumer; :meth:`stream_call` sets
+        other limits. A stream is never run again after a supervisor death:
+        it ends with :class:`SupervisorDiedError` after the values already taken.
+
+        Raises:
+            InvalidCallError: ``fn`` is not a generator function (a coroutine
+                function, a generator object, not callable); nothing is sent.
+            SerializationError: ``fn`` or an argument cannot be pickled.
+            RuntimeNotRunningError: the runtime is not running.
+        """
+        return self._stream_one(fn, args, kwargs)
+
+    def stream_call(
+        self,
+        fn: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        label: str | None = None,
+    ) -> Stream[Any]:
+        """:meth:`stream` with its limits and label set.
+
+        ``max_buffered``: how many values the generator may make that the
+        consumer has not taken yet (on the supervisor, on the way and here
+        together) before it waits; ``max_buffered_bytes``: the same bound in
+        pickled bytes (the value that crosses it is still sent). Both at least 1.
+        ``label``: the name in the stream's label and errors. On other
+        supervisors: ``rt.options(num_cpus=1).stream_call(...)``.
+
+        Raises what :meth:`stream` raises, and TypeError or ValueError for a
+        limit that is not a whole number of 1 or more.
+        """
+        limits = check_limits(max_buffered, max_buffered_bytes)
+        return self._stream_one(fn, tuple(args), kwargs or {}, limits, label)
+
+
+class Submitting(Streaming):
+    """``submit``, ``map`` and ``stream``, typed for the functions they are given.
 
     The base of :class:`Runtime` and :class:`RuntimeOptions`.
     """
@@ -41,7 +136,10 @@ class Submitting:
     def _submit_one(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AioRayFuture[Any]:
-        raise NotImplementedError
+        pool, group = self._target()
+        if group is None:
+            return pool.submit(fn, args, kwargs)
+        return pool.submit(fn, args, kwargs, group=group)
 
     @overload
     def submit(

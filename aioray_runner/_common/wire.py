@@ -78,9 +78,13 @@ def failed_dep(message: str, label: str) -> Dep:
 # both through the aliases below): a NamedTuple costs twice as much to build
 # and pickles with its class name, 10,000 times per batch.
 
-#: One call as ``Supervisor.submit`` receives it:
-#: ``(call id, function digest, pickled arguments, dependencies, label, rerun)``.
-CallEntry = tuple[int, bytes, bytes, list[Dep], str, "Rerun | None"]
+#: A stream's bound on what its generator may run ahead of its consumer:
+#: ``(values, bytes)`` made and not yet taken (see ``_supervisor/streams.py``).
+StreamLimits = tuple[int, int]
+#: One call as ``Supervisor.submit`` receives it: ``(call id, function digest,
+#: pickled arguments, dependencies, label, rerun, stream limits)``; the limits
+#: are None except for a stream (``Runtime.stream``).
+CallEntry = tuple[int, bytes, bytes, list[Dep], str, "Rerun | None", "StreamLimits | None"]
 #: One finished call as ``Supervisor.poll`` returns it: ``(call id, kind, payload)``.
 Outcome = tuple[int, int, bytes | None]
 
@@ -117,6 +121,9 @@ class PollReply(NamedTuple):
     logs: list[dict[str, Any]]
     #: Records dropped because the caller did not poll fast enough.
     logs_dropped: int
+    #: Values streams made since the last poll, pickled one by one, in order:
+    #: ``(call id, values)``; always sent before (or with) the stream's outcome.
+    streamed: list[tuple[int, list[bytes]]]
 
 
 # LogRecord attributes that do not travel: the message travels formatted, the
@@ -198,17 +205,19 @@ def check_callable(fn: Any) -> None:
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise InvalidCallError(
             f"submit was given a generator object ({name}(...) was already called), not a"
-            " function. Its values cannot travel back as one result: submit a function"
-            f" that returns them as a list instead (`def collect(*args): return"
+            " function. To receive its values as they are made, pass the generator"
+            f" function to stream: `rt.stream({name}, *args)`; to get them all as one"
+            f" result, submit a function that returns a list (`def collect(*args): return"
             f" list({name}(*args))`)."
         )
     if inspect.isasyncgen(fn):
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         raise InvalidCallError(
             f"submit was given an async generator object ({name}(...) was already called),"
-            " not a function. Its values cannot travel back as one result: collect them"
-            " inside an async def and submit that (`async def collect(*args): return"
-            f" [x async for x in {name}(*args)]`)."
+            " not a function. To receive its values as they are made, pass the generator"
+            f" function to stream: `rt.stream({name}, *args)`; to get them all as one"
+            " result, collect them inside an async def and submit that (`async def"
+            f" collect(*args): return [x async for x in {name}(*args)]`)."
         )
     if not callable(fn):
         hint = " (a name is not enough: pass the function itself)" if isinstance(fn, str) else ""
@@ -228,16 +237,76 @@ def check_callable(fn: Any) -> None:
         name = type(fn).__qualname__
     if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call):
         raise InvalidCallError(
-            f"{name} is an async generator function: its values cannot travel back as one"
-            f" result. Collect them inside an async def and submit that:"
+            f"{name} is an async generator function: submit runs a function for one"
+            f" result. To receive its values as they are made, use"
+            f" `rt.stream({name}, *args)`; to get them all at once, collect them inside an"
+            f" async def and submit that:"
             f" `async def collect(*args): return [x async for x in {name}(*args)]`."
         )
     if inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(call):
         raise InvalidCallError(
-            f"{name} is a generator function: its values cannot travel back as one result."
-            f" Make it return a list instead, or submit a function that does:"
+            f"{name} is a generator function: submit runs a function for one result. To"
+            f" receive its values as they are made, use `rt.stream({name}, *args)`; to get"
+            f" them all at once, submit a function that returns a list:"
             f" `def collect(*args): return list({name}(*args))`."
         )
+
+
+def is_generator_function(fn: Any) -> tuple[bool, bool]:
+    """``(is a generator function, is async)``, seeing through partials and an
+    instance's ``__call__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    call = None if inspect.isroutine(fn) or isinstance(fn, type) else type(fn).__call__
+    for candidate in (fn, call):
+        if candidate is None:
+            continue
+        if inspect.isasyncgenfunction(candidate):
+            return True, True
+        if inspect.isgeneratorfunction(candidate):
+            return True, False
+    return False, False
+
+
+def check_stream_callable(fn: Any) -> None:
+    """Raise :class:`InvalidCallError` unless ``fn`` is a generator function
+    (``async def`` with ``yield``, or ``def`` with ``yield``) a stream can run."""
+    if inspect.isasyncgen(fn) or inspect.isgenerator(fn):
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise InvalidCallError(
+            f"stream was given a generator object ({name}(...) was already called), not"
+            f" a function. Pass the generator function and its arguments:"
+            f" stream({name}, *args), not stream({name}(*args))."
+        )
+    if isinstance(fn, collections.abc.Coroutine):
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        fn.close()  # nobody will await it: no "never awaited" warning on top
+        raise InvalidCallError(
+            f"stream was given a coroutine object ({name}(...)), not a generator function."
+            " stream runs functions that yield values; submit runs one that returns one."
+        )
+    if not callable(fn):
+        raise InvalidCallError(
+            "stream expects a generator function (one that yields), got an object of type"
+            f" {type(fn).__qualname__}. Pass the function first, then its arguments:"
+            " stream(fn, *args)."
+        )
+    if not is_generator_function(fn)[0]:
+        name = callable_name(fn)
+        kind = "a coroutine function" if _is_coroutine_function(fn) else "a plain function"
+        raise InvalidCallError(
+            f"{name} is {kind}, not a generator function: stream runs functions that"
+            f" yield values one by one (`async def ...: yield x`). To run {name} once"
+            f" and get its result, use submit({name}, ...)."
+        )
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
 
 
 # Error texts that name only types, modules or code, never a value: these are
@@ -275,21 +344,38 @@ class FunctionCache:
         self._by_fn: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
             weakref.WeakKeyDictionary()
         )
+        # Checked as generator functions: a function is checked for what it is
+        # used for, so one streamed first is still refused by submit.
+        self._streams: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     def get(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
-        """Return ``(digest, pickled bytes)`` for ``fn``."""
+        """Return ``(digest, pickled bytes)`` for ``fn``, to ``submit`` it."""
+        return self._get(self._by_fn, fn, check_callable)
+
+    def get_stream(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+        """Return ``(digest, pickled bytes)`` for a generator function, to ``stream`` it."""
+        return self._get(self._streams, fn, check_stream_callable)
+
+    def _get(
+        self,
+        cache: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]],
+        fn: Callable[..., Any],
+        check: Callable[[Any], None],
+    ) -> tuple[bytes, bytes]:
         try:
-            cached = self._by_fn.get(fn)
+            cached = cache.get(fn)
         except TypeError:  # not weak-referenceable or not hashable: pickle every time
-            check_callable(fn)
+            check(fn)
             return _pickle_function(fn)
         if cached is None:
-            check_callable(fn)
+            check(fn)
             cached = _pickle_function(fn)
             with self._lock:
                 try:
-                    self._by_fn[fn] = cached
+                    cache[fn] = cached
                 except TypeError:
                     pass
         return cached

@@ -39,7 +39,6 @@ from typing import Any
 
 import ray
 
-from .._backends import Host, make_host
 from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
@@ -60,8 +59,10 @@ from .census import (
 from .dependencies import Dependencies
 from .functions import FunctionTable
 from .gate import StartGate
+from .hosting import HostStart
 from .logs import LogForwarder
 from .metrics import Metrics
+from .streams import Streams
 
 Outcome = wire.Outcome
 
@@ -84,9 +85,7 @@ class Supervisor:
         self._settings = settings
         self._runtime = runtime  # the runtime's id, in its actor names and metrics
         # The backend's host, started before the first call (see aioray_runner/_backends).
-        self._host: Host = make_host(settings.backend)
-        self._host_start: asyncio.Future[None] | None = None
-        self._host_ready = False
+        self._host = HostStart(settings.backend)
         # The functions sent here, by digest (see functions.py).
         self._functions = FunctionTable(index, self._host.adapt)
         self._calls = CallTable()  # by id, from arrival until released
@@ -116,6 +115,8 @@ class Supervisor:
             {WAITING_FOR_DEPENDENCIES: [self._dependencies], WAITING_TO_START: waiting}
         )
         self._logs = LogForwarder(settings.forward_logs, self._wake_from_any_thread)
+        # Generators' values on their way to the caller (see streams.py).
+        self._streams = Streams(self._ready_event.set, self._threads, self._host.adapt)
 
     def _wake_from_any_thread(self) -> None:
         loop = self._loop
@@ -158,16 +159,17 @@ class Supervisor:
         self._loop = asyncio.get_running_loop()
         self._start_watchdog()
         self._logs.install()  # again: a library's logging set-up may have reset it
-        if not self._host_ready:
-            await self._start_host()
+        if not self._host.ready:
+            await self._host.start(self._settings.blocked_loop_threshold or 0.0, self._on_stall)
         for digest, blob in functions.items():
             self._functions.add(digest, blob)
         announced_here = False
-        for call_id, digest, blob, deps, label, rerun in calls:
+        for call_id, digest, blob, deps, label, rerun, stream in calls:
             record, cancelled = self._calls.arrive(call_id, label)
             if cancelled:
                 self._finish(record, wire.CANCELLED, None)
                 continue
+            record.stream = stream
             if rerun is not None:
                 self._start(record, digest, blob, deps, admitted=False, rerun=rerun)
             elif not deps and self._permits.try_acquire():
@@ -215,22 +217,6 @@ class Supervisor:
         else:
             record.task = asyncio.get_running_loop().create_task(coro, context=context)
 
-    async def _start_host(self) -> None:
-        # Start the host once; a batch arriving meanwhile waits for the same start.
-        if self._host_start is None:
-            loop = asyncio.get_running_loop()
-
-            def on_stall(stall: Stall) -> None:  # from the host's thread
-                try:
-                    loop.call_soon_threadsafe(self._on_stall, stall)
-                except RuntimeError:
-                    pass  # the actor's loop is closed: the process is going away
-
-            threshold = self._settings.blocked_loop_threshold or 0.0
-            self._host_start = asyncio.ensure_future(self._host.start(threshold, on_stall))
-        await asyncio.shield(self._host_start)
-        self._host_ready = True
-
     async def poll(self, max_items: int = 5000) -> wire.PollReply:
         """Wait until there is news: finished calls (at most ``max_items``), calls
         about to start, and times this loop was blocked (see ``wire.PollReply``)."""
@@ -244,16 +230,22 @@ class Supervisor:
                 self._start(record, digest, blob, (), admitted=True)
         del starts
         self._loop = asyncio.get_running_loop()
-        while not (self._ready or self._gate.has_news or self._stalls or self._logs.pending):
+        streams = self._streams
+        while (
+            not (self._ready or self._gate.has_news or self._stalls or self._logs.pending)
+            and not streams.pending
+        ):
             self._ready_event.clear()
             await self._ready_event.wait()
+        # Taken before the outcomes: no reply has an outcome before its stream's values.
+        streamed = streams.take()
         batch = self._ready[:max_items]
         del self._ready[:max_items]
         announced = self._gate.announce()
         stalls, self._stalls = self._stalls, []
         logs, dropped = self._logs.take()
         self._polls += 1
-        return wire.PollReply(batch, announced, stalls, logs, dropped)
+        return wire.PollReply(batch, announced, stalls, logs, dropped, streamed)
 
     async def result_of(self, call_id: int) -> tuple[int, bytes | None]:
         """The pickled outcome of one call, for a dependent call on another supervisor."""
@@ -277,6 +269,10 @@ class Supervisor:
             elif record.outcome is None:
                 self._finish(record, wire.CANCELLED, None)  # waiting at its gate
 
+    async def taken(self, counts: dict[int, int]) -> None:
+        """The caller's consumers have taken this many values of these streams, in all."""
+        self._streams.taken(counts)
+
     async def release(self, call_ids: Sequence[int]) -> None:
         """The caller dropped these futures: forget their outcomes once finished."""
         self._calls.release(call_ids)
@@ -287,6 +283,7 @@ class Supervisor:
             "index": self._index,
             "pid": os.getpid(),
             "running": self._census.phases()[RUNNING],
+            "streams": len(self._streams),
             "calls_held": len(self._calls),
             "unpolled": len(self._ready),
             "functions": len(self._functions),
@@ -325,7 +322,11 @@ class Supervisor:
                 if not admitted:
                     await self._gate.admit(record.call_id)
                 self._census.running(record.call_id, record.label)  # until _finish
-                value = await self._invoke(digest, fn, args, kwargs)
+                if record.stream is None:
+                    value = await self._invoke(digest, fn, args, kwargs)
+                else:  # a stream: its values went out as it ran
+                    value = None
+                    await self._streams.run(record, fn, args, kwargs)
             finally:
                 self._permits.release()
             kind = wire.OK

@@ -28,6 +28,7 @@ class CallRecord:
         "outcome",
         "released",
         "started",
+        "stream",
         "task",
         "waiters",
     )
@@ -42,6 +43,8 @@ class CallRecord:
         self.started = False  # its task began running ``_run``
         self.admitted = False  # it holds a permit taken before its task started
         self.released = False
+        #: A stream's limits (``wire.StreamLimits``), None for a plain call.
+        self.stream: tuple[int, int] | None = None
 
     async def wait(self) -> tuple[int, bytes | None]:
         """The outcome, once there is one."""
