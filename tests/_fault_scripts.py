@@ -17,8 +17,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import psutil
 import ray
 
@@ -50,9 +52,18 @@ async def node_of_call() -> str:
 # -- Ray itself killed under a Runtime ------------------------------------------------------
 
 
+async def ticks() -> AsyncIterator[int]:
+    """0, 1, 2, ... one every 50 ms, for an hour."""
+    for i in range(72_000):
+        yield i
+        await asyncio.sleep(0.05)
+
+
 async def ray_lost(which: str) -> None:
     async with Runtime(supervisors=1) as rt:
         futures = [rt.submit(nap, 3600) for _ in range(20)]
+        stream = rt.stream(ticks)  # a stream mid-way ends with the calls
+        streamed = [await stream.__anext__() for _ in range(3)]
         await asyncio.sleep(1)  # running on the supervisor
         pids = ray_pids()
         emit("PIDS", {"pids": our_descendants()})
@@ -62,6 +73,13 @@ async def ray_lost(which: str) -> None:
         for future in futures:
             await asyncio.wait_for(future.wait(), 60)
             errors.append(f"{type(future.exception(0)).__name__}: {future.exception(0)}")
+        try:
+            with anyio.fail_after(60):
+                async for value in stream:
+                    streamed.append(value)
+            stream_error = "none"
+        except Exception as exc:
+            stream_error = f"{type(exc).__name__}: {exc}"
         ended = time.monotonic() - killed_at
         try:
             rt.submit(nap, 1)
@@ -74,6 +92,8 @@ async def ray_lost(which: str) -> None:
             "ended_s": ended,
             "closed_s": time.monotonic() - killed_at,
             "errors": errors,
+            "stream_error": stream_error,
+            "streamed": streamed[:3],
             "submit_after": after,
             "killed_pid": pids[which],
         },

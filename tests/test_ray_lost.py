@@ -112,6 +112,9 @@ def test_ray_killed_under_a_runtime_fails_every_call_at_once(which: str) -> None
     assert out["ended_s"] < 10, out  # a second's probe, not Ray's 60 s
     assert out["closed_s"] < 45, out
     assert out["submit_after"].startswith("RayLostError"), out["submit_after"]
+    # A stream in flight ends the same way, after the values it delivered.
+    assert out["streamed"] == [0, 1, 2], out["streamed"]
+    assert out["stream_error"].startswith("RayLostError"), out["stream_error"]
     assert "Ray went away" in out["stderr"]
     assert out["started_pids"], "the scenario reported no processes to check"
 

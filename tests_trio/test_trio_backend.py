@@ -168,3 +168,39 @@ async def test_blocking_the_trio_thread_is_reported_and_other_calls_go_on(
     (stall,) = seen
     assert 1.0 <= stall.seconds < 10
     assert "blocking_sleep" in stall.where and "test_trio_backend.py" in stall.where
+
+
+# -- streams under trio ---------------------------------------------------------------------
+
+
+async def trio_ticks(n: int, marker: str) -> Any:
+    """A trio-native async generator: trio.sleep between values, a finally that
+    says it ran (under trio)."""
+    try:
+        for i in range(n):
+            await trio.sleep(0.001)
+            trio.lowlevel.current_task()  # raises outside trio
+            yield i
+    finally:
+        Path(marker).write_text("closed under trio")  # noqa: ASYNC240 - a few bytes
+
+
+async def test_a_trio_async_generator_streams_from_the_trio_thread(
+    trio_runtime: Runtime, tmp_path: Path
+) -> None:
+    marker = tmp_path / "done"
+    values = [x async for x in trio_runtime.stream(trio_ticks, 500, str(marker))]
+    assert values == list(range(500))
+    assert marker.read_text() == "closed under trio"
+
+
+async def test_closing_a_trio_stream_runs_its_finally(
+    trio_runtime: Runtime, tmp_path: Path
+) -> None:
+    marker = tmp_path / "closed"
+    async with trio_runtime.stream(trio_ticks, 1_000_000, str(marker)) as stream:
+        async for x in stream:
+            if x == 10:
+                break
+    await wait_until(marker.exists, within=10)
+    assert stream.future.cancelled()

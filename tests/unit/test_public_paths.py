@@ -40,6 +40,7 @@ PATHS = {
         "RuntimeOptions",
         "SerializationError",
         "Settings",
+        "Stream",
         "SupervisorDiedError",
         "UpstreamError",
         "aresult",
