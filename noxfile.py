@@ -5,7 +5,7 @@ Examples::
     nox                     # lint, typecheck, docs, tests (every Ray version, each with
                             # its Prefect: 3.4.7, 3.6.29, newest), tests_py, tests_trio
     nox -s tests            # the Ray matrix only (Python 3.11)
-    nox -s tests_py         # Python 3.12 and 3.13 on the newest Ray
+    nox -s tests_py         # what differs by Python, on 3.12 and 3.13 (newest Ray)
     nox -s lint typecheck   # the quick checks
     nox -s "tests(ray='2.60.0')" -- -x -k cancel   # one Ray version; pytest args after --
 """
@@ -162,21 +162,32 @@ def tests(session: nox.Session, ray: str) -> None:
     session.run("pytest", "tests", *SLOWEST, *selection, *session.posargs)
 
 
+# What differs between Pythons: pickling (cloudpickle of functions, code
+# objects), asyncio (eager tasks from 3.12 on the supervisors), trio, threads,
+# generators, and importing Prefect. These files exercise exactly that; the
+# rest (the Prefect suites, README, CLI, watchdog timings, faults, clusters)
+# does not change with the Python version and runs on 3.11, once per Ray.
+PYTHON_AXIS = [
+    "tests/unit",
+    "tests/test_submit.py",
+    "tests/test_callers.py",
+    "tests/test_cancel.py",
+    "tests/test_dependencies.py",
+    "tests/test_errors.py",
+    "tests/test_sync_api.py",
+    "tests/test_streams.py",
+    "tests/test_prefect_sync.py",
+]
+
+
 @nox.session(python=NEWER_PYTHONS, allow_parallel=False)
 def tests_py(session: nox.Session) -> None:
-    """The core suite on Python 3.12 and 3.13, against the newest Ray (README, CLI and
-    demo included; the Prefect suites and the slow and cluster cases run on 3.11)."""
+    """What differs by Python version (PYTHON_AXIS) on 3.12 and 3.13, against the
+    newest Ray and Prefect; everything else runs on 3.11."""
     _setup(session)
     _install_for_tests(session, RAY_NEWEST)
-    # What differs between Pythons is in the core (pickling, asyncio, trio,
-    # typing) and in importing Prefect; the Prefect suites, the extra-cluster
-    # cases and `aioray-runner status` (Ray's APIs: they differ by Ray version,
-    # so it runs on each one) run on 3.11, and keep CI under 45 minutes.
-    lean = [
-        *("-m", "not slow and not cluster and not differential"),
-        *("-k", "not test_prefect_ and not test_typing and not test_status"),
-    ]
-    session.run("pytest", "tests", *SLOWEST, *(session.posargs or lean))
+    lean = [*PYTHON_AXIS, "-m", "not slow and not cluster"]
+    session.run("pytest", *SLOWEST, *(session.posargs or lean))
 
 
 @nox.session(python=PYTHON, allow_parallel=False)

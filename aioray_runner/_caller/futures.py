@@ -366,6 +366,17 @@ def settle(future: AioRayFuture[Any], kind: int, payload: bytes | None, release:
     future._set_outcome(kind, payload)
 
 
+def when_done(future: AioRayFuture[Any], fn: Callable[[AioRayFuture[Any]], object]) -> None:
+    """``add_done_callback`` for the runtime's own bookkeeping: nobody is about to
+    block on the future, so queued calls are not sent early (that would break up
+    the loop turn's batch)."""
+    with future._lock:
+        if future._state == _PENDING:
+            future._callbacks.append(fn)
+            return
+    _run_callback(fn, future)
+
+
 def fail(future: AioRayFuture[Any], error: BaseException) -> bool:
     """Fail a call with an error raised on the caller's side; False if already done."""
     return future._set_error(error)
@@ -439,24 +450,40 @@ async def as_completed(futures: Iterable[AioRayFuture[T]]) -> AsyncIterator[AioR
             future.remove_done_callback(on_done)
 
 
-def wait_all(futures: Iterable[AioRayFuture[Any]], *, cancel: bool, grace: float) -> None:
+def wait_all(
+    futures: Iterable[AioRayFuture[Any]],
+    *,
+    cancel: bool,
+    grace: float,
+    close: Iterable[AioRayFuture[Any]] = (),
+) -> None:
     """Block until every future is done; with ``cancel``, cancel them first and wait
-    ``grace`` seconds in all (sync code)."""
-    futures = list(futures)
-    if cancel:
-        for future in futures:
-            future.cancel()
+    ``grace`` seconds in all (sync code). ``close``: futures cancelled whatever
+    ``cancel`` says, and waited for within ``grace`` (open streams)."""
+    futures, close = list(futures), list(close)
+    for future in close + (futures if cancel else []):
+        future.cancel()
     deadline = time.monotonic() + grace
+    for future in close:
+        future.wait_sync(max(0.0, deadline - time.monotonic()))
     for future in futures:
         future.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
 
 
-async def await_all(futures: Iterable[AioRayFuture[Any]], *, cancel: bool, grace: float) -> None:
+async def await_all(
+    futures: Iterable[AioRayFuture[Any]],
+    *,
+    cancel: bool,
+    grace: float,
+    close: Iterable[AioRayFuture[Any]] = (),
+) -> None:
     """:func:`wait_all` without blocking the event loop (asyncio or trio)."""
-    futures = list(futures)
-    if cancel:
-        for future in futures:
-            future.cancel()
+    futures, close = list(futures), list(close)
+    for future in close + (futures if cancel else []):
+        future.cancel()
+    with anyio.move_on_after(grace):
+        for future in close:
+            await future.wait()
     with anyio.move_on_after(grace if cancel else math.inf):
         for future in futures:
             await future.wait()

@@ -254,10 +254,6 @@ class Pool:
         """Send the queued releases now instead of at the next timer tick."""
         self.io.call_soon(self.releases.flush)
 
-    def stream_taken(self, future: AioRayFuture[Any], count: int) -> None:
-        """A stream's consumer has taken ``count`` values in all (any thread)."""
-        self.io.call_soon(self.sender.taken, future, count)
-
     def release(self, home: Home, call_id: int) -> None:
         """A finished future was dropped (``__del__``, any thread): forget it remotely."""
         self.releases.add(cast(RemoteSupervisor, home), call_id)

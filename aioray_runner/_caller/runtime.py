@@ -181,7 +181,7 @@ class Runtime(Submitting):
 
         With ``wait`` (the default) calls still running finish first; otherwise
         they are cancelled and given ``grace`` seconds in all to unwind (0: stop
-        at once). Ray itself is shut down only if this runtime started it.
+        at once). Open streams are closed. Ray is shut down if this runtime started it.
         """
         if self._pool is None:
             return
@@ -193,16 +193,18 @@ class Runtime(Submitting):
 
         With ``cancel``, the calls in flight are cancelled first and given
         ``grace`` seconds in all to unwind (their ``finally`` blocks run); without
-        it, they are waited for however long they take. Calls submitted while
-        draining are not waited for.
+        it, they are waited for however long they take. Open streams are closed
+        either way. Calls submitted while draining are not waited for.
         """
-        wait_all(self.outstanding(), cancel=cancel, grace=grace)
+        streams, calls = self._require().inboxes.split(self.outstanding())
+        wait_all(calls, cancel=cancel, grace=grace, close=streams)
 
     async def aclose(self, *, wait: bool = True) -> None:
         """Like :meth:`close`, but waits without blocking the event loop."""
         if self._pool is None:
             return
-        await await_all(self.outstanding(), cancel=not wait, grace=5.0)
+        streams, calls = self._require().inboxes.split(self.outstanding())
+        await await_all(calls, cancel=not wait, grace=5.0, close=streams)
         await anyio.to_thread.run_sync(self._shutdown)
 
     def outstanding(self) -> list[AioRayFuture[Any]]:

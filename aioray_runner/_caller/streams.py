@@ -33,7 +33,7 @@ import anyio
 
 from .._common import wire
 from ..errors import CancelledError, SerializationError
-from .futures import AioRayFuture
+from .futures import AioRayFuture, when_done
 from .wakeups import loop_scheduler
 
 T = TypeVar("T")
@@ -115,14 +115,24 @@ class Inbox:
         self.bytes_taken += len(payload)
         return payload
 
-    def wake_me(self, wake: Callable[[], None]) -> bool:
+    def wake_me(self, wake: Callable[[], None], label: str) -> bool:
         """Call ``wake`` when a value arrives or the stream ends; False (and no
         call) if either has happened already."""
         with self._lock:
             if self._values or self._ended:
                 return False
+            if self._wake is not None:
+                raise RuntimeError(
+                    f"{label} is already being iterated by another consumer: a stream"
+                    " has one consumer (hand its values on with a memory object stream)"
+                )
             self._wake = wake
             return True
+
+    def forget_wake(self) -> None:
+        """The consumer stopped waiting."""
+        with self._lock:
+            self._wake = None
 
     def __len__(self) -> int:
         return len(self._values)
@@ -144,6 +154,14 @@ class Inboxes:
     def close(self, call_id: int) -> None:
         """The stream ended or was dropped: later values have nowhere to go."""
         self._by_id.pop(call_id, None)
+
+    def split(
+        self, futures: list[AioRayFuture[Any]]
+    ) -> tuple[list[AioRayFuture[Any]], list[AioRayFuture[Any]]]:
+        """``(open streams' calls, other calls)`` among ``futures``."""
+        by_id = self._by_id
+        streams = [future for future in futures if future.call_id in by_id]
+        return streams, [future for future in futures if future.call_id not in by_id]
 
     def deliver(self, streamed: list[tuple[int, list[bytes]]]) -> None:
         """Values from one poll reply (I/O thread)."""
@@ -171,7 +189,16 @@ class Stream(Generic[T]):
     blocks run. A stream can be iterated once, by one consumer at a time.
     """
 
-    __slots__ = ("__weakref__", "_closed", "_future", "_inbox", "_inboxes", "_limits", "_report")
+    __slots__ = (
+        "__weakref__",
+        "_abandoned",
+        "_closed",
+        "_future",
+        "_inbox",
+        "_inboxes",
+        "_limits",
+        "_report",
+    )
 
     def __init__(
         self,
@@ -187,9 +214,10 @@ class Stream(Generic[T]):
         self._limits = limits
         self._report = report
         self._closed = False
+        self._abandoned = False  # closed because its consumer's wait was cancelled
         # Not a method of self: the future would keep the stream alive, and
         # dropping the stream is one way of closing it.
-        future.add_done_callback(functools.partial(_ended, inbox, inboxes))
+        when_done(future, functools.partial(_ended, inbox, inboxes))
 
     @property
     def future(self) -> AioRayFuture[None]:
@@ -216,6 +244,11 @@ class Stream(Generic[T]):
         Raises StopIteration-like ends as :class:`_End`.
         """
         if self._closed:
+            if self._abandoned:
+                raise CancelledError(
+                    f"{self.label} was closed when the task waiting for its next value was"
+                    " cancelled: its values after that are lost, not merely at an end"
+                )
             raise _End
         payload = self._inbox.take()
         if payload is None:
@@ -265,13 +298,16 @@ class Stream(Generic[T]):
             if schedule is None:
                 raise RuntimeError("a Stream must be iterated with async for inside an event loop")
             event = anyio.Event()
-            if not self._inbox.wake_me(functools.partial(schedule, event.set)):
+            if not self._inbox.wake_me(functools.partial(schedule, event.set), self.label):
                 continue
             try:
                 await event.wait()
             except BaseException:
                 # The consumer's task was cancelled (or timed out) while waiting:
-                # it is not coming back, so the generator must stop too.
+                # it is not coming back, so the generator must stop too, and a
+                # later read must not take the stream for complete.
+                self._inbox.forget_wake()
+                self._abandoned = not self._closed
                 self._cancel()
                 raise
 
@@ -291,12 +327,16 @@ class Stream(Generic[T]):
             if ready:
                 return value  # type: ignore[no-any-return]
             arrived = threading.Event()
-            if not self._inbox.wake_me(arrived.set):
+            if not self._inbox.wake_me(arrived.set, self.label):
                 continue
             # wait_sync(0) sends what is still queued, and refuses to block the
-            # thread of a running event loop (whose turn would never end).
+            # runtime's I/O thread (which delivers the values).
             if not self._future.wait_sync(0):
-                arrived.wait()
+                try:
+                    arrived.wait()
+                except BaseException:  # Ctrl-C: this wait is over
+                    self._inbox.forget_wake()
+                    raise
 
     # -- closing -------------------------------------------------------------------------
 

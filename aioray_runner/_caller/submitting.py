@@ -7,6 +7,7 @@ once, here, and each subclass says where a call goes (``_target``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeAlias, TypeVar, overload
 
@@ -66,7 +67,9 @@ class Streaming:
             future = pool.submit(fn, args, kwargs, label=label, stream=stream)
         else:
             future = pool.submit(fn, args, kwargs, group=group, label=label, stream=stream)
-        return Stream(future, inbox, pool.inboxes, limits, pool.stream_taken)
+        # The consumer's progress goes to the supervisor from the I/O thread.
+        report = functools.partial(pool.io.call_soon, pool.sender.taken)
+        return Stream(future, inbox, pool.inboxes, limits, report)
 
     @overload
     def stream(
@@ -76,6 +79,26 @@ class Streaming:
     @overload
     def stream(
         self, fn: Callable[P, Iterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Stream[T]: ...
+
+    @overload
+    def stream(
+        self,
+        fn: Callable[Concatenate[A1, P], AsyncIterator[T]],
+        a1: _Arg[A1],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Stream[T]: ...
+
+    @overload
+    def stream(
+        self,
+        fn: Callable[Concatenate[A1, P], Iterator[T]],
+        a1: _Arg[A1],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Stream[T]: ...
 
     def stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Stream[Any]:

@@ -293,11 +293,17 @@ def check_stream_callable(fn: Any) -> None:
         )
     if not is_generator_function(fn)[0]:
         name = callable_name(fn)
-        kind = "a coroutine function" if _is_coroutine_function(fn) else "a plain function"
+        if _is_coroutine_function(fn):
+            raise InvalidCallError(
+                f"{name} is a coroutine function, not a generator function: stream runs"
+                f" functions that yield values one by one (`async def ...: yield x`). To"
+                f" run {name} once and get its result, use submit({name}, ...)."
+            )
         raise InvalidCallError(
-            f"{name} is {kind}, not a generator function: stream runs functions that"
-            f" yield values one by one (`async def ...: yield x`). To run {name} once"
-            f" and get its result, use submit({name}, ...)."
+            f"{name} is not a generator function (it has no `yield`): stream runs"
+            " functions that yield values one by one. If it returns an iterator, wrap it"
+            f" (`def values(*args): yield from {name}(*args)`); for one result, use"
+            f" submit({name}, ...)."
         )
 
 

@@ -116,7 +116,9 @@ class Supervisor:
         )
         self._logs = LogForwarder(settings.forward_logs, self._wake_from_any_thread)
         # Generators' values on their way to the caller (see streams.py).
-        self._streams = Streams(self._ready_event.set, self._threads, self._host.adapt)
+        self._streams = Streams(
+            self._ready_event.set, self._threads, self._host.adapt, self._permits
+        )
 
     def _wake_from_any_thread(self) -> None:
         loop = self._loop
@@ -237,10 +239,7 @@ class Supervisor:
         ):
             self._ready_event.clear()
             await self._ready_event.wait()
-        # Taken before the outcomes: no reply has an outcome before its stream's values.
-        streamed = streams.take()
-        batch = self._ready[:max_items]
-        del self._ready[:max_items]
+        streamed, batch = streams.take(self._ready, max_items)  # values before their ends
         announced = self._gate.announce()
         stalls, self._stalls = self._stalls, []
         logs, dropped = self._logs.take()

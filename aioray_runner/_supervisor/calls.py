@@ -161,6 +161,11 @@ class Permits:
                 self.release()  # handed a permit just as it was cancelled: pass it on
             raise
 
+    def take_anyway(self) -> None:
+        """Take a permit even if none is free, for a call that must hold one while it
+        unwinds (the count goes below zero until it is given back)."""
+        self._free -= 1
+
     def release(self) -> None:
         """Give a permit back: to the next waiter, if any."""
         while self._waiters:

@@ -12,14 +12,19 @@ queued only after its last value, so the caller sees every value first.
 consumer has taken (``taken``). The pump takes the next value only while fewer
 than ``limits[0]`` values, and fewer than ``limits[1]`` bytes, are made and not
 yet taken, wherever they are (here, in a reply, in the caller's buffer). Only the
-generator waits, never the loop. The caller reports often enough that a stream at
-its limit always hears back (``_caller/streams.py``).
+generator waits, never the loop, and it gives its ``max_concurrency`` permit back
+while it waits (its consumer may be waiting for another call). The caller reports
+often enough that a stream at its limit always hears back (``_caller/streams.py``).
+One reply carries at most about :data:`REPLY_BYTES` of values; a stream's outcome
+waits for the reply that carries its last values.
 
 How the generator is driven depends on its kind: an async generator on the
 supervisor's loop (under trio, each step runs on the trio thread through the
-host), a plain one in the supervisor's thread pool, a step per value. Ending it
-early (the caller cancels the call) closes it where it runs, so its ``finally``
-blocks run; a plain generator busy in ``next()`` is closed when that returns.
+host, as a trio task of its own: a cancel scope, a lock or a context variable
+set before a ``yield`` does not carry over it), a plain one in the supervisor's
+thread pool, a step per value. Ending it early (the caller cancels the call)
+closes it where it runs, so its ``finally`` blocks run before the stream ends; a
+plain generator busy in ``next()`` is closed when that returns.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ import cloudpickle
 
 from .._common import wire
 from ..errors import SerializationError
-from .calls import CallRecord
+from .calls import CallRecord, Permits
 
 _END: Any = object()
+
+#: Bytes of values one poll reply carries at most (beyond one stream's share):
+#: many streams of big values must not make one reply of gigabytes.
+REPLY_BYTES = 32 * 1024 * 1024
 
 
 class StreamFlow:
@@ -91,9 +100,11 @@ class Streams:
         wake: Callable[[], None],
         threads: concurrent.futures.Executor,
         adapt: Callable[[Any], Any],
+        permits: Permits,
     ) -> None:
         self._wake = wake
         self._threads = threads
+        self._permits = permits
         self._flows: dict[int, StreamFlow] = {}
         self._outgoing: dict[int, list[bytes]] = {}
         # The step and the close of an async generator, adapted once to the backend
@@ -109,12 +120,32 @@ class Streams:
         """Whether values wait for the next poll."""
         return bool(self._outgoing)
 
-    def take(self) -> list[tuple[int, list[bytes]]]:
-        """The values made since the last call, by stream, in order (for ``poll``)."""
+    def take(
+        self, ready: list[wire.Outcome], max_items: int
+    ) -> tuple[list[tuple[int, list[bytes]]], list[wire.Outcome]]:
+        """What one poll reply carries: values (at most about :data:`REPLY_BYTES`,
+        each stream's in order) and the outcomes that may go with them (at most
+        ``max_items``, taken from ``ready``): not the outcome of a stream whose
+        values are not all in this reply, which waits for the next."""
+        batch = ready[:max_items]
+        del ready[:max_items]
         if not self._outgoing:
-            return []
-        outgoing, self._outgoing = self._outgoing, {}
-        return list(outgoing.items())
+            return [], batch
+        streamed: list[tuple[int, list[bytes]]] = []
+        size = 0
+        for call_id, payloads in list(self._outgoing.items()):
+            if streamed and size >= REPLY_BYTES:
+                break  # the rest in the next reply
+            streamed.append((call_id, payloads))
+            size += sum(map(len, payloads))
+            del self._outgoing[call_id]
+        if self._outgoing:
+            waiting = self._outgoing
+            held = [outcome for outcome in batch if outcome[0] in waiting]
+            if held:
+                batch = [outcome for outcome in batch if outcome[0] not in waiting]
+                ready[:0] = held
+        return streamed, batch
 
     def taken(self, counts: dict[int, int]) -> None:
         """The caller's consumers have taken this many values of these streams, in all."""
@@ -151,6 +182,23 @@ class Streams:
             self._wake()
         queue.append(payload)
 
+    async def _wait_for_room(self, flow: StreamFlow) -> None:
+        """Wait until the consumer has taken enough, holding no permit meanwhile: a
+        stream waiting for its consumer must not keep other calls from running
+        (the consumer may well be waiting for one of them)."""
+        permits = self._permits
+        permits.release()
+        try:
+            await flow.room.wait()
+        finally:
+            # Back under max_concurrency, in turn; a cancelled wait still holds
+            # one on the way out (the call's end gives it back).
+            try:
+                await permits.acquire()
+            except BaseException:
+                permits.take_anyway()
+                raise
+
     async def _pump_async(
         self, call_id: int, label: str, flow: StreamFlow, generator: AsyncIterator[Any]
     ) -> None:
@@ -160,7 +208,7 @@ class Streams:
         try:
             while True:
                 if not flow.has_room():
-                    await flow.room.wait()
+                    await self._wait_for_room(flow)
                 value = await step(generator)
                 if value is _END:
                     return
@@ -192,7 +240,7 @@ class Streams:
         try:
             while True:
                 if not flow.has_room():
-                    await flow.room.wait()
+                    await self._wait_for_room(flow)
                 step = threads.submit(context.run, _next, generator)
                 value = await asyncio.wrap_future(step)
                 step = None
@@ -203,10 +251,12 @@ class Streams:
             close = getattr(generator, "close", None)
             if close is not None:
                 if step is None or step.done():
-                    threads.submit(context.run, close)
+                    # Closing runs its finally blocks: the stream ends after them.
+                    await asyncio.shield(asyncio.wrap_future(threads.submit(context.run, close)))
                 else:
-                    # Its thread is still in next(): close it when that returns
-                    # (a running generator cannot be closed from another thread).
+                    # Its thread is still in next(), which nothing can interrupt:
+                    # close it when that returns (a running generator cannot be
+                    # closed from another thread), without keeping the end waiting.
                     step.add_done_callback(lambda _: threads.submit(context.run, close))
 
 

@@ -6,6 +6,8 @@ these lines, and on no other line.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import ray
 from prefect import flow, task
 
@@ -34,6 +36,17 @@ async def wrong_arguments(rt: Runtime) -> None:
     rt.submit(checksum, b"x", b"y")  # error
     rt.map(checksum, [1, 2])  # error
     rt.options(num_cpus=1).submit(fetch, "1")  # error
+    rt.stream(counting, "3")  # error
+
+
+async def counting(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+async def wrong_stream_values(rt: Runtime) -> None:
+    async for value in rt.stream(counting, 3):
+        value.upper()  # error
 
 
 @flow(task_runner=AioRayTaskRunner())

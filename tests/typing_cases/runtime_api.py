@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import ray
 import trio
 
-from aioray_runner import AioRayFuture, Runtime, current_attempt
+from aioray_runner import AioRayFuture, Runtime, Stream, current_attempt
 
 
 async def fetch(i: int) -> int:
@@ -89,6 +90,34 @@ def sync_caller() -> int:
     with Runtime() as rt:
         digest: str = rt.submit(checksum, b"x").result()
         return len(digest) + rt.submit(fetch, 1).result(timeout=10)
+
+
+async def pages(base: str, size: int = 10) -> AsyncIterator[list[int]]:
+    for page in range(3):
+        yield [page * size + i for i in range(size)]
+
+
+def rows(n: int) -> Iterator[str]:
+    for i in range(n):
+        yield f"row {i}"
+
+
+async def streams(rt: Runtime) -> int:
+    total = 0
+    stream: Stream[list[int]] = rt.stream(pages, "http://127.0.0.1:8000", size=5)
+    async with stream:
+        async for items in stream:
+            total += sum(items)
+    async for row in rt.stream(rows, rt.submit(fetch, 3)):  # a future as an argument
+        total += len(row)
+    limited = rt.stream_call(pages, ("http://127.0.0.1:8000",), max_buffered=8)
+    await limited.aclose()
+    return total
+
+
+def sync_streams() -> list[str]:
+    with Runtime() as rt, rt.stream(rows, 3) as values:
+        return list(values)
 
 
 async def crawl(url: str) -> int:
