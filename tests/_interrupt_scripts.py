@@ -14,6 +14,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,10 @@ def prefect_job(directory: str) -> None:
 
 
 if __name__ == "__main__":
+    # What a program run from a terminal has. One started in the background by a
+    # non-interactive shell (`cmd &`: nohup, some CI runners) inherits SIGINT
+    # ignored, and Python then leaves it ignored: Ctrl-C would do nothing at all.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     name, directory = sys.argv[1:3]
     if name == "runtime":
         asyncio.run(runtime_job(directory))

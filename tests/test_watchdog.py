@@ -250,7 +250,10 @@ def test_a_native_call_that_holds_the_gil_is_reported_named_or_not() -> None:
         assert stall.calls == ((7, "blocker#7"),)
         assert stall.where.startswith("_holds_the_gil (")
     else:
-        assert stall.where == HELD_THE_GIL
+        # No sample during the call: it says native code held the GIL, or (on a
+        # loaded machine) names the frame a sample caught just after the call
+        # returned, before the loop beat again: the loop's own code either way.
+        assert stall.where == HELD_THE_GIL or stall.where.startswith("_stalls_of ("), stall
 
 
 def test_a_stall_no_sample_saw_while_the_watcher_waited_for_a_cpu_blames_no_code() -> None:
