@@ -329,8 +329,8 @@ class Runtime(Submitting):
         now), ``calls_held`` (outcomes kept until their futures are dropped),
         ``unpolled`` (finished, not yet sent), ``functions`` (distinct functions
         received), ``started_total``, ``polls`` (batches of results sent back),
-        ``cpu_s`` (the supervisor process's CPU time so far), ``rss_bytes`` and
-        ``peak_rss_bytes``.
+        ``cpu_s`` (the supervisor process's CPU time so far), ``rss_bytes``,
+        ``peak_rss_bytes`` and ``streams`` (streams running).
         """
         pool = self._require()
         pool.flush_releases_soon()
