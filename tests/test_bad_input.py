@@ -82,13 +82,15 @@ async def test_generator_function_is_refused(runtime: Runtime) -> None:
     with pytest.raises(InvalidCallError) as info:
         runtime.submit(numbers, 3)
     assert "numbers is a generator function" in str(info.value)
-    assert "return a list" in str(info.value)
+    assert "rt.stream(numbers, *args)" in str(info.value)  # its values as they are made
+    assert "returns a list" in str(info.value)  # or all of them as one result
 
 
 async def test_async_generator_function_is_refused(runtime: Runtime) -> None:
     with pytest.raises(InvalidCallError) as info:
         runtime.submit(async_numbers, 3)
     assert "async_numbers is an async generator function" in str(info.value)
+    assert "rt.stream(async_numbers, *args)" in str(info.value)
     assert "async def collect" in str(info.value)
 
 
