@@ -36,13 +36,14 @@ class SerializationError(AioRayError, TypeError):
 
 
 class InvalidCallError(AioRayError, TypeError):
-    """``submit`` (or ``map``, ``broadcast``) was given something it cannot run.
+    """``submit`` (or ``map``, ``broadcast``, ``stream``) was given something it cannot run.
 
     Raised at once, before anything is sent: for a value that is not callable, a
     coroutine object (``submit(fetch(1))`` instead of ``submit(fetch, 1)``), a
-    generator or async generator, or a function that makes one (its results
-    cannot travel back as one value). The message names the culprit by its type
-    or name, never by its value, and says what to pass instead.
+    generator or async generator, or, for ``submit``, a function that makes one
+    (``stream`` runs those), and for ``stream`` a function that does not. The
+    message names the culprit by its type or name, never by its value, and says
+    what to pass instead.
     """
 
 
