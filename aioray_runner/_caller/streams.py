@@ -289,9 +289,6 @@ class Stream(Generic[T]):
                 ready, value = self._next_ready()
             except _End:
                 raise StopAsyncIteration from None
-            except CancelledError:
-                self._closed = True
-                raise
             if ready:
                 return value  # type: ignore[no-any-return]
             schedule = loop_scheduler()
@@ -321,9 +318,6 @@ class Stream(Generic[T]):
                 ready, value = self._next_ready()
             except _End:
                 raise StopIteration from None
-            except CancelledError:
-                self._closed = True
-                raise
             if ready:
                 return value  # type: ignore[no-any-return]
             arrived = threading.Event()
