@@ -190,14 +190,12 @@ class Streams:
         permits.release()
         try:
             await flow.room.wait()
-        finally:
-            # Back under max_concurrency, in turn; a cancelled wait still holds
-            # one on the way out (the call's end gives it back).
-            try:
-                await permits.acquire()
-            except BaseException:
-                permits.take_anyway()
-                raise
+            await permits.acquire()  # back under max_concurrency, in turn
+        except BaseException:
+            # Cancelled (the stream is closing): hold one at once, not after a
+            # wait for a free one; the call's end gives it back.
+            permits.take_anyway()
+            raise
 
     async def _pump_async(
         self, call_id: int, label: str, flow: StreamFlow, generator: AsyncIterator[Any]
