@@ -19,7 +19,8 @@ own object (``gate.py``), with unit tests that need no Ray.
 
 The actor coordinates its parts, each in a module of this folder: the call
 records and permits (``calls.py``), the start gate (``gate.py``), the function
-table (``functions.py``), dependencies (``dependencies.py``), log forwarding
+table (``functions.py``), dependencies (``dependencies.py``), streams' values
+(``streams.py``), the backend's host (``hosting.py``), log forwarding
 (``logs.py``) and ``current_attempt`` (``attempt.py``).
 """
 
@@ -220,8 +221,8 @@ class Supervisor:
             record.task = asyncio.get_running_loop().create_task(coro, context=context)
 
     async def poll(self, max_items: int = 5000) -> wire.PollReply:
-        """Wait until there is news: finished calls (at most ``max_items``), calls
-        about to start, and times this loop was blocked (see ``wire.PollReply``)."""
+        """Wait until there is news: finished calls (at most ``max_items``), calls about
+        to start, streams' values, times this loop was blocked (``wire.PollReply``)."""
         # This poll proves the caller read the previous reply: the calls it
         # announced may start now.
         starts = self._gate.open()
