@@ -228,14 +228,14 @@ def check_callable(fn: Any) -> None:
         )
     if isinstance(fn, type):
         return  # a class: calling it builds an instance, which travels as one value
-    # inspect sees through partials and methods; an instance is checked by its
-    # class's __call__ (and named by its class).
-    call: Any = None
+    generator, is_async = is_generator_function(fn)
+    if not generator:
+        return
+    # An instance is named by its class (its __call__ is the generator function).
     name = callable_name(fn)
     if not (inspect.isroutine(fn) or isinstance(fn, functools.partial)):
-        call = type(fn).__call__
         name = type(fn).__qualname__
-    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call):
+    if is_async:
         raise InvalidCallError(
             f"{name} is an async generator function: submit runs a function for one"
             f" result. To receive its values as they are made, use"
@@ -243,13 +243,12 @@ def check_callable(fn: Any) -> None:
             f" async def and submit that:"
             f" `async def collect(*args): return [x async for x in {name}(*args)]`."
         )
-    if inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(call):
-        raise InvalidCallError(
-            f"{name} is a generator function: submit runs a function for one result. To"
-            f" receive its values as they are made, use `rt.stream({name}, *args)`; to get"
-            f" them all at once, submit a function that returns a list:"
-            f" `def collect(*args): return list({name}(*args))`."
-        )
+    raise InvalidCallError(
+        f"{name} is a generator function: submit runs a function for one result. To"
+        f" receive its values as they are made, use `rt.stream({name}, *args)`; to get"
+        f" them all at once, submit a function that returns a list:"
+        f" `def collect(*args): return list({name}(*args))`."
+    )
 
 
 def is_generator_function(fn: Any) -> tuple[bool, bool]:
@@ -293,7 +292,7 @@ def check_stream_callable(fn: Any) -> None:
         )
     if not is_generator_function(fn)[0]:
         name = callable_name(fn)
-        if _is_coroutine_function(fn):
+        if is_coroutine_function(fn):
             raise InvalidCallError(
                 f"{name} is a coroutine function, not a generator function: stream runs"
                 f" functions that yield values one by one (`async def ...: yield x`). To"
@@ -307,12 +306,15 @@ def check_stream_callable(fn: Any) -> None:
         )
 
 
-def _is_coroutine_function(fn: Any) -> bool:
+def is_coroutine_function(fn: Any) -> bool:
+    """Whether calling ``fn`` gives a coroutine, seeing through partials and an
+    instance's async ``__call__``."""
     while isinstance(fn, functools.partial):
         fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004
-    )
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - instances with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 # Error texts that name only types, modules or code, never a value: these are

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -63,14 +61,6 @@ class FunctionTable:
         try:
             return self._awaitable[digest]
         except KeyError:
-            run = self._awaitable[digest] = self._adapt(fn) if _is_async_callable(fn) else None
+            run = self._adapt(fn) if wire.is_coroutine_function(fn) else None
+            self._awaitable[digest] = run
             return run
-
-
-def _is_async_callable(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - instances with async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
