@@ -34,7 +34,7 @@ from .._common.watchdog import BlockedLoop
 from ..errors import RuntimeNotRunningError
 from .connection import RayConnection
 from .futures import AioRayFuture, as_completed, await_all, wait_all
-from .placement import GroupKey
+from .placement import DEFAULT_GROUP, GroupKey
 from .pool import Pool
 from .raywatch import probe_for_current_ray
 from .submitting import Submitting
@@ -244,8 +244,8 @@ class Runtime(Submitting):
 
     # -- submitting (submit and map: see Submitting) -----------------------------------
 
-    def _target(self) -> tuple[Pool, GroupKey | None]:
-        return self._require(), None
+    def _target(self) -> tuple[Pool, GroupKey]:
+        return self._require(), DEFAULT_GROUP
 
     def submit_call(
         self,
@@ -357,5 +357,5 @@ class RuntimeOptions(Submitting):
         self._pool = pool
         self._group = group
 
-    def _target(self) -> tuple[Pool, GroupKey | None]:
+    def _target(self) -> tuple[Pool, GroupKey]:
         return self._pool, self._group

@@ -48,8 +48,8 @@ class Streaming:
     """``stream`` and ``stream_call``: the base of :class:`Submitting`, which says
     where calls go (``_target``)."""
 
-    def _target(self) -> tuple[Pool, GroupKey | None]:
-        """Where calls go: the pool, and the group of supervisors (None: the default)."""
+    def _target(self) -> tuple[Pool, GroupKey]:
+        """Where calls go: the pool, and the group of supervisors."""
         raise NotImplementedError
 
     def _stream_one(
@@ -62,11 +62,7 @@ class Streaming:
     ) -> Stream[Any]:
         pool, group = self._target()
         inbox = Inbox()
-        stream = (limits, inbox)
-        if group is None:
-            future = pool.submit(fn, args, kwargs, label=label, stream=stream)
-        else:
-            future = pool.submit(fn, args, kwargs, group=group, label=label, stream=stream)
+        future = pool.submit(fn, args, kwargs, group=group, label=label, stream=(limits, inbox))
         # The consumer's progress goes to the supervisor from the I/O thread.
         report = functools.partial(pool.io.call_soon, pool.sender.taken)
         return Stream(future, inbox, pool.inboxes, limits, report)
@@ -160,8 +156,6 @@ class Submitting(Streaming):
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AioRayFuture[Any]:
         pool, group = self._target()
-        if group is None:
-            return pool.submit(fn, args, kwargs)
         return pool.submit(fn, args, kwargs, group=group)
 
     @overload
