@@ -30,6 +30,13 @@ from .wakeups import loop_scheduler
 T = TypeVar("T")
 
 _PENDING = -1
+_STATE_NAMES = {
+    _PENDING: "pending",
+    wire.OK: "finished",
+    wire.HELD: "held",
+    wire.ERROR: "failed",
+    wire.CANCELLED: "cancelled",
+}
 _UNSET: Any = object()
 
 #: Called with ``(home, call id)`` when a finished future is dropped, so the
@@ -54,6 +61,10 @@ class Home(Protocol):
     def check_can_block(self) -> None:
         """Raise if blocking the current thread would stop results from arriving."""
 
+    def fetch(self, future: AioRayFuture[Any]) -> None:
+        """Fetch the value this future's call left on the supervisor (any thread);
+        the answer comes back through :func:`fetched`."""
+
 
 class AioRayFuture(Generic[T]):
     """The eventual outcome of one call submitted with :meth:`Runtime.submit`.
@@ -73,6 +84,7 @@ class AioRayFuture(Generic[T]):
         "_callbacks",
         "_error",
         "_event",
+        "_fetch",
         "_home",
         "_label",
         "_lock",
@@ -103,6 +115,8 @@ class AioRayFuture(Generic[T]):
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[AioRayFuture[T]], object]] = []
         self._event: threading.Event | None = None
+        # The fetch of a value left on the supervisor (wire.HELD), once asked for.
+        self._fetch: _Fetch | None = None
         # Set once the call has reached a supervisor: dropping the future then
         # tells the supervisor it may forget the result.
         self._release: Release | None = None
@@ -144,13 +158,20 @@ class AioRayFuture(Generic[T]):
         """Whether the call finished by being cancelled."""
         return self._state == wire.CANCELLED
 
+    @property
+    def held(self) -> bool:
+        """Whether the call returned a value that is still on its supervisor.
+
+        Values above the runtime's ``hold_results_above`` stay where they were
+        made until something asks for them: ``await``, :meth:`result` (which
+        then fetch it once) or a dependent call (which takes it from there).
+        """
+        return self._state == wire.HELD
+
     def __repr__(self) -> str:
-        state = {
-            _PENDING: "pending",
-            wire.OK: "finished",
-            wire.ERROR: "failed",
-            wire.CANCELLED: "cancelled",
-        }[self._state]
+        state = _STATE_NAMES[self._state]
+        if self._state == wire.HELD:
+            state = f"finished, its value ({wire.held_size(self._payload):,} bytes) held"
         return f"<AioRayFuture {self._label} {state} on supervisor {self._home.index}>"
 
     def __reduce__(self) -> Any:
@@ -206,6 +227,8 @@ class AioRayFuture(Generic[T]):
             raise self._error
         if state == wire.CANCELLED:
             raise CancelledError(f"{self._label} was cancelled")
+        if state == wire.HELD:
+            raise RuntimeError(f"the value of {self._label} has not been fetched")
         raise RuntimeError(f"{self._label} has not finished")
 
     def result(self, timeout: float | None = None) -> T:
@@ -213,20 +236,31 @@ class AioRayFuture(Generic[T]):
 
         For sync code. In async code ``await future`` instead: it does not block
         the loop. Raises :class:`TimeoutError` if ``timeout`` seconds pass first
-        (the call keeps running).
+        (the call keeps running). A value left on the supervisor (:attr:`held`)
+        is fetched within the same ``timeout``.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not self.wait_sync(timeout):
             raise TimeoutError(f"{self._label} did not finish within {timeout} seconds")
+        if self._state == wire.HELD:
+            self._home.check_can_block()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not _start_fetch(self).event.wait(left):
+                raise TimeoutError(f"{self._label}'s value did not arrive within {timeout} s")
         return self._outcome()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The exception the call raised, or ``None`` if it returned (blocks like ``result``)."""
+        """The exception the call raised, or ``None`` if it returned (blocks like ``result``).
+
+        A call whose value is still on its supervisor returned: ``None``, without
+        fetching the value.
+        """
+        if not self.wait_sync(timeout):
+            raise TimeoutError(f"{self._label} did not finish within {timeout} seconds")
+        if self._state in (wire.OK, wire.HELD):
+            return None
         try:
-            self.result(timeout)
-        except TimeoutError:
-            if not self.done():
-                raise
-            return self._error
+            self._outcome()
         except BaseException as exc:
             return exc
         return None
@@ -267,6 +301,8 @@ class AioRayFuture(Generic[T]):
 
     async def _result_async(self) -> T:
         await self.wait()
+        if self._state == wire.HELD:
+            await _fetch_async(self)
         return self._outcome()
 
     def __await__(self) -> Generator[Any, None, T]:
@@ -323,6 +359,44 @@ class AioRayFuture(Generic[T]):
                 pass  # interpreter shutdown: nothing to release to
 
 
+class _Fetch:
+    """One fetch of a held value, shared by everyone who asks for it."""
+
+    __slots__ = ("event", "wakers")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()  # set once the value (or its loss) is here
+        self.wakers: list[Callable[[], None]] = []  # async waiters' loops
+
+
+def _start_fetch(future: AioRayFuture[Any]) -> _Fetch:
+    """The fetch of a future's held value, asked for once (any thread)."""
+    with future._lock:
+        fetch = future._fetch
+        if fetch is not None:
+            return fetch
+        fetch = future._fetch = _Fetch()
+        if future._state != wire.HELD:  # fetched meanwhile
+            fetch.event.set()
+            return fetch
+    future._home.fetch(future)
+    return fetch
+
+
+async def _fetch_async(future: AioRayFuture[Any]) -> None:
+    """Wait for a held value to arrive, without blocking the loop (asyncio or trio)."""
+    schedule = loop_scheduler()
+    if schedule is None:
+        raise RuntimeError("AioRayFuture must be awaited inside an event loop")
+    event = anyio.Event()
+    fetch = _start_fetch(future)
+    with future._lock:
+        if fetch.event.is_set():
+            return
+        fetch.wakers.append(lambda: schedule(event.set))
+    await event.wait()
+
+
 class _Nowhere:
     """The home of futures that were never sent (see :meth:`AioRayFuture.failed`)."""
 
@@ -336,6 +410,9 @@ class _Nowhere:
         pass
 
     def check_can_block(self) -> None:
+        pass
+
+    def fetch(self, future: AioRayFuture[Any]) -> None:
         pass
 
 
@@ -364,6 +441,32 @@ def settle(future: AioRayFuture[Any], kind: int, payload: bytes | None, release:
     """
     future._release = release
     future._set_outcome(kind, payload)
+
+
+def fetched(future: AioRayFuture[Any], kind: int, payload: bytes | None) -> None:
+    """The held value arrived (``wire.OK``), or an error instead (``wire.ERROR``,
+    its pickled exception): waiters of the fetch wake (I/O thread)."""
+    with future._lock:
+        if future._state != wire.HELD:
+            return
+        future._state = kind
+        future._payload = payload
+        fetch = future._fetch
+    if fetch is not None:
+        fetch.event.set()
+        for wake in fetch.wakers:
+            wake()
+        fetch.wakers.clear()
+
+
+def lost(future: AioRayFuture[Any], error: BaseException) -> None:
+    """The held value cannot be fetched (its supervisor died): waiters of the
+    fetch get ``error`` instead (I/O thread)."""
+    with future._lock:
+        if future._state != wire.HELD:
+            return
+        future._error = error
+    fetched(future, wire.ERROR, None)
 
 
 def when_done(future: AioRayFuture[Any], fn: Callable[[AioRayFuture[Any]], object]) -> None:
@@ -397,20 +500,21 @@ def move(future: AioRayFuture[Any], home: Home) -> None:
     future._home = home
 
 
-def held_outcome(future: AioRayFuture[Any]) -> tuple[bool, bytes]:
-    """For a finished future: ``(succeeded, pickled value)``, or ``(False, b"")``.
+def held_outcome(future: AioRayFuture[Any]) -> tuple[int, bytes]:
+    """For a finished future: ``(wire.OK, pickled value)``, ``(wire.ERROR, b"")``,
+    or ``(wire.HELD, b"")`` for a value that stayed on its supervisor.
 
     Used to pass an outcome the caller holds to a dependent call once the
     supervisor that produced it has died.
     """
     if future._state != wire.OK:
-        return False, b""
+        return (wire.HELD if future._state == wire.HELD else wire.ERROR), b""
     payload = future._payload
     if payload is None:  # already unpickled here: pickle it again
         import cloudpickle
 
         payload = cloudpickle.dumps(future._outcome(), protocol=5)
-    return True, payload
+    return wire.OK, payload
 
 
 async def as_completed(futures: Iterable[AioRayFuture[T]]) -> AsyncIterator[AioRayFuture[T]]:

@@ -26,6 +26,7 @@ from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import BlockedLoop
 from ..errors import RayLostError, RuntimeNotRunningError, SupervisorDiedError
+from .fetching import Fetcher
 from .futures import AioRayFuture, Home, fail, settle
 from .iothread import IOThread, wait_ref
 from .ledger import CallLedger
@@ -70,6 +71,7 @@ class Pool:
             io=self.io,
             cancel=self.cancel,
             send_now=self.send_now,
+            fetch=lambda supervisor, future: self.fetcher.fetch(supervisor, future),
             on_started=lambda supervisor: self.io.call_soon(self._start_poll, supervisor),
         )
         # Which calls may have started on which supervisor (I/O thread).
@@ -88,6 +90,8 @@ class Pool:
         )
         # What supervisors report beside outcomes: logs and stalls (reports.py).
         self.reports = Reports(logger, on_blocked_loop, on_log)
+        # Values left on the supervisors, fetched when asked for (fetching.py).
+        self.fetcher = Fetcher(self.io, logger)
         # Outcomes the caller no longer needs, released in groups (releases.py).
         self.releases: Releases[RemoteSupervisor] = Releases(self.io, self.sender.release)
         # Asks whether Ray is still there, once a second (raywatch.py).
@@ -132,6 +136,7 @@ class Pool:
         # Nothing may stay pending: whatever was not sent or not answered fails.
         self._closed_before_sending()
         self._fail_in_flight("the runtime closed while it was running")
+        self.fetcher.close()
 
     def _closed_before_sending(self) -> None:
         self.ledger.forget_all_notes()

@@ -25,6 +25,7 @@ import ray
 
 from .._common.settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
+    DEFAULT_HOLD_RESULTS_ABOVE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_START_TIMEOUT,
     DEFAULT_THREADS,
@@ -93,6 +94,8 @@ class Runtime(Submitting):
             ``aioray_supervisor`` attribute), on the runtime's I/O thread,
             instead of handing it to the logger of its name.
         name: Begins the supervisors' Ray actor names (up to 40 of ``A-Za-z0-9-_.``).
+        hold_results_above: Bytes (pickled) above which a call's value stays on its supervisor
+            until asked for (``await``, a dependent); ``None``: never (docs/scaling.md).
 
     Use it as ``async with Runtime() as rt:`` in async code (asyncio or trio), or
     ``with Runtime() as rt:`` in sync code.
@@ -120,6 +123,7 @@ class Runtime(Submitting):
         forward_logs: Iterable[str] = (),
         on_log: Callable[[logging.LogRecord], object] | None = None,
         name: str | None = None,
+        hold_results_above: int | None = DEFAULT_HOLD_RESULTS_ABOVE,
     ) -> None:
         # Every keyword argument named in SETTING_NAMES (the one list of settings).
         settings = Settings.from_arguments(settings, locals())
@@ -179,9 +183,9 @@ class Runtime(Submitting):
     def close(self, *, wait: bool = True, grace: float = 5.0) -> None:
         """Stop the supervisors and disconnect from Ray if this runtime connected.
 
-        With ``wait`` (the default) calls still running finish first; otherwise
-        they are cancelled and given ``grace`` seconds in all to unwind (0: stop
-        at once). Open streams are closed. Ray is shut down if this runtime started it.
+        With ``wait`` (the default) calls still running finish first; else they are
+        cancelled, with ``grace`` seconds in all to unwind (0: stop at once). Open streams
+        close; values left on supervisors (``future.held``) go. Ray stops if it started it.
         """
         if self._pool is None:
             return
@@ -191,10 +195,9 @@ class Runtime(Submitting):
     def drain(self, *, cancel: bool = False, grace: float = 5.0) -> None:
         """Block until no call is in flight (sync code; :meth:`close` uses it).
 
-        With ``cancel``, the calls in flight are cancelled first and given
-        ``grace`` seconds in all to unwind (their ``finally`` blocks run); without
-        it, they are waited for however long they take. Open streams are closed
-        either way. Calls submitted while draining are not waited for.
+        With ``cancel``, calls in flight are cancelled and given ``grace`` seconds in
+        all to unwind (their ``finally`` blocks run); without it, they are waited for.
+        Open streams are closed. Calls submitted while draining are not waited for.
         """
         streams, calls = self._require().inboxes.split(self.outstanding())
         wait_all(calls, cancel=cancel, grace=grace, close=streams)
@@ -302,10 +305,9 @@ class Runtime(Submitting):
         return self._require().broadcast(fn, args, kwargs, every_group=every_group)
 
     def options(self, **actor_options: Any) -> RuntimeOptions:
-        """A view of this runtime whose submissions run on a supervisor started with
-        these extra Ray actor options (``num_gpus=1``, ``resources={...}``,
-        ``runtime_env={...}``). That supervisor starts on first use and is shared
-        by every submission with the same options."""
+        """A view of this runtime whose submissions run on a supervisor started with these
+        extra Ray actor options (``num_gpus=1``, ``resources={...}``, ``runtime_env=``),
+        on first use, shared by every submission with the same options."""
         pool = self._require()
         return RuntimeOptions(pool, pool.group(actor_options))
 
@@ -325,12 +327,11 @@ class Runtime(Submitting):
     async def stats(self, *, collect: bool = False) -> list[dict[str, Any]]:
         """Counters and memory of each live supervisor; ``collect`` runs their GC first.
 
-        One dict per supervisor: ``index``, ``pid``, ``running`` (calls running
-        now), ``calls_held`` (outcomes kept until their futures are dropped),
-        ``unpolled`` (finished, not yet sent), ``functions`` (distinct functions
-        received), ``started_total``, ``polls`` (batches of results sent back),
-        ``cpu_s`` (the supervisor process's CPU time so far), ``rss_bytes``,
-        ``peak_rss_bytes`` and ``streams`` (streams running).
+        One dict per supervisor: ``index``, ``pid``, ``running`` (calls running now),
+        ``calls_held`` (outcomes kept until their futures are dropped), ``held_bytes``
+        (their pickled size), ``unpolled`` (finished, not yet sent), ``functions``,
+        ``started_total``, ``polls`` (batches of results sent back), ``cpu_s`` (its
+        CPU time so far), ``rss_bytes``, ``peak_rss_bytes``, ``streams`` (running).
         """
         pool = self._require()
         pool.flush_releases_soon()

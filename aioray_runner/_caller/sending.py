@@ -18,6 +18,7 @@ import ray
 
 from .._common import wire
 from ..errors import RuntimeNotRunningError, SupervisorDiedError
+from .fetching import lost_value_message
 from .futures import AioRayFuture, fail, held_outcome, home_of, mark_cancelled, move
 from .iothread import IOThread, wait_ref
 from .ledger import CallLedger
@@ -68,8 +69,11 @@ class Sender:
         supervisor = home_of(future)
         if future.done() and not supervisor.alive:
             # The outcome is here and its supervisor cannot answer for it any more.
-            succeeded, payload = held_outcome(future)
-            if not succeeded:
+            kind, payload = held_outcome(future)
+            if kind == wire.HELD:
+                message = lost_value_message(future.label, supervisor.index)
+                return wire.failed_dep(message, future.label), future
+            if kind != wire.OK:
                 error = future.exception(0)
                 message = f"{future.label} failed with {type(error).__name__}: {error}"
                 return wire.failed_dep(message, future.label), future

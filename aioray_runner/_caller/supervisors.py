@@ -63,6 +63,7 @@ class RemoteSupervisor:
         io: IOThread,
         cancel: Callable[[AioRayFuture[Any]], None],
         send_now: Callable[[], None],
+        fetch: Callable[[RemoteSupervisor, AioRayFuture[Any]], None],
     ):
         self.index = index
         self.group = group
@@ -86,6 +87,7 @@ class RemoteSupervisor:
         self._io = io
         self._cancel = cancel
         self._send_now = send_now
+        self._fetch = fetch
 
     @property
     def load(self) -> int:
@@ -103,6 +105,10 @@ class RemoteSupervisor:
     def send_now(self) -> None:
         """Send the calls queued at the caller now."""
         self._send_now()
+
+    def fetch(self, future: AioRayFuture[Any]) -> None:
+        """Fetch the value the future's call left here (see ``fetching.py``)."""
+        self._fetch(self, future)
 
     def check_can_block(self) -> None:
         """Refuse a blocking wait on the I/O thread, which would stop every result."""
@@ -141,6 +147,7 @@ class Supervisors:
         io: IOThread,
         cancel: Callable[[AioRayFuture[Any]], None],
         send_now: Callable[[], None],
+        fetch: Callable[[RemoteSupervisor, AioRayFuture[Any]], None],
         on_started: Callable[[RemoteSupervisor], None],
     ) -> None:
         self.settings = settings
@@ -163,6 +170,7 @@ class Supervisors:
         self._io = io
         self._cancel = cancel
         self._send_now = send_now
+        self._fetch = fetch
         self._on_started = on_started
 
     def start_default(self, count: int | None) -> int:
@@ -321,6 +329,7 @@ class Supervisors:
             io=self._io,
             cancel=self._cancel,
             send_now=self._send_now,
+            fetch=self._fetch,
         )
 
     def _wait_ready(self, supervisors: Sequence[RemoteSupervisor]) -> None:

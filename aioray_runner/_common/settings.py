@@ -34,6 +34,11 @@ DEFAULT_BLOCKED_LOOP_THRESHOLD = 0.5
 DEFAULT_THREADS = 32
 #: Default seconds to wait for supervisors to start.
 DEFAULT_START_TIMEOUT = 120.0
+#: Default size (bytes, pickled) above which a call's value stays on its supervisor
+#: until asked for, instead of riding the next poll to the caller: below it, an
+#: awaited value costs the caller less inline than a fetch's round trip
+#: (benchmarks/bench_held.py, docs/measurements.md).
+DEFAULT_HOLD_RESULTS_ABOVE = 256 * 1024
 
 #: The backends (the async library coroutines are written for), in the order error
 #: messages list them: name -> the extra that installs what it needs (None: nothing).
@@ -72,6 +77,7 @@ class Settings:
     blocked_loop_threshold: float | None = DEFAULT_BLOCKED_LOOP_THRESHOLD
     forward_logs: tuple[str, ...] = ()
     name: str | None = None
+    hold_results_above: int | None = DEFAULT_HOLD_RESULTS_ABOVE
 
     # Mutable mappings in a frozen object: compared by value, so not hashable.
     __hash__ = None  # type: ignore[assignment]
@@ -88,6 +94,7 @@ class Settings:
         )
         check_backend_installed(self.backend)
         _check_name(self.name)
+        _check_hold(self.hold_results_above)
         # Own copies, so the caller's later changes to its dicts do not leak in.
         _set(self, "init_kwargs", _mapping("init_kwargs", self.init_kwargs))
         _set(self, "actor_options", _mapping("actor_options", self.actor_options))
@@ -179,6 +186,18 @@ def check_backend_installed(name: str) -> None:
             f"backend={name!r} needs {extra}: python -m pip install '.[{extra}]'"
             " in a clone of aioray-runner"
         ) from exc
+
+
+def _check_hold(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            "hold_results_above must be a number of bytes (or None to send every value"
+            f" back with its poll), got an object of type {type(value).__name__}"
+        )
+    if value < 0:
+        raise ValueError(f"hold_results_above must be 0 or more bytes (or None), not {value}")
 
 
 # A runtime's name goes into its supervisors' Ray actor names: letters, digits, - _ .

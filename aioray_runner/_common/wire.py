@@ -35,11 +35,21 @@ from ..errors import InvalidCallError, RemoteError, SerializationError
 # Outcome kinds, as they travel from supervisor to caller. RESEND: the call never
 # started and cannot start there (an upstream's supervisor died); its payload is
 # ``(dependency index, dead owner's actor id or None)``, and the caller sends the
-# call again with fresh dependencies.
+# call again with fresh dependencies. HELD: the call returned, and its value (too
+# big to ride the poll, see ``Settings.hold_results_above``) stays on the supervisor
+# until someone asks for it (``Supervisor.results_of``); its payload is the pickled
+# size in bytes, as 8 little-endian bytes.
 OK = 0
 ERROR = 1
 CANCELLED = 2
 RESEND = 3
+HELD = 4
+
+
+def held_size(payload: bytes | None) -> int:
+    """The size in bytes of a value a HELD outcome left on its supervisor."""
+    return int.from_bytes(payload, "little") if payload else 0
+
 
 # A dependency as it travels: (CALL_DEP, owner actor handle, call id, label)
 # or (REF_DEP, ObjectRef, 0, label) or (VALUE_DEP, pickled value, 0, label)

@@ -93,11 +93,9 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     """Runs Prefect task runs on aioray-runner's supervisor actors.
 
     Args:
-        address: Address of a running Ray instance (``"ray://host:10001"``,
-            ``"auto"``). ``None`` uses the Ray this process already initialized,
-            else the cluster ``RAY_ADDRESS`` names, else starts a temporary local
-            instance (never another program's ``ray start`` cluster: pass
-            ``"auto"`` for that); see :class:`Runtime`.
+        address: A running Ray (``"ray://host:10001"``, ``"auto"``). ``None`` uses the
+            Ray this process initialized, else ``RAY_ADDRESS``'s, else starts a temporary
+            local one (never another program's ``ray start`` cluster); see :class:`Runtime`.
         init_kwargs: Extra keyword arguments for ``ray.init`` (namespace: ``"prefect"``).
         supervisors: Supervisor actors to start; ``None`` = one per Ray node with CPUs.
         max_concurrency: Task runs running at once per supervisor.
@@ -132,6 +130,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             print in the flow's console (Prefect's task and flow run loggers
             always do, as under Prefect's own runners); see :class:`Runtime`.
         name: A name for the supervisors (a slug of the flow's); see :class:`Runtime`.
+        hold_results_above: ``None``: a run's state and result come back as it
+            finishes (results left on supervisors are not built for task runs yet).
         settings: All of the above as one :class:`Settings` (then the other
             arguments are ignored); ``runner.settings`` is the one in force.
 
@@ -156,6 +156,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         forward_logs: Iterable[str] = (),
         console: Literal["runs", "summary"] = "runs",
         name: str | None = None,
+        hold_results_above: int | None = None,
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
         check_choice("sync_tasks", sync_tasks, _SYNC_TASKS)

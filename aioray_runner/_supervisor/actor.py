@@ -44,7 +44,15 @@ from .._common import wire
 from .._common.settings import Settings
 from .._common.watchdog import Stall, Watchdog, watch_asyncio_loop
 from .attempt import Attempt, set_attempt
-from .calls import CallRecord, CallTable, Permits, Resend, calls_holding, pack_outcome
+from .calls import (
+    CallRecord,
+    CallTable,
+    Permits,
+    Resend,
+    calls_holding,
+    for_the_caller,
+    pack_outcome,
+)
 from .census import (
     CANCELLED,
     FAILED,
@@ -85,10 +93,8 @@ class Supervisor:
         self._index = index
         self._settings = settings
         self._runtime = runtime  # the runtime's id, in its actor names and metrics
-        # The backend's host, started before the first call (see aioray_runner/_backends).
-        self._host = HostStart(settings.backend)
-        # The functions sent here, by digest (see functions.py).
-        self._functions = FunctionTable(index, self._host.adapt)
+        self._host = HostStart(settings.backend)  # started before the first call
+        self._functions = FunctionTable(index, self._host.adapt)  # by digest
         self._calls = CallTable()  # by id, from arrival until released
         self._ready: list[Outcome] = []
         self._stalls: list[wire.StallReport] = []
@@ -155,10 +161,8 @@ class Supervisor:
 
     async def submit(self, functions: dict[bytes, bytes], calls: Sequence[wire.CallEntry]) -> int:
         """Accept a batch of calls (see ``wire.CallEntry``); ``functions`` are new ones.
-
-        An entry's ``rerun`` is ``None``, or a :class:`wire.Rerun` for a call run
-        again after its supervisor died.
-        """
+        An entry's ``rerun`` is a :class:`wire.Rerun` for a call run again after its
+        supervisor died."""
         self._loop = asyncio.get_running_loop()
         self._start_watchdog()
         self._logs.install()  # again: a library's logging set-up may have reset it
@@ -252,6 +256,10 @@ class Supervisor:
         record = await self._calls.arrived(call_id)
         return await record.wait()
 
+    async def results_of(self, call_ids: Sequence[int]) -> list[tuple[int, bytes | None]]:
+        """The outcomes the caller asks for: values it left here (``wire.HELD``)."""
+        return self._calls.outcomes(call_ids)
+
     async def cancel(self, call_ids: Sequence[int]) -> None:
         """Cancel calls: their coroutines see the cancellation and unwind."""
         for call_id in call_ids:
@@ -285,6 +293,7 @@ class Supervisor:
             "running": self._census.phases()[RUNNING],
             "streams": len(self._streams),
             "calls_held": len(self._calls),
+            "held_bytes": self._calls.held_bytes(),
             "unpolled": len(self._ready),
             "functions": len(self._functions),
             "started_total": self._census.started_total,
@@ -366,7 +375,7 @@ class Supervisor:
             record.waiters = None
         record.task = None
         self._census.ended(record.call_id, record.label, _HOW_ENDED.get(kind, FAILED))
-        self._ready.append((record.call_id, kind, payload))
+        self._ready.append(for_the_caller(record.call_id, kind, payload, self._settings))
         self._ready_event.set()
         if record.released or kind == wire.RESEND:
             # A call handed back is sent again under the same id, maybe to this

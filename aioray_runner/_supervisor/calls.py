@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._common import wire
+from .._common.settings import Settings
 from ..errors import RemoteError
 
 
@@ -120,6 +121,30 @@ class CallTable:
             else:
                 record.released = True
 
+    def outcomes(self, call_ids: Sequence[int]) -> list[tuple[int, bytes | None]]:
+        """The outcomes of these finished calls, in order, for the caller that left
+        their values here; a call no longer held (never the case while its future
+        lives) comes back as an error saying so."""
+        found = []
+        for call_id in call_ids:
+            record = self._records.get(call_id)
+            if record is not None and record.outcome is not None:
+                found.append(record.outcome)
+            else:
+                error = RemoteError(
+                    "LookupError", f"call {call_id}'s result is no longer held by its supervisor"
+                )
+                found.append((wire.ERROR, wire.dumps_exception(error)))
+        return found
+
+    def held_bytes(self) -> int:
+        """Bytes of finished calls' outcomes held here, in all."""
+        return sum(
+            len(record.outcome[1] or b"")
+            for record in self._records.values()
+            if record.outcome is not None
+        )
+
     def forget(self, call_id: int) -> None:
         """Drop a finished call's record now (released, or handed back)."""
         self._records.pop(call_id, None)
@@ -213,6 +238,18 @@ def calls_holding(
                 return ((record.call_id, record.label),)
             waiting_on = getattr(waiting_on, "_fut_waiter", None)
     return ()
+
+
+def for_the_caller(
+    call_id: int, kind: int, payload: bytes | None, settings: Settings
+) -> wire.Outcome:
+    """A finished call as the next poll reply carries it: a value above
+    ``settings.hold_results_above`` stays here (``wire.HELD``, with its size), to
+    be fetched only if someone asks for it (``Supervisor.results_of``)."""
+    hold = settings.hold_results_above
+    if kind == wire.OK and hold is not None and payload is not None and len(payload) > hold:
+        return call_id, wire.HELD, len(payload).to_bytes(8, "little")
+    return call_id, kind, payload
 
 
 def pack_outcome(kind: int, value: Any, label: str) -> tuple[int, bytes | None]:

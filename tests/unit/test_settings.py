@@ -40,6 +40,7 @@ EVERY_FIELD = {
     "blocked_loop_threshold": 0.25,
     "forward_logs": ("mypkg.events",),
     "name": "etl.nightly",
+    "hold_results_above": 1024,
 }
 
 
@@ -83,6 +84,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.backend == "asyncio"
     assert settings.address is None and settings.supervisors is None
     assert settings.preload == () and dict(settings.init_kwargs) == {}
+    assert settings.hold_results_above == 256 * 1024
 
 
 def test_every_field_is_a_runtime_argument_and_a_runner_argument() -> None:
@@ -147,6 +149,9 @@ def test_equal_by_value_not_hashable_and_picklable() -> None:
         ("name", "-x", ValueError, "starting with a letter or digit"),
         ("name", "x" * 41, ValueError, "name must be 1 to 40 letters"),
         ("name", 7, TypeError, "name must be a string"),
+        ("hold_results_above", -1, ValueError, "hold_results_above must be 0 or more bytes"),
+        ("hold_results_above", "1MB", TypeError, "hold_results_above must be a number of bytes"),
+        ("hold_results_above", 2.5, TypeError, "hold_results_above must be a number of bytes"),
     ],
 )
 def test_bad_values_name_the_setting(
