@@ -130,7 +130,7 @@ class AioRayFuture(Generic[T]):
         Passed to another call, it fails that call with :class:`UpstreamError`.
         """
         future: AioRayFuture[Any] = cls(_NOWHERE, 0, label, None)
-        future._set_error(error)
+        _set_error(future, error)
         return future
 
     # -- read-only facts ---------------------------------------------------------
@@ -168,6 +168,19 @@ class AioRayFuture(Generic[T]):
         """
         return self._state == wire.HELD
 
+    def summary(self) -> Any:
+        """What the call's value says of itself, without fetching a value that stayed
+        on its supervisor: ``value.__aioray_summary__()`` (computed where the value
+        is), or ``None`` if its type has no such method. Raises like :meth:`result`
+        if the call failed; does not wait (``RuntimeError`` if it has not finished).
+        """
+        if self._state == wire.HELD:
+            blob = wire.held_summary(self._payload)
+            return pickle.loads(blob) if blob else None
+        value = self._outcome()
+        summarize = getattr(type(value), "__aioray_summary__", None)
+        return None if summarize is None else summarize(value)
+
     def __repr__(self) -> str:
         state = _STATE_NAMES[self._state]
         if self._state == wire.HELD:
@@ -181,29 +194,6 @@ class AioRayFuture(Generic[T]):
         )
 
     # -- outcome -----------------------------------------------------------------
-
-    def _set_outcome(self, kind: int, payload: bytes | None) -> bool:
-        """Record the outcome (I/O thread). Returns False if already done."""
-        with self._lock:
-            if self._state != _PENDING:
-                return False
-            self._state = kind
-            self._payload = payload
-            self._upstream = None
-            callbacks, self._callbacks = self._callbacks, []
-            if self._event is not None:
-                self._event.set()
-        for callback in callbacks:
-            _run_callback(callback, self)
-        return True
-
-    def _set_error(self, error: BaseException) -> bool:
-        """Fail the call with an error raised on the caller's side."""
-        with self._lock:
-            if self._state != _PENDING:
-                return False
-            self._error = error
-        return self._set_outcome(wire.ERROR, None)
 
     def _outcome(self) -> T:
         state = self._state
@@ -369,6 +359,31 @@ class _Fetch:
         self.wakers: list[Callable[[], None]] = []  # async waiters' loops
 
 
+def _set_outcome(self: AioRayFuture[Any], kind: int, payload: bytes | None) -> bool:
+    """Record the outcome (I/O thread). Returns False if already done."""
+    with self._lock:
+        if self._state != _PENDING:
+            return False
+        self._state = kind
+        self._payload = payload
+        self._upstream = None
+        callbacks, self._callbacks = self._callbacks, []
+        if self._event is not None:
+            self._event.set()
+    for callback in callbacks:
+        _run_callback(callback, self)
+    return True
+
+
+def _set_error(self: AioRayFuture[Any], error: BaseException) -> bool:
+    """Fail the call with an error raised on the caller's side."""
+    with self._lock:
+        if self._state != _PENDING:
+            return False
+        self._error = error
+    return _set_outcome(self, wire.ERROR, None)
+
+
 def _start_fetch(future: AioRayFuture[Any]) -> _Fetch:
     """The fetch of a future's held value, asked for once (any thread)."""
     with future._lock:
@@ -440,7 +455,7 @@ def settle(future: AioRayFuture[Any], kind: int, payload: bytes | None, release:
     forget the outcome it keeps for dependents.
     """
     future._release = release
-    future._set_outcome(kind, payload)
+    _set_outcome(future, kind, payload)
 
 
 def fetched(future: AioRayFuture[Any], kind: int, payload: bytes | None) -> None:
@@ -482,12 +497,12 @@ def when_done(future: AioRayFuture[Any], fn: Callable[[AioRayFuture[Any]], objec
 
 def fail(future: AioRayFuture[Any], error: BaseException) -> bool:
     """Fail a call with an error raised on the caller's side; False if already done."""
-    return future._set_error(error)
+    return _set_error(future, error)
 
 
 def mark_cancelled(future: AioRayFuture[Any]) -> None:
     """Mark a call cancelled before it was sent anywhere."""
-    future._set_outcome(wire.CANCELLED, None)
+    _set_outcome(future, wire.CANCELLED, None)
 
 
 def home_of(future: AioRayFuture[Any]) -> Home:

@@ -38,7 +38,8 @@ from ..errors import InvalidCallError, RemoteError, SerializationError
 # call again with fresh dependencies. HELD: the call returned, and its value (too
 # big to ride the poll, see ``Settings.hold_results_above``) stays on the supervisor
 # until someone asks for it (``Supervisor.results_of``); its payload is the pickled
-# size in bytes, as 8 little-endian bytes.
+# size in bytes, as 8 little-endian bytes, then the pickled summary the value gave
+# of itself (``__aioray_summary__``), if it has one.
 OK = 0
 ERROR = 1
 CANCELLED = 2
@@ -46,9 +47,35 @@ RESEND = 3
 HELD = 4
 
 
+def held_payload(size: int, summary: bytes) -> bytes:
+    """A HELD outcome's payload: the value's size, then its pickled summary (or b"")."""
+    return size.to_bytes(8, "little") + summary
+
+
 def held_size(payload: bytes | None) -> int:
     """The size in bytes of a value a HELD outcome left on its supervisor."""
-    return int.from_bytes(payload, "little") if payload else 0
+    return int.from_bytes(payload[:8], "little") if payload else 0
+
+
+def held_summary(payload: bytes | None) -> bytes:
+    """The pickled summary a HELD outcome carries, or b"" if its value gave none."""
+    return payload[8:] if payload else b""
+
+
+def summary_of(value: Any, label: str) -> bytes:
+    """``value.__aioray_summary__()``, pickled; b"" if it has none or it fails.
+
+    A value's summary is what the caller learns of it while the value itself
+    stays on its supervisor (an integration's metadata: a state, a shape).
+    """
+    summarize = getattr(type(value), "__aioray_summary__", None)
+    if summarize is None:
+        return b""
+    try:
+        kind, payload = dumps_value(summarize(value), label)
+    except Exception:
+        return b""
+    return payload if kind == OK else b""
 
 
 # A dependency as it travels: (CALL_DEP, owner actor handle, call id, label)

@@ -24,7 +24,7 @@ from prefect.transactions import BaseTransaction
 from .._caller.futures import AioRayFuture
 from .._common.wire import register_reducer
 from ..errors import UpstreamError
-from . import recovery, settled, transactions
+from . import held, recovery, settled, transactions
 
 R = TypeVar("R")
 
@@ -80,7 +80,7 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
         if parent is None or not self._wrapped_future.done():
             return
         try:
-            outcome = self._wrapped_future.result(0)
+            outcome = held.outcome_of(self._wrapped_future)
         except BaseException:
             return
         if not isinstance(outcome, transactions.TransactionOutcome):
@@ -140,6 +140,8 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
             raise TimeoutError(
                 f"Task run {self.task_run_id} did not complete within {timeout} seconds"
             )
+        if self._wrapped_future.held:  # fetch it without blocking the loop
+            await self._wrapped_future
         return await self._final_state.aresult(raise_on_failure=raise_on_failure)  # type: ignore[return-value]
 
     def __await__(self) -> Generator[Any, None, R]:
@@ -160,7 +162,7 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
 def state_of(future: AioRayFuture[Any]) -> State[Any]:
     """The final State a finished runtime future stands for."""
     try:
-        state = transactions.unwrap(future.result(0))
+        state = transactions.unwrap(held.outcome_of(future))
     except UpstreamError as exc:
         # An upstream was lost before it could report a State of its own: the
         # usual Prefect outcome for a task whose upstream did not complete.
@@ -172,7 +174,7 @@ def state_of(future: AioRayFuture[Any]) -> State[Any]:
         raise TypeError(
             f"expected a Prefect State from the supervisor, got a {type(state).__name__}"
         )
-    return state
+    return held.with_result_on_demand(state, future)
 
 
 register_reducer(PrefectAioRayFuture, _reduce_future)

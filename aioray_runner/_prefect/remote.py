@@ -188,7 +188,7 @@ async def run_async_task(
                 entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
                 final, run_task, task_run = await after_loss(task, task_run_id, attempt, parameters)
                 if final is not None:
-                    return final
+                    return transactions.outcome(final, None)
                 state = await run_task_async(
                     **_engine_arguments(run_task, request, task_run, parameters),
                     context=None,  # already entered, once per flow run
@@ -250,7 +250,7 @@ async def run_sync_task_in_thread(
     scope = await _scope_for(key, flow_context)
     final, run_task, task_run = await _after_loss_in(scope, task, task_run_id, parameters)
     if final is not None:
-        return final
+        return transactions.outcome(final, None)
 
     def run() -> Any:
         global _in_threads
@@ -348,7 +348,7 @@ async def run_sync_task(
         scope = await _scope_for(key, flow_context)
         final, task, task_run = await _after_loss_in(scope, task, request.task_run_id, parameters)
         if final is not None:
-            return final
+            return transactions.outcome(final, None)
 
     global _sync_runner
     if _sync_runner is None:

@@ -63,6 +63,7 @@ from .._caller.futures import AioRayFuture
 from .._caller.runtime import Runtime
 from .._common.settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
+    DEFAULT_HOLD_RESULTS_ABOVE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_START_TIMEOUT,
     Settings,
@@ -130,8 +131,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             print in the flow's console (Prefect's task and flow run loggers
             always do, as under Prefect's own runners); see :class:`Runtime`.
         name: A name for the supervisors (a slug of the flow's); see :class:`Runtime`.
-        hold_results_above: ``None``: a run's state and result come back as it
-            finishes (results left on supervisors are not built for task runs yet).
+        hold_results_above: Bytes above which a run's result stays on its supervisor
+            until read (its state reaches the flow at once); see :class:`Runtime`.
         settings: All of the above as one :class:`Settings` (then the other
             arguments are ignored); ``runner.settings`` is the one in force.
 
@@ -156,7 +157,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         forward_logs: Iterable[str] = (),
         console: Literal["runs", "summary"] = "runs",
         name: str | None = None,
-        hold_results_above: int | None = None,
+        hold_results_above: int | None = DEFAULT_HOLD_RESULTS_ABOVE,
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
         check_choice("sync_tasks", sync_tasks, _SYNC_TASKS)

@@ -58,15 +58,35 @@ class TransactionNotPortable(RuntimeError):
     """A task cannot take part in a transaction from another process."""
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldResult:
+    """Stands in a state's ``data`` for a result left on its supervisor (see held.py)."""
+
+    #: The result record's metadata (storage key, serializer, expiration), if any.
+    metadata: Any = None
+
+
 @dataclasses.dataclass
 class TransactionOutcome:
-    """A task run's final State, with what it did in its enclosing transaction."""
+    """What a task run's call returns: its final State, with what it did in its
+    enclosing transaction (nothing, outside one)."""
 
     state: State[Any]
     #: Transactions the task handed to its parent (its own, one per attempt).
     children: list[BaseTransaction]
     #: The task rolled its parent back (it failed inside the transaction).
     rolled_back: bool
+
+    def __aioray_summary__(self) -> TransactionOutcome:
+        """What the flow receives while the run's result stays on its supervisor
+        (the runtime's ``hold_results_above``): this outcome, with the state's
+        result replaced by a :class:`HeldResult`."""
+        data = self.state.data
+        if data is None:
+            return self
+        metadata = getattr(data, "metadata", None)
+        state = self.state.model_copy(update={"data": HeldResult(metadata)})
+        return TransactionOutcome(state, self.children, self.rolled_back)
 
 
 def unwrap(outcome: Any) -> Any:
@@ -168,8 +188,10 @@ def enter_snapshot(stack: ExitStack, chain: list[dict[str, Any]] | None) -> Ente
 
 def outcome(state: Any, entered: Entered | None) -> Any:
     """What the task's call returns: its State, with what it did in the transaction."""
-    if entered is None or not isinstance(state, State):
+    if not isinstance(state, State):
         return state
+    if entered is None:
+        return TransactionOutcome(state, [], False)
     parent = entered.parent
     rolled_back = (
         parent.state == TransactionState.ROLLED_BACK

@@ -375,7 +375,7 @@ class Supervisor:
             record.waiters = None
         record.task = None
         self._census.ended(record.call_id, record.label, _HOW_ENDED.get(kind, FAILED))
-        self._ready.append(for_the_caller(record.call_id, kind, payload, self._settings))
+        self._ready.append(for_the_caller(record, value, self._settings))
         self._ready_event.set()
         if record.released or kind == wire.RESEND:
             # A call handed back is sent again under the same id, maybe to this

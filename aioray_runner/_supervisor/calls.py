@@ -240,16 +240,18 @@ def calls_holding(
     return ()
 
 
-def for_the_caller(
-    call_id: int, kind: int, payload: bytes | None, settings: Settings
-) -> wire.Outcome:
+def for_the_caller(record: CallRecord, value: Any, settings: Settings) -> wire.Outcome:
     """A finished call as the next poll reply carries it: a value above
-    ``settings.hold_results_above`` stays here (``wire.HELD``, with its size), to
-    be fetched only if someone asks for it (``Supervisor.results_of``)."""
+    ``settings.hold_results_above`` stays here (``wire.HELD``: its size and the
+    summary it gives of itself travel), to be fetched only if someone asks for it
+    (``Supervisor.results_of``)."""
+    assert record.outcome is not None
+    kind, payload = record.outcome
     hold = settings.hold_results_above
     if kind == wire.OK and hold is not None and payload is not None and len(payload) > hold:
-        return call_id, wire.HELD, len(payload).to_bytes(8, "little")
-    return call_id, kind, payload
+        summary = wire.summary_of(value, record.label)
+        return record.call_id, wire.HELD, wire.held_payload(len(payload), summary)
+    return record.call_id, kind, payload
 
 
 def pack_outcome(kind: int, value: Any, label: str) -> tuple[int, bytes | None]:

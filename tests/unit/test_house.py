@@ -45,6 +45,7 @@ PREFECT_MAY_IMPORT = {
     ): "the runner's defaults are the runtime's",
     ("_common.settings", "DEFAULT_MAX_CONCURRENCY"): "the runner's defaults are the runtime's",
     ("_common.settings", "DEFAULT_START_TIMEOUT"): "the runner's defaults are the runtime's",
+    ("_common.settings", "DEFAULT_HOLD_RESULTS_ABOVE"): "the runner's defaults are the runtime's",
     ("_common.settings", "DEFAULT_THREADS"): "the runner's defaults are the runtime's",
     ("_common.settings", "SETTING_NAMES"): "the runner takes every setting the runtime takes",
     ("_caller.placement", "ACTOR_PLACEMENT_OPTIONS"): "remote_options sorts Ray's options by kind",
