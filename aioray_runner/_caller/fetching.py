@@ -11,6 +11,7 @@ one round trip per supervisor, not one per future.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -100,12 +101,14 @@ class Fetcher:
         try:
             ref = supervisor.handle.results_of.remote([future.call_id for future in futures])
             outcomes = await wait_ref(ref)
-        except BaseException as exc:  # it died, Ray went away, or the runtime closes
+        except asyncio.CancelledError:
+            # The runtime closes: close() fails these once the supervisors are
+            # stopped, saying so (they did not die).
+            raise
+        except Exception as exc:  # it died, or Ray went away
             self._logger.debug("fetching from %s failed: %r", supervisor.describe(), exc)
             self._lose(futures, supervisor)
-            if isinstance(exc, Exception):
-                return
-            raise
+            return
         for future, (kind, payload) in zip(futures, outcomes, strict=True):
             self.fetched += 1
             self.bytes_received += len(payload or b"")

@@ -85,6 +85,7 @@ class AioRayFuture(Generic[T]):
         "_error",
         "_event",
         "_fetch",
+        "_held",
         "_home",
         "_label",
         "_lock",
@@ -111,6 +112,9 @@ class AioRayFuture(Generic[T]):
         self._lock = threading.Lock()
         self._state = _PENDING
         self._payload: bytes | None = None
+        # A value left on the supervisor: its size and summary (see wire.HELD),
+        # kept apart from the payload so that nothing reads one as the other.
+        self._held: bytes | None = None
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[AioRayFuture[T]], object]] = []
@@ -174,9 +178,11 @@ class AioRayFuture(Generic[T]):
         is), or ``None`` if its type has no such method. Raises like :meth:`result`
         if the call failed; does not wait (``RuntimeError`` if it has not finished).
         """
+        blob = wire.held_summary(self._held)
+        if blob:  # it stays the summary the value gave, fetched or not
+            return pickle.loads(blob)
         if self._state == wire.HELD:
-            blob = wire.held_summary(self._payload)
-            return pickle.loads(blob) if blob else None
+            return None
         value = self._outcome()
         summarize = getattr(type(value), "__aioray_summary__", None)
         return None if summarize is None else summarize(value)
@@ -184,7 +190,7 @@ class AioRayFuture(Generic[T]):
     def __repr__(self) -> str:
         state = _STATE_NAMES[self._state]
         if self._state == wire.HELD:
-            state = f"finished, its value ({wire.held_size(self._payload):,} bytes) held"
+            state = f"finished, its value ({wire.held_size(self._held):,} bytes) held"
         return f"<AioRayFuture {self._label} {state} on supervisor {self._home.index}>"
 
     def __reduce__(self) -> Any:
@@ -364,8 +370,10 @@ def _set_outcome(self: AioRayFuture[Any], kind: int, payload: bytes | None) -> b
     with self._lock:
         if self._state != _PENDING:
             return False
+        if kind == wire.HELD:
+            self._held, payload = payload, None
+        self._payload = payload  # before the state: readers take no lock
         self._state = kind
-        self._payload = payload
         self._upstream = None
         callbacks, self._callbacks = self._callbacks, []
         if self._event is not None:
@@ -404,12 +412,21 @@ async def _fetch_async(future: AioRayFuture[Any]) -> None:
     if schedule is None:
         raise RuntimeError("AioRayFuture must be awaited inside an event loop")
     event = anyio.Event()
+
+    def wake() -> None:
+        schedule(event.set)
+
     fetch = _start_fetch(future)
     with future._lock:
         if fetch.event.is_set():
             return
-        fetch.wakers.append(lambda: schedule(event.set))
-    await event.wait()
+        fetch.wakers.append(wake)
+    try:
+        await event.wait()
+    finally:
+        with future._lock:
+            if wake in fetch.wakers:  # cancelled while waiting
+                fetch.wakers.remove(wake)
 
 
 class _Nowhere:
@@ -464,14 +481,15 @@ def fetched(future: AioRayFuture[Any], kind: int, payload: bytes | None) -> None
     with future._lock:
         if future._state != wire.HELD:
             return
+        future._payload = payload  # before the state: readers take no lock
         future._state = kind
-        future._payload = payload
         fetch = future._fetch
-    if fetch is not None:
-        fetch.event.set()
-        for wake in fetch.wakers:
-            wake()
-        fetch.wakers.clear()
+        wakers: list[Callable[[], None]] = []
+        if fetch is not None:  # set under the lock: a waiter adds itself under it
+            fetch.event.set()
+            wakers, fetch.wakers = fetch.wakers, []
+    for wake in wakers:
+        wake()
 
 
 def lost(future: AioRayFuture[Any], error: BaseException) -> None:

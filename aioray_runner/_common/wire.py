@@ -72,7 +72,10 @@ def summary_of(value: Any, label: str) -> bytes:
     if summarize is None:
         return b""
     try:
-        kind, payload = dumps_value(summarize(value), label)
+        summary = summarize(value)
+        if summary is None:
+            return b""
+        kind, payload = dumps_value(summary, label)
     except Exception:
         return b""
     return payload if kind == OK else b""

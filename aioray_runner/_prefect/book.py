@@ -206,7 +206,9 @@ class TaskRunBook:
             while finals and finals[0].at < now - RECENT_S:
                 finals.popleft()
             # Without its data: the result stays the user's to keep or drop.
-            finals.append(_Final(now, task_run_id, task, state.model_copy(update={"data": None})))
+            # (model_copy resets a State's timestamp in Prefect 3.9: keep the run's own.)
+            bare = state.model_copy(update={"data": None, "timestamp": state.timestamp})
+            finals.append(_Final(now, task_run_id, task, bare))
         # A call that failed outside the task's own code (its supervisor died, the
         # remote side raised) ends Crashed in the flow: the API must say so too,
         # whatever the engine there had sent. (A lost upstream is Prefect's own

@@ -129,6 +129,8 @@ class PrefectAioRayFuture(PrefectWrappedFuture[R, AioRayFuture[Any]]):
             raise TimeoutError(
                 f"Task run {self.task_run_id} did not complete within {timeout} seconds"
             )
+        if self._wrapped_future.held:  # fetched here, within timeout (not in Prefect's thread)
+            self._wrapped_future.result(timeout)
         return self._final_state.result(  # type: ignore[no-any-return, call-overload]
             raise_on_failure=raise_on_failure, _sync=True
         )

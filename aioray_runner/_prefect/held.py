@@ -43,7 +43,7 @@ def with_result_on_demand(state: State[Any], future: AioRayFuture[Any]) -> State
         return state
     record = _RecordOnDemand.model_construct(metadata=state.data.metadata)
     record._fetch = lambda: _result_of(future)
-    return state.model_copy(update={"data": record})
+    return state.model_copy(update={"data": record, "timestamp": state.timestamp})
 
 
 def _result_of(future: AioRayFuture[Any]) -> Any:
@@ -64,6 +64,7 @@ class _RecordOnDemand(ResultRecord):  # type: ignore[type-arg]
         if name == "result" and self._fetch is not None:
             value = self._fetch()
             self.__dict__["result"] = value
+            self._fetch = None  # the future may go now
             return value
         return super().__getattr__(name)  # type: ignore[misc]
 

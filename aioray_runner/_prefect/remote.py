@@ -199,7 +199,7 @@ async def run_async_task(
             except BaseException as exc:
                 # KeyboardInterrupt/SystemExit: the engine has recorded the crash;
                 # they must not escape an asyncio task (that stops the loop).
-                return crashed_state(exc)
+                return transactions.outcome(crashed_state(exc), None)
 
     return await asyncio.get_running_loop().create_task(run(), context=context.copy())
 
@@ -268,7 +268,7 @@ async def run_sync_task_in_thread(
                 )
                 return transactions.outcome(state, entered)
             except BaseException as exc:
-                return crashed_state(exc)
+                return transactions.outcome(crashed_state(exc), None)
             finally:
                 with _in_threads_lock:
                     beside = max(beside, _in_threads)
@@ -366,7 +366,7 @@ async def run_sync_task(
         ray.cancel(ref)
         raise
     except Exception as exc:
-        return crashed_state(_unwrap_ray_error(exc))
+        return transactions.outcome(crashed_state(_unwrap_ray_error(exc)), None)
 
 
 def _unwrap_ray_error(exc: BaseException) -> BaseException:

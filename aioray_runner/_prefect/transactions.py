@@ -85,7 +85,9 @@ class TransactionOutcome:
         if data is None:
             return self
         metadata = getattr(data, "metadata", None)
-        state = self.state.model_copy(update={"data": HeldResult(metadata)})
+        # model_copy resets a State's timestamp (Prefect 3.9): keep the run's own.
+        update = {"data": HeldResult(metadata), "timestamp": self.state.timestamp}
+        state = self.state.model_copy(update=update)
         return TransactionOutcome(state, self.children, self.rolled_back)
 
 

@@ -250,7 +250,11 @@ def for_the_caller(record: CallRecord, value: Any, settings: Settings) -> wire.O
     hold = settings.hold_results_above
     if kind == wire.OK and hold is not None and payload is not None and len(payload) > hold:
         summary = wire.summary_of(value, record.label)
-        return record.call_id, wire.HELD, wire.held_payload(len(payload), summary)
+        # A value that gives summaries but gave none (or one as big as itself)
+        # travels whole: its caller needs what the summary would have said.
+        gave_none = not summary and hasattr(type(value), "__aioray_summary__")
+        if not gave_none and len(summary) <= hold:
+            return record.call_id, wire.HELD, wire.held_payload(len(payload), summary)
     return record.call_id, kind, payload
 
 
