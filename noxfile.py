@@ -149,10 +149,12 @@ def tests(session: nox.Session, ray: str) -> None:
     # fault cases that touch what differs between Ray versions run on every one.
     # The differential suite (tests/test_differential.py) also runs once, on the
     # newest Ray: what it compares, Prefect's semantics, does not depend on Ray's version.
-    # Every session runs the Prefect suites, each on its own Prefect release.
+    # Every session runs the Prefect suites, each on its own Prefect release; a
+    # middle Ray (MIDDLE_RAYS) runs little else (MIDDLE_RAY_AXIS).
     # The typing test (mypy and pyright over user files, a minute) runs once, on
     # the newest Ray and Prefect (Prefect 3.4's own @flow typing rejects
     # `asyncio.run(flow())`: documented, not ours to fix).
+    paths = ["tests"]
     if session.posargs:
         selection: list[str] = []
     elif ray == RAY_NEWEST:
@@ -160,12 +162,13 @@ def tests(session: nox.Session, ray: str) -> None:
     else:
         selection = ["-m", "not slow and not differential", "-k", "not test_typing"]
         selection += [f"--ignore={path}" for path in SAME_ON_EVERY_RAY]
-    session.run("pytest", "tests", *SLOWEST, *selection, *session.posargs)
+        if ray in MIDDLE_RAYS:
+            paths = MIDDLE_RAY_AXIS
+    session.run("pytest", *paths, *SLOWEST, *selection, *session.posargs)
 
 
 # Suites that do not change with Ray's version (our own code on either side of
-# the actor calls, or text): they run once, on the newest Ray, and keep CI under
-# 45 minutes. README's blocks and the CLI's bench and demo are whole flows of
+# the actor calls, or text): they run once, on the newest Ray, to keep CI short. README's blocks and the CLI's bench and demo are whole flows of
 # the calls the other suites check one by one; the watchdog watches a loop in
 # the supervisor, whatever started it; streams ride the same poll as outcomes.
 SAME_ON_EVERY_RAY = [
@@ -174,6 +177,30 @@ SAME_ON_EVERY_RAY = [
     "tests/test_watchdog.py",
     "tests/test_secrets.py",
     "tests/test_streams.py",
+    # The runner hands starting and joining Ray to the runtime's RayConnection,
+    # whose own tests (test_start, test_bad_input, test_ray_lost) run on every
+    # Ray; these whole-cluster flows (a multi-node Cluster, a ray:// server, two
+    # minutes) add Prefect on top, which the other Prefect suites cover per release.
+    "tests/test_prefect_cluster.py",
+]
+
+# The Rays between the oldest and the newest: the oldest and the newest bracket
+# the Ray API the runtime uses, so a middle Ray runs what its session is for,
+# its Prefect release (the Prefect suites), plus the core calls, on the way.
+MIDDLE_RAYS = RAY_VERSIONS[1:-1]
+MIDDLE_RAY_AXIS = [
+    "tests/unit",
+    "tests/test_submit.py",
+    "tests/test_dependencies.py",
+    "tests/test_held.py",
+    "tests/test_prefect_runner.py",
+    "tests/test_prefect_sync.py",
+    "tests/test_prefect_states.py",
+    "tests/test_prefect_faults.py",
+    "tests/test_prefect_aresult.py",
+    "tests/test_prefect_api.py",
+    "tests/test_prefect_api_start.py",
+    "tests/test_prefect_held.py",
 ]
 
 
@@ -191,6 +218,7 @@ PYTHON_AXIS = [
     "tests/test_errors.py",
     "tests/test_sync_api.py",
     "tests/test_streams.py",
+    "tests/test_held.py",
     "tests/test_prefect_sync.py",
 ]
 

@@ -171,7 +171,9 @@ def settled_api_view(flow_run_id: UUID, within: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + within
     previous = api_view(flow_run_id)
     while True:
-        time.sleep(1.0)
+        # Logs reach the API every 0.25 s here (conftest), and the flow's
+        # events were drained before: half a second unchanged is settled.
+        time.sleep(0.5)
         current = api_view(flow_run_id)
         if current == previous or time.monotonic() > deadline:
             return current

@@ -54,6 +54,7 @@ def big_sync(i: int) -> bytes:
     return bytes([i]) * (2 * MIB)
 
 
+@pytest.mark.slow  # a hundred 10 MiB results: once, on the newest Ray and Prefect
 def test_a_map_of_big_results_feeds_a_reduce_without_passing_through_the_flow() -> None:
     @flow(task_runner=AioRayTaskRunner(supervisors=2))
     def pipeline() -> tuple[int, float, list[str]]:

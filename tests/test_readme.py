@@ -4,8 +4,8 @@ The rule, per kind of block:
 
 * **Python blocks run** (marked slow: nox runs them on the newest Ray), each as
   a script in a child process of its own (with Ray kept on 127.0.0.1 and no
-  RAY_ADDRESS, so each starts a temporary local Ray; the Prefect one a temporary
-  Prefect API), and must exit 0 without a traceback other than the known ones in
+  RAY_ADDRESS, so each starts a temporary local Ray; the Prefect one uses the
+  session's Prefect API), and must exit 0 without a traceback other than the known ones in
   tests/_output.py.
   A line that offers an alternative in a comment (``anyio.run(main)  # or
   anyio.run(main, backend="trio")``) is run both ways. A block that says what it
@@ -105,11 +105,16 @@ CASES = [
 # minutes in all; nox runs them once, on the newest Ray.
 @pytest.mark.slow
 @pytest.mark.parametrize("source", CASES)
-def test_python_block_runs(source: str, tmp_path: Path) -> None:
+def test_python_block_runs(source: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     script = tmp_path / "snippet.py"
     script.write_text(source)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFECT_API_URL")}
     env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if "from prefect" in source:
+        # The session's API, not a temporary one of the block's own (half a
+        # minute to start and stop): a first run on a temporary API is the main
+        # job's test (tests/test_cli.py), the README's first command.
+        env["PREFECT_API_URL"] = request.getfixturevalue("prefect_api")
     out = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
