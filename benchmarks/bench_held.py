@@ -14,7 +14,8 @@ Phases:
   starts to pay for an awaited value.
 * ``memory``: 200 calls of 5 MiB finished and held, then one awaited; caller RSS.
 * ``chain``: 20 calls making 50 MiB, each read by a dependent on another
-  supervisor that returns its length; caller RSS and bytes fetched.
+  supervisor that returns its length (the makers' futures kept); caller RSS and
+  bytes fetched.
 
 Usage::
 
@@ -118,11 +119,8 @@ async def phase_chain(rt: Runtime) -> tuple[float, int]:
     gc.collect()
     before = rss_mib()
     fetched_before = rt._pool.fetcher.bytes_received if rt._pool else 0
-    lengths = []
-    for _ in range(20):
-        made = rt.submit(blob, 50 * MIB)
-        lengths.append(other.submit(length, made))
-        del made
+    made = [rt.submit(blob, 50 * MIB) for _ in range(20)]  # kept, as a flow keeps futures
+    lengths = [other.submit(length, m) for m in made]
     assert [await n for n in lengths] == [50 * MIB] * 20
     fetched = (rt._pool.fetcher.bytes_received if rt._pool else 0) - fetched_before
     return rss_mib() - before, fetched

@@ -169,18 +169,13 @@ async def test_a_chain_of_big_values_never_passes_through_the_caller() -> None:
         other = rt.options(runtime_env={"env_vars": {"AIORAY_TEST_SIDE": "b"}})
         gc.collect()
         before = rss_mib()
-        lengths = []
-        for i in range(20):
-            made = rt.submit(blob, 50 * MIB, i)
-            lengths.append(other.submit(length, made))
-            # The maker's future may go once its dependent is submitted: the
-            # dependent keeps the value alive on its supervisor until it has read it.
-            del made
+        made = [rt.submit(blob, 50 * MIB, i) for i in range(20)]  # kept, as a flow keeps them
+        lengths = [other.submit(length, m) for m in made]
         assert [await n for n in lengths] == [50 * MIB] * 20
         grown = rss_mib() - before
-        assert bytes_fetched(rt) == 0
+        assert bytes_fetched(rt) == 0 and all(m.held for m in made)
         assert grown < 150, f"the caller grew by {grown:.0f} MiB passing values it never read"
-        del lengths
+        del made, lengths
         await wait_until(lambda: _nothing_held(rt), within=30)
 
 
