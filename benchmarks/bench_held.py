@@ -43,10 +43,10 @@ import psutil
 import ray
 
 from aioray_runner import Runtime
+from aioray_runner._common.settings import DEFAULT_HOLD_RESULTS_ABOVE
 
 MIB = 1024 * 1024
-DEFAULT = 256 * 1024  # hold_results_above's default
-WAYS: dict[str, int | None] = {"held": DEFAULT, "inline": None}
+WAYS: dict[str, int | None] = {"held": DEFAULT_HOLD_RESULTS_ABOVE, "inline": None}
 
 
 async def trivial(i: int) -> int:

@@ -77,16 +77,18 @@ class TransactionOutcome:
     #: The task rolled its parent back (it failed inside the transaction).
     rolled_back: bool
 
-    def __aioray_summary__(self) -> TransactionOutcome:
+    def __aioray_summary__(self) -> TransactionOutcome | None:
         """What the flow receives while the run's result stays on its supervisor
         (the runtime's ``hold_results_above``): this outcome, with the state's
-        result replaced by a :class:`HeldResult`."""
+        result record replaced by a :class:`HeldResult`. ``None`` (the outcome then
+        travels whole) for a state whose data is not a result record."""
+        from prefect.results import ResultRecord  # type: ignore[attr-defined]
+
         data = self.state.data
-        if data is None:
-            return self
-        metadata = getattr(data, "metadata", None)
+        if not isinstance(data, ResultRecord):
+            return None
         # model_copy resets a State's timestamp (Prefect 3.9): keep the run's own.
-        update = {"data": HeldResult(metadata), "timestamp": self.state.timestamp}
+        update = {"data": HeldResult(data.metadata), "timestamp": self.state.timestamp}
         state = self.state.model_copy(update=update)
         return TransactionOutcome(state, self.children, self.rolled_back)
 
