@@ -168,9 +168,10 @@ def tests(session: nox.Session, ray: str) -> None:
 
 
 # Suites that do not change with Ray's version (our own code on either side of
-# the actor calls, or text): they run once, on the newest Ray, to keep CI short. README's blocks and the CLI's bench and demo are whole flows of
-# the calls the other suites check one by one; the watchdog watches a loop in
-# the supervisor, whatever started it; streams ride the same poll as outcomes.
+# the actor calls, or text): they run once, on the newest Ray, to keep CI short.
+# README's blocks and the CLI's bench and demo are whole flows of the calls the
+# other suites check one by one; the watchdog watches a loop in the supervisor,
+# whatever started it; streams ride the same poll as outcomes.
 SAME_ON_EVERY_RAY = [
     "tests/test_readme.py",
     "tests/test_cli.py",
