@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import ray
 
 from ..errors import SupervisorDiedError
 from .futures import AioRayFuture, fetched, lost
@@ -50,9 +53,17 @@ def _why_lost(future: AioRayFuture[Any], supervisor: RemoteSupervisor) -> Superv
 class Fetcher:
     """Fetches held values in groups, one message per supervisor per I/O loop turn."""
 
-    def __init__(self, io: IOThread, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        io: IOThread,
+        logger: logging.Logger,
+        on_death: Callable[[RemoteSupervisor, BaseException], None],
+    ) -> None:
         self._io = io
         self._logger = logger
+        # A fetch may be the first to find its supervisor dead: the recovery
+        # puts a replacement in place before anyone hears of the loss.
+        self._on_death = on_death
         # Fetches asked for in this turn of the I/O loop, by supervisor.
         self._asked: dict[RemoteSupervisor, list[AioRayFuture[Any]]] = {}
         # Every fetch not answered yet, with its supervisor: the runtime's close
@@ -107,6 +118,8 @@ class Fetcher:
             raise
         except Exception as exc:  # it died, or Ray went away
             self._logger.debug("fetching from %s failed: %r", supervisor.describe(), exc)
+            if isinstance(exc, ray.exceptions.RayActorError):
+                self._on_death(supervisor, exc)
             self._lose(futures, supervisor)
             return
         for future, (kind, payload) in zip(futures, outcomes, strict=True):

@@ -91,7 +91,7 @@ class Pool:
         # What supervisors report beside outcomes: logs and stalls (reports.py).
         self.reports = Reports(logger, on_blocked_loop, on_log)
         # Values left on the supervisors, fetched when asked for (fetching.py).
-        self.fetcher = Fetcher(self.io, logger)
+        self.fetcher = Fetcher(self.io, logger, on_death=self.recovery.on_death)
         # Outcomes the caller no longer needs, released in groups (releases.py).
         self.releases: Releases[RemoteSupervisor] = Releases(self.io, self.sender.release)
         # Asks whether Ray is still there, once a second (raywatch.py).
