@@ -3,7 +3,8 @@
 Examples::
 
     nox                     # lint, typecheck, docs, tests (every Ray version, each with
-                            # its Prefect: 3.4.7, 3.6.29, newest), tests_py, tests_trio
+                            # its Prefect: 3.4.7, 3.6.29, newest; trio's suite on the
+                            # newest), tests_py
     nox -s tests            # the Ray matrix only (Python 3.11)
     nox -s tests_py         # what differs by Python, on 3.12 and 3.13 (newest Ray)
     nox -s lint typecheck   # the quick checks
@@ -92,7 +93,8 @@ PREFECT_FOR_RAY = {
 
 # The sessions CI runs, and plain `nox` too ("tests" means every Ray version,
 # "tests_py" every newer Python).
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "tests_py", "tests_trio"]
+# (tests_trio runs inside the newest Ray's tests session.)
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "tests_py"]
 
 ENV = {
     # Keep Ray on 127.0.0.1 (and off the host's other interfaces) in every session.
@@ -165,6 +167,10 @@ def tests(session: nox.Session, ray: str) -> None:
         if ray in MIDDLE_RAYS:
             paths = MIDDLE_RAY_AXIS
     session.run("pytest", *paths, *SLOWEST, *selection, *session.posargs)
+    if ray == RAY_NEWEST and not session.posargs:
+        # The trio backend's suite, in this venv: a session of its own would
+        # install the same packages again (tests_trio runs it alone).
+        session.run("pytest", "tests_trio", *SLOWEST)
 
 
 # Suites that do not change with Ray's version (our own code on either side of
@@ -230,7 +236,12 @@ def tests_py(session: nox.Session) -> None:
     newest Ray and Prefect; everything else runs on 3.11."""
     _setup(session)
     _install_for_tests(session, RAY_NEWEST)
-    lean = [*PYTHON_AXIS, "-m", "not slow and not cluster"]
+    axis = PYTHON_AXIS
+    if session.python != NEWER_PYTHONS[-1]:
+        # A sync Prefect flow (Prefect's engine in supervisor threads) once, on
+        # the newest Python: what differs by Python there is Prefect's own.
+        axis = [path for path in axis if path != "tests/test_prefect_sync.py"]
+    lean = [*axis, "-m", "not slow and not cluster"]
     session.run("pytest", *SLOWEST, *(session.posargs or lean))
 
 
