@@ -365,31 +365,31 @@ class _Fetch:
         self.wakers: list[Callable[[], None]] = []  # async waiters' loops
 
 
-def _set_outcome(self: AioRayFuture[Any], kind: int, payload: bytes | None) -> bool:
+def _set_outcome(future: AioRayFuture[Any], kind: int, payload: bytes | None) -> bool:
     """Record the outcome (I/O thread). Returns False if already done."""
-    with self._lock:
-        if self._state != _PENDING:
+    with future._lock:
+        if future._state != _PENDING:
             return False
         if kind == wire.HELD:
-            self._held, payload = payload, None
-        self._payload = payload  # before the state: readers take no lock
-        self._state = kind
-        self._upstream = None
-        callbacks, self._callbacks = self._callbacks, []
-        if self._event is not None:
-            self._event.set()
+            future._held, payload = payload, None
+        future._payload = payload  # before the state: readers take no lock
+        future._state = kind
+        future._upstream = None
+        callbacks, future._callbacks = future._callbacks, []
+        if future._event is not None:
+            future._event.set()
     for callback in callbacks:
-        _run_callback(callback, self)
+        _run_callback(callback, future)
     return True
 
 
-def _set_error(self: AioRayFuture[Any], error: BaseException) -> bool:
+def _set_error(future: AioRayFuture[Any], error: BaseException) -> bool:
     """Fail the call with an error raised on the caller's side."""
-    with self._lock:
-        if self._state != _PENDING:
+    with future._lock:
+        if future._state != _PENDING:
             return False
-        self._error = error
-    return _set_outcome(self, wire.ERROR, None)
+        future._error = error
+    return _set_outcome(future, wire.ERROR, None)
 
 
 def _start_fetch(future: AioRayFuture[Any]) -> _Fetch:
