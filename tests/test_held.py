@@ -159,6 +159,41 @@ async def test_a_trio_caller_fetches_a_held_value() -> None:
         assert await future == bytes([3]) * MIB
 
 
+class Table:
+    """A big value that says what it holds (see ``__aioray_summary__``)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.data = bytes(rows * 1024)
+
+    def __aioray_summary__(self) -> dict[str, int]:
+        return {"rows": self.rows}
+
+
+async def make_table(rows: int) -> Table:
+    return Table(rows)
+
+
+async def test_a_held_values_summary_comes_with_its_completion() -> None:
+    async with Runtime(supervisors=1) as rt:
+        table = rt.submit(make_table, 1024)  # 1 MiB: held
+        small = rt.submit(make_table, 4)  # 4 KiB: back at once
+        await table.wait()
+        await small.wait()
+        assert table.held and table.summary() == {"rows": 1024}
+        assert bytes_fetched(rt) == 0  # the summary needed no fetch
+        assert not small.held and small.summary() == {"rows": 4}  # computed here
+        assert (await table).rows == 1024
+        assert table.summary() == {"rows": 1024}  # the same once fetched
+        plain = rt.submit(small_value_of, 3)
+        await plain.wait()
+        assert plain.summary() is None  # an int gives no summary
+
+
+async def small_value_of(i: int) -> int:
+    return i
+
+
 # -- dependents take values where they are ---------------------------------------------------
 
 
