@@ -70,8 +70,7 @@ class Fetcher:
         # fails what its I/O thread will not answer any more.
         self._open: dict[AioRayFuture[Any], RemoteSupervisor] = {}
         self._lock = threading.Lock()
-        #: Values fetched, and their bytes, in all.
-        self.fetched = 0
+        #: Bytes of values fetched, in all.
         self.bytes_received = 0
 
     def fetch(self, supervisor: RemoteSupervisor, future: AioRayFuture[Any]) -> None:
@@ -123,7 +122,6 @@ class Fetcher:
             self._lose(futures, supervisor)
             return
         for future, (kind, payload) in zip(futures, outcomes, strict=True):
-            self.fetched += 1
             self.bytes_received += len(payload or b"")
             self._answer(future, kind, payload)
 

@@ -29,6 +29,7 @@ from .._caller.supervisors import RemoteSupervisor, supervisor_of
 from .._common.watchdog import BlockedLoop
 from ..errors import SerializationError, UpstreamError
 from . import recovery
+from .compat import with_data
 from .console import RunsOnConsole
 from .future import state_of
 from .records import record_missed_finals, record_state, wait_until_recorded
@@ -206,9 +207,7 @@ class TaskRunBook:
             while finals and finals[0].at < now - RECENT_S:
                 finals.popleft()
             # Without its data: the result stays the user's to keep or drop.
-            # (model_copy resets a State's timestamp in Prefect 3.9: keep the run's own.)
-            bare = state.model_copy(update={"data": None, "timestamp": state.timestamp})
-            finals.append(_Final(now, task_run_id, task, bare))
+            finals.append(_Final(now, task_run_id, task, with_data(state, None)))
         # A call that failed outside the task's own code (its supervisor died, the
         # remote side raised) ends Crashed in the flow: the API must say so too,
         # whatever the engine there had sent. (A lost upstream is Prefect's own

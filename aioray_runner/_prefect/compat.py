@@ -31,6 +31,15 @@ def ensure_logging_setup() -> None:
         configuration.setup_logging()
 
 
+def with_data(state: Any, data: Any) -> Any:
+    """A copy of a Prefect State with other ``data``, and the state's own timestamp.
+
+    ``State.model_copy`` resets ``timestamp`` to the field's default from Prefect
+    3.9 (undefined there, so the copy cannot be sent to the API); before, it kept it.
+    """
+    return state.model_copy(update={"data": data, "timestamp": state.timestamp})
+
+
 async def retry_condition_allows(task: Any, task_run: Any, state: Any) -> bool:
     """Whether ``task.retry_condition_fn`` lets ``task_run`` retry after ``state``.
 

@@ -23,6 +23,7 @@ from prefect.results import ResultRecord  # type: ignore[attr-defined]  # every 
 from pydantic import PrivateAttr
 
 from .._caller.futures import AioRayFuture
+from .compat import with_data
 from .transactions import HeldResult, unwrap
 
 
@@ -43,7 +44,7 @@ def with_result_on_demand(state: State[Any], future: AioRayFuture[Any]) -> State
         return state
     record = _RecordOnDemand.model_construct(metadata=state.data.metadata)
     record._fetch = lambda: _result_of(future)
-    return state.model_copy(update={"data": record, "timestamp": state.timestamp})
+    return with_data(state, record)  # type: ignore[no-any-return]
 
 
 def _result_of(future: AioRayFuture[Any]) -> Any:

@@ -53,6 +53,8 @@ from prefect.transactions import (
     get_transaction,
 )
 
+from .compat import with_data
+
 
 class TransactionNotPortable(RuntimeError):
     """A task cannot take part in a transaction from another process."""
@@ -87,9 +89,7 @@ class TransactionOutcome:
         data = self.state.data
         if not isinstance(data, ResultRecord):
             return None
-        # model_copy resets a State's timestamp (Prefect 3.9): keep the run's own.
-        update = {"data": HeldResult(data.metadata), "timestamp": self.state.timestamp}
-        state = self.state.model_copy(update=update)
+        state = with_data(self.state, HeldResult(data.metadata))
         return TransactionOutcome(state, self.children, self.rolled_back)
 
 
