@@ -900,8 +900,8 @@ async def asubmits_inside(x: int) -> int:
 
 
 @scenario(
-    # The first task submitted from an async task on a supervisor starts a
-    # runtime there, blocking that supervisor's loop meanwhile (docs/design.md).
+    # An async task that blocks on a child's result() holds its supervisor's
+    # loop meanwhile (the child runs in a thread of its own: docs/guide.md).
     # The warning travels with the supervisor's next outcomes: when the flow
     # ends right after, it may not reach the flow before the runner closes.
     difference=log_difference(

@@ -25,6 +25,7 @@ from .._caller.futures import AioRayFuture
 from .._common.wire import register_reducer
 from ..errors import UpstreamError
 from . import held, recovery, settled, transactions
+from .nested import NestedPrefectFuture
 
 R = TypeVar("R")
 
@@ -184,9 +185,9 @@ register_reducer(PrefectAioRayFuture, _reduce_future)
 
 def _awaitable(
     future: PrefectFuture[Any],
-) -> TypeGuard[PrefectAioRayFuture[Any] | PrefectDistributedFuture[Any]]:
+) -> TypeGuard[PrefectAioRayFuture[Any] | PrefectDistributedFuture[Any] | NestedPrefectFuture[Any]]:
     """A future with ``result_async``: waiting for it needs no thread."""
-    return isinstance(future, PrefectAioRayFuture | PrefectDistributedFuture)
+    return isinstance(future, PrefectAioRayFuture | PrefectDistributedFuture | NestedPrefectFuture)
 
 
 # Prefect types an async task's future as PrefectFuture[Coroutine[..., R]]

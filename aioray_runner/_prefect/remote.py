@@ -35,6 +35,7 @@ from uuid import UUID
 
 from .._supervisor.attempt import current_attempt
 from . import compat, transactions
+from .nested import run_sync_task_in_worker, wait_for_nested_runs
 from .recovery import after_loss, crashed_state
 from .settled import transporting
 
@@ -50,6 +51,8 @@ def _set_up_prefect_logging() -> None:
 
 _set_up_prefect_logging()
 _scopes: dict[str, _FlowRunScope] = {}
+# Seconds a closing flow run scope waits for the task runs its task runs submitted.
+_NESTED_RUNS_GRACE = 20.0
 
 
 class _FlowRunScope:
@@ -87,7 +90,12 @@ class _FlowRunScope:
             if not isinstance(exc, Exception):
                 raise
 
-    async def close(self) -> None:
+    async def close(self, nested_grace: float) -> None:
+        # Prefect's thread pool of the runs that task runs submitted here
+        # (nested.py) waits for them as it exits: give them ``nested_grace``
+        # seconds to finish first, in a thread, so that exit does not hold this loop.
+        if nested_grace > 0:
+            await asyncio.to_thread(wait_for_nested_runs, nested_grace)
         self.closing.set()
         # Closing the API client sometimes waits on its connection pool for a
         # long time; the supervisor is about to stop, so do not wait for it.
@@ -314,20 +322,6 @@ def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, be
     )
 
 
-def _run_sync_task(
-    engine_arguments: dict[str, Any],
-    context: dict[str, Any],
-    transaction: list[dict[str, Any]] | None,
-) -> Any:
-    """Runs in a Ray worker, as prefect-ray runs every task."""
-    from prefect.task_engine import run_task_sync
-
-    with ExitStack() as stack:
-        entered = transactions.enter_snapshot(stack, transaction)
-        state = run_task_sync(**engine_arguments, context=context)
-        return transactions.outcome(state, entered)
-
-
 async def run_sync_task(
     key: str,
     flow_context: dict[str, Any],
@@ -352,7 +346,7 @@ async def run_sync_task(
 
     global _sync_runner
     if _sync_runner is None:
-        _sync_runner = ray.remote(_run_sync_task)
+        _sync_runner = ray.remote(run_sync_task_in_worker)
     remote = _sync_runner.options(name=getattr(task, "name", "task"), **(request.ray_options or {}))
     context = {**flow_context, **request.call_context}
     transaction = context.pop("transaction", None)
@@ -386,7 +380,8 @@ async def close_flow_run(key: str, crashed: str | None = None) -> int:
         _crash_runs_in_threads(key, crashed)
     scope = _scopes.pop(key, None)
     if scope is not None:
-        await scope.close()
+        # Interrupted: the user is waiting for Ctrl-C to take effect.
+        await scope.close(0 if crashed is not None else _NESTED_RUNS_GRACE)
     await asyncio.to_thread(_drain_prefect_queues)
     return len(_scopes)
 

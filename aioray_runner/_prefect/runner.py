@@ -74,6 +74,7 @@ from .book import TaskRunBook
 from .calls import TaskRunCalls
 from .console import RUN_LOGGERS, RunsOnConsole
 from .future import PrefectAioRayFuture, aresult, aresults
+from .nested import NestedRuns
 from .records import Unrecorded, wait_until_recorded
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     def _fresh(self) -> None:
         """The machinery of one runner's life; a copy (pickled) gets its own."""
         self._runtime: Runtime | None = None
+        self._nested: NestedRuns | None = None  # inside a task run (see __enter__)
         self._lock = threading.Lock()
         self._shown = RunsOnConsole(self.console)  # what the console shows of the task runs
         self._calls = TaskRunCalls(self._key, self.sync_tasks, self.settings.threads)
@@ -222,7 +224,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     def __getstate__(self) -> dict[str, Any]:
         # Flows (and so their runner) are pickled into the context that
         # supervisors receive: send the settings, not the live machinery.
-        machinery = ("logger", "_runtime", "_lock", "_shown", "_calls", "_book")
+        machinery = ("logger", "_runtime", "_nested", "_lock", "_shown", "_calls", "_book")
         state = {k: v for k, v in self.__dict__.items() if k not in machinery}
         state["_started"] = False
         return state
@@ -238,12 +240,12 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
 
     def __enter__(self) -> Self:
         super().__enter__()
-        if not _inside_ray_worker():
-            # In the flow's process: start now, so Ray's address and the
-            # supervisors are logged when the flow starts. Inside a supervisor
-            # (Prefect enters a copy of the runner there) start only if a task
-            # actually submits more tasks.
-            self._start_runtime()
+        if _inside_ray_worker():
+            # Prefect's copy of the flow's runner, inside a task run: its runs
+            # run beside their parent, with no runtime of its own (nested.py).
+            self._nested = NestedRuns(self.sync_tasks).__enter__()
+        else:
+            self._start_runtime()  # now, so the flow's log starts with where it runs
         return self
 
     def _start_runtime(self) -> Runtime:
@@ -268,6 +270,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             return self._runtime
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        nested, self._nested = self._nested, None
         runtime, self._runtime = self._runtime, None
         # Ctrl-C (KeyboardInterrupt; in an async flow, the CancelledError asyncio.run
         # raises into it), SystemExit, a cancelled flow: end the runs in flight within
@@ -275,22 +278,14 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         interrupted = exc_type is not None and not issubclass(exc_type, Exception)
         book = self._book
         try:
+            if nested is not None:  # inside a task run: nothing of the flow's to close
+                nested.__exit__(exc_type, exc_value, traceback)
+                return
             if runtime is not None and interrupted:
                 self._shown.interrupted = True
-                flow_run_id = book.flow_run_id
-                report = interrupt.close_interrupted(
-                    runtime,
-                    self._key,
-                    flow_run_id,
-                    exc_type.__name__,
-                    book.context,
-                    # A temporary API stops with this process: what it has not
-                    # recorded by then is lost (see records.wait_until_recorded).
-                    lambda within: _count(
-                        wait_until_recorded(flow_run_id, None, within) if flow_run_id else None
-                    ),
+                self.logger.warning(
+                    "%s", _close_interrupted(runtime, self._key, book, exc_type.__name__)
                 )
-                self.logger.warning("%s", report.line())
             elif runtime is not None:
                 _close_runtime(runtime, self._key, cancel=exc_type is not None)
             # Crash states, states a dead supervisor did not send, and a wait for a
@@ -303,6 +298,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
 
     def cancel_all(self) -> None:
         """Cancel every task run still in flight (Prefect calls this on cancellation)."""
+        if self._nested is not None:
+            self._nested.cancel_all()
         runtime = self._runtime
         if runtime is not None and runtime.running:
             for future in runtime.outstanding():
@@ -338,6 +335,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         """Submit one task run; returns at once with its future."""
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
+        if self._nested is not None:  # inside a task run (nested.py); awaitable too
+            return self._nested.submit(task, parameters, wait_for, dependencies)  # type: ignore[return-value]
         runtime = self._runtime or self._start_runtime()
         task_run_id = uuid.uuid4()
         try:
@@ -417,6 +416,24 @@ def _close_runtime(runtime: Runtime, key: str, *, cancel: bool) -> None:
         if not closer.wait_sync(30):
             logger.warning("A supervisor did not flush its Prefect logs within 30 s")
     runtime.close(wait=False)
+
+
+def _close_interrupted(runtime: Runtime, key: str, book: TaskRunBook, reason: str) -> str:
+    """End an interrupted flow run's task runs within seconds; the line that says how."""
+    flow_run_id = book.flow_run_id
+    report = interrupt.close_interrupted(
+        runtime,
+        key,
+        flow_run_id,
+        reason,
+        book.context,
+        # A temporary API stops with this process: what it has not recorded by
+        # then is lost (see records.wait_until_recorded).
+        lambda within: _count(
+            wait_until_recorded(flow_run_id, None, within) if flow_run_id else None
+        ),
+    )
+    return report.line()
 
 
 def check_choice(name: str, value: object, choices: dict[str, str]) -> None:
