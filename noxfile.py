@@ -208,6 +208,7 @@ MIDDLE_RAY_AXIS = [
     "tests/test_prefect_api.py",
     "tests/test_prefect_api_start.py",
     "tests/test_prefect_held.py",
+    "tests/test_prefect_nested.py",
 ]
 
 

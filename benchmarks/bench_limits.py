@@ -17,6 +17,10 @@ is taken in one run on one machine:
   flight, against its RSS before it (default allocator);
 * ``wake-ups``: how often the caller's event loop was woken from the I/O
   thread, per delivered batch of results, during ``core.trivial``.
+* ``prefect.nested``: Prefect's own test of recursive submission (a sync task
+  that sleeps 0.1 s and submits itself, 33 levels deep) under
+  ``AioRayTaskRunner`` against ``ThreadPoolTaskRunner``, whole flow calls, with
+  the supervisor processes seen while it ran.
 
 Usage::
 
@@ -55,11 +59,20 @@ from aioray_runner import Runtime
 from aioray_runner._tools.bench.common import COUNTERS, local_ray, quiet_environment, table
 from aioray_runner._tools.bench.core import actor_run, plain_actor, runtime_run, warm_up
 
-ROWS = ("prefect.fanout", "core.trivial", "core.sleep", "trio", "memory", "wake-ups")
+ROWS = (
+    "prefect.fanout",
+    "prefect.nested",
+    "core.trivial",
+    "core.sleep",
+    "trio",
+    "memory",
+    "wake-ups",
+)
 
 #: The goal of each row (issue "Speed and scale"), as the table prints it.
 GOALS = {
     "prefect.fanout": "<= 1.0x gather per task",
+    "prefect.nested": "<= 2x the thread pool, no supervisor but the flow's",
     "core.trivial": ">= 20x the plain actor, 40k/s",
     "core.sleep": "< 0.5 s",
     "trio": "<= 1.5x the asyncio backend",
@@ -167,6 +180,43 @@ async def prefect_row(args: argparse.Namespace, out: dict[str, Any]) -> None:
         }
 
 
+NESTED_DEPTH = 33  # Prefect's tests/test_task_runners.py, issue 14194
+
+
+def nested_flow_seconds(runner: Any) -> float:
+    """Prefect's recursive-submission test under ``runner``: the flow call's seconds."""
+    from prefect import flow, task
+
+    @task
+    def recursive_task(n: int) -> int:
+        if n == 0:
+            return n
+        time.sleep(0.1)
+        return int(recursive_task.submit(n - 1).result())
+
+    @flow(task_runner=runner)
+    def recursive_flow() -> int:
+        return int(recursive_task.submit(NESTED_DEPTH).result())
+
+    started = time.perf_counter()
+    assert recursive_flow() == 0
+    return time.perf_counter() - started
+
+
+async def prefect_nested_row(out: dict[str, Any]) -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from aioray_runner import AioRayTaskRunner
+
+    for name, make in (("threads", ThreadPoolTaskRunner), ("aioray", AioRayTaskRunner)):
+        await api_settled()
+        with CpuByRole() as seen:
+            seconds = await asyncio.to_thread(nested_flow_seconds, make())
+        supervisors = len(seen.pids("supervisors"))
+        log(f"   {name}: {NESTED_DEPTH} levels in {seconds:.2f} s, {supervisors} supervisor(s)")
+        out[f"nested_{name}"] = {"flow_s": seconds, "supervisors": supervisors}
+
+
 class CpuByRole:
     """CPU seconds spent by each kind of process on this machine while it runs.
 
@@ -231,6 +281,10 @@ class CpuByRole:
         self._thread.join()
         self._last.update(self._read())
 
+    def pids(self, role: str) -> set[int]:
+        """The processes of this role seen between enter and exit."""
+        return {pid for pid, (seen_as, _) in self._last.items() if seen_as == role}
+
     def seconds(self) -> dict[str, float]:
         """CPU seconds per role between enter and exit."""
         out: dict[str, float] = {}
@@ -287,6 +341,17 @@ def rows_of(args: argparse.Namespace, out: dict[str, Any]) -> list[list[str]]:
                 f"{ours['per_task_ms'] / floor['per_task_ms']:.2f}x"
                 f" (flow {ours['flow_wall_s'] / floor['flow_wall_s']:.2f}x)",
                 GOALS["prefect.fanout"],
+            ]
+        )
+    if "nested_aioray" in out:
+        ours, threads = out["nested_aioray"], out["nested_threads"]
+        rows.append(
+            [
+                "prefect.nested",
+                f"{ours['flow_s']:.1f} s, {ours['supervisors']} supervisor(s)",
+                f"thread pool {threads['flow_s']:.1f} s",
+                f"{ours['flow_s'] / threads['flow_s']:.2f}x",
+                GOALS["prefect.nested"],
             ]
         )
     if "actor_trivial" in out:
@@ -358,6 +423,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await core_rows(args, out)
     if "prefect.fanout" in args.rows:
         await prefect_row(args, out)
+    if "prefect.nested" in args.rows:
+        await prefect_nested_row(out)
     return out
 
 
@@ -389,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The API first: Ray's workers inherit its address from the environment.
     with (
-        prefect_api("prefect.fanout" in args.rows),
+        prefect_api(bool({"prefect.fanout", "prefect.nested"} & set(args.rows))),
         local_ray(args.num_cpus, log_to_driver=False),
     ):
         out = asyncio.run(run(args))
