@@ -162,3 +162,54 @@ def test_nested_ray_tasks_and_subflows_start_no_supervisor() -> None:
         "child_flow": ["COMPLETED"],  # the subflow's own task run, as Prefect makes it
     }
     poll(task_runs, lambda runs: runs == expected)
+
+
+# -- subflows called by the flow: on the flow's supervisors -------------------------------------
+
+
+@task
+async def pid_after(delay: float) -> int:
+    import asyncio
+
+    await asyncio.sleep(delay)
+    return os.getpid()
+
+
+@flow(task_runner=AioRayTaskRunner())
+def same_settings_subflow() -> dict[str, Any]:
+    # A run left unawaited: the subflow still waits for it as it ends, as
+    # Prefect's thread pool does.
+    left = Holder(pid_after.submit(1.0))
+    return {"pid": pid_after.submit(0).result(), "supervisors": supervisor_pids(), "left": left}
+
+
+class Holder:
+    """Prefect leaves instances of plain classes alone: the future inside stays one."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+
+@flow(task_runner=AioRayTaskRunner(max_concurrency=7))
+def other_settings_subflow() -> set[int]:
+    return supervisor_pids()
+
+
+@flow(task_runner=AioRayTaskRunner())
+def calls_subflows() -> dict[str, Any]:
+    own = supervisor_pids()
+    same = same_settings_subflow()
+    same["left_done"] = same.pop("left").future.state.is_completed()  # right as it returned
+    other = other_settings_subflow()
+    after = pid_after.submit(0).result()  # the flow's runtime still works after both
+    return {"own": own, "same": same, "other": other, "after": after}
+
+
+def test_a_subflow_with_the_same_runner_uses_the_flows_supervisors() -> None:
+    seen = calls_subflows()
+    own = seen["own"]
+    assert seen["same"]["supervisors"] == own
+    assert seen["same"]["pid"] in own
+    assert seen["same"]["left_done"]  # the subflow's end waited for its run
+    assert not seen["other"] & own  # other settings: supervisors of its own
+    assert seen["after"] in own

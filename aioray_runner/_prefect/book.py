@@ -71,6 +71,7 @@ class TaskRunBook:
         self.context: contextvars.Context | None = None
         # Call id -> (task run id, flow run id, task name) of the runs in flight.
         self._runs_by_call: dict[int, tuple[uuid.UUID, uuid.UUID | None, str]] = {}
+        self._calls_in_flight: dict[int, AioRayFuture[Any]] = {}
         # Final states the flow learned in the last RECENT_S on each supervisor:
         # if that one dies, the API may never hear them (see close). Older ones
         # were sent long before any death.
@@ -88,7 +89,12 @@ class TaskRunBook:
         if self.flow_run_id is None:
             self.flow_run_id = flow_run_id
         self._runs_by_call[call.call_id] = (task_run_id, flow_run_id, task.name)
+        self._calls_in_flight[call.call_id] = call
         call.add_done_callback(functools.partial(self._on_done, task, task_run_id))
+
+    def in_flight(self) -> list[AioRayFuture[Any]]:
+        """The calls of the task runs sent and not finished yet."""
+        return list(self._calls_in_flight.values())
 
     def failed_at_submit(
         self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: Exception
@@ -192,6 +198,7 @@ class TaskRunBook:
     ) -> None:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(call.call_id, None)
+        self._calls_in_flight.pop(call.call_id, None)
         error = call.exception(0)
         state: State[Any] | None = None
         if error is None or self.console.summary:  # a lost run's state is made below

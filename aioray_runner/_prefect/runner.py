@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
@@ -194,6 +195,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         """The machinery of one runner's life; a copy (pickled) gets its own."""
         self._runtime: Runtime | None = None
         self._nested: NestedRuns | None = None  # inside a task run (see __enter__)
+        self._shares = False  # runs on its parent flow's runtime (see __enter__)
         self._lock = threading.Lock()
         self._shown = RunsOnConsole(self.console)  # what the console shows of the task runs
         self._calls = TaskRunCalls(self._key, self.sync_tasks, self.settings.threads)
@@ -224,7 +226,16 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     def __getstate__(self) -> dict[str, Any]:
         # Flows (and so their runner) are pickled into the context that
         # supervisors receive: send the settings, not the live machinery.
-        machinery = ("logger", "_runtime", "_nested", "_lock", "_shown", "_calls", "_book")
+        machinery = (
+            "logger",
+            "_runtime",
+            "_nested",
+            "_shares",
+            "_lock",
+            "_shown",
+            "_calls",
+            "_book",
+        )
         state = {k: v for k, v in self.__dict__.items() if k not in machinery}
         state["_started"] = False
         return state
@@ -244,6 +255,10 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             # Prefect's copy of the flow's runner, inside a task run: its runs
             # run beside their parent, with no runtime of its own (nested.py).
             self._nested = NestedRuns(self.sync_tasks).__enter__()
+        elif (shared := _enclosing_runtime(self.settings)) is not None:
+            # A subflow whose runner is like its parent flow's: its runs go to
+            # the parent's supervisors (see _close_shared).
+            self._runtime, self._shares = shared, True
         else:
             self._start_runtime()  # now, so the flow's log starts with where it runs
         return self
@@ -251,22 +266,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     def _start_runtime(self) -> Runtime:
         with self._lock:
             if self._runtime is None:
-                # Importing Prefect takes a supervisor seconds: do it while it
-                # starts, not when the first task run arrives.
-                preload = ("prefect.task_engine", "aioray_runner._prefect.remote")
-                settings = self.settings.replace(
-                    preload=_merged(preload, self.settings.preload),
-                    # Task and flow run logs print in the flow's console, as
-                    # under Prefect's own runners (the supervisor sends them
-                    # to the API itself).
-                    forward_logs=_merged(RUN_LOGGERS, self.settings.forward_logs),
-                )
-                self._runtime = Runtime(
-                    settings=settings,
-                    logger=self.logger,  # Prefect's console shows it
-                    on_blocked_loop=self._book.on_blocked_loop,
-                    on_log=self._shown.print_forwarded,
-                ).start()
+                self._runtime = _runtime_for(self.settings, self.logger, self._book, self._shown)
             return self._runtime
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
@@ -281,7 +281,9 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             if nested is not None:  # inside a task run: nothing of the flow's to close
                 nested.__exit__(exc_type, exc_value, traceback)
                 return
-            if runtime is not None and interrupted:
+            if runtime is not None and self._shares:
+                _close_shared(runtime, self._key, book, cancel=exc_type is not None)
+            elif runtime is not None and interrupted:
                 self._shown.interrupted = True
                 self.logger.warning(
                     "%s", _close_interrupted(runtime, self._key, book, exc_type.__name__)
@@ -416,6 +418,54 @@ def _close_runtime(runtime: Runtime, key: str, *, cancel: bool) -> None:
         if not closer.wait_sync(30):
             logger.warning("A supervisor did not flush its Prefect logs within 30 s")
     runtime.close(wait=False)
+
+
+def _runtime_for(
+    settings: Settings, logger: logging.Logger, book: TaskRunBook, shown: RunsOnConsole
+) -> Runtime:
+    """A started runtime for a flow's task runs."""
+    # Importing Prefect takes a supervisor seconds: do it while it starts, not
+    # when the first task run arrives.
+    preload = ("prefect.task_engine", "aioray_runner._prefect.remote")
+    settings = settings.replace(
+        preload=_merged(preload, settings.preload),
+        # Task and flow run logs print in the flow's console, as under Prefect's
+        # own runners (the supervisor sends them to the API itself).
+        forward_logs=_merged(RUN_LOGGERS, settings.forward_logs),
+    )
+    return Runtime(
+        settings=settings,
+        logger=logger,  # Prefect's console shows it
+        on_blocked_loop=book.on_blocked_loop,
+        on_log=shown.print_forwarded,
+    ).start()
+
+
+def _enclosing_runtime(settings: Settings) -> Runtime | None:
+    """The runtime of the flow run this runner is entered in, if that flow's runner
+    has the same settings: a subflow's runs then go to the supervisors already running."""
+    from prefect.context import FlowRunContext
+
+    parent = getattr(FlowRunContext.get(), "task_runner", None)
+    if not isinstance(parent, AioRayTaskRunner) or parent.settings != settings:
+        return None
+    runtime = parent._runtime
+    return runtime if runtime is not None and runtime.running else None
+
+
+def _close_shared(runtime: Runtime, key: str, book: TaskRunBook, *, cancel: bool) -> None:
+    """A subflow's end on its parent's runtime: its own runs waited for (cancelled
+    after an error, as ``_close_runtime`` does), its flow run's scope closed on the
+    supervisors; the runtime stays, for the parent."""
+    calls = book.in_flight()
+    for call in calls if cancel else ():
+        call.cancel()
+    deadline = time.monotonic() + 10
+    for call in calls:
+        call.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
+    for closer in runtime.broadcast(remote.close_flow_run, key, every_group=True):
+        if not closer.wait_sync(30):
+            logger.warning("A supervisor did not flush its Prefect logs within 30 s")
 
 
 def _close_interrupted(runtime: Runtime, key: str, book: TaskRunBook, reason: str) -> str:
