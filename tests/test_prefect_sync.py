@@ -247,10 +247,10 @@ def test_a_running_sync_task_finishes_when_its_flow_times_out(tmp_path: Path) ->
     assert outcomes["aioray"][:2] == ("FAILED", "TimedOut")
 
 
-# -- CPU-bound work in a thread: one warning, saying what to set ----------------------------
+# -- CPU-bound work kept in threads (sync_tasks="threads"): one warning, saying what to set ---
 
 
-@flow(task_runner=AioRayTaskRunner())
+@flow(task_runner=AioRayTaskRunner(sync_tasks="threads"))
 def cpu_in_threads() -> list[uuid.UUID]:
     futures = [burns_cpu.submit(0.6) for _ in range(2)]
     for future in futures:
@@ -275,3 +275,50 @@ def test_cpu_bound_sync_tasks_get_one_warning_naming_remote_options() -> None:
     assert found[0].task_run_id in (first, second)
     assert "remote_options(num_cpus=1)" in found[0].message
     assert "burns_cpu" in found[0].message
+
+
+# -- the default (sync_tasks="auto"): CPU-bound tasks found out, then given cores ------------
+
+
+@task
+def burns_cpu_where(seconds: float) -> int:
+    burns_cpu.fn(seconds)
+    return os.getpid()
+
+
+@task
+def sleeps_where(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@flow(task_runner=AioRayTaskRunner())
+def placed_by_kind() -> dict[str, Any]:
+    cpu = [burns_cpu_where.submit(0.4) for _ in range(4)]
+    io = [sleeps_where.submit(0.3) for _ in range(20)]
+    return {
+        "cpu": [future.result() for future in cpu],
+        "io": [future.result() for future in io],
+        "supervisors": supervisor_pids(),
+    }
+
+
+def test_cpu_bound_sync_tasks_run_as_ray_tasks_once_found_out() -> None:
+    state = placed_by_kind(return_state=True)
+    assert state.is_completed(), state
+    seen = state.result()
+    supervisors = seen["supervisors"]
+    # The I/O-bound task stays in threads of the supervisor, every run.
+    assert set(seen["io"]) <= supervisors, seen
+    # The CPU-bound task's first run (the probe) ran in a thread; the runs that
+    # waited for its verdict ran as Ray tasks, in other processes.
+    on_supervisor = [pid for pid in seen["cpu"] if pid in supervisors]
+    assert len(on_supervisor) == 1, seen
+    flow_run_id = state.state_details.flow_run_id
+
+    def said() -> list[Any]:
+        return [log for log in read_logs(flow_run_id) if "keep a core busy" in log.message]
+
+    found = poll(said, lambda logs: len(logs) >= 1)
+    assert len(found) == 1 and "burns_cpu_where" in found[0].message, found
+    assert not [log for log in read_logs(flow_run_id) if "Kept the CPU busy" in log.message]

@@ -106,14 +106,17 @@ class TaskRunCalls:
         An async task: on a supervisor's loop, of the group its placement options
         (``remote_options``) select. A sync task with Ray options (a core, a GPU,
         ...), or every sync task under ``sync_tasks="ray"``: a Ray task of its
-        own. Any other sync task: a thread of a supervisor.
+        own. Any other sync task: a thread of a supervisor, which under
+        ``sync_tasks="auto"`` runs it as a Ray task once it has learned that
+        the task is CPU-bound (``kinds.py``).
         """
         if task.isasync:
             placement = {k: v for k, v in options.items() if k in ACTOR_PLACEMENT_OPTIONS}
             return "async", request, placement
         if options or self._sync_tasks == "ray":
             return "ray", request._replace(ray_options=options), {}
-        return "thread", request._replace(threads=self._threads), {}
+        auto = self._sync_tasks == "auto"  # the supervisor may choose a Ray task (kinds.py)
+        return "thread", request._replace(threads=self._threads, auto=auto), {}
 
     def _remote_callable(self, task: Task[Any, Any], where: Where) -> Callable[..., Any]:
         # One callable per task object, so the runtime pickles the task once.

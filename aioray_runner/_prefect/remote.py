@@ -35,6 +35,7 @@ from uuid import UUID
 
 from .._supervisor.attempt import current_attempt
 from . import compat, transactions
+from .kinds import TaskKinds
 from .nested import run_sync_task_in_worker, wait_for_nested_runs
 from .recovery import after_loss, crashed_state
 from .settled import transporting
@@ -126,6 +127,9 @@ class TaskRunRequest(NamedTuple):
     #: For a sync task run in a thread: the size of this process's pool of
     #: threads for sync task runs (the runner's ``threads``).
     threads: int = 0
+    #: For a sync task run in a thread: this supervisor may run it as a Ray task
+    #: instead, once it has learned that the task is CPU-bound (``sync_tasks="auto"``).
+    auto: bool = False
 
 
 def _engine_arguments(
@@ -255,6 +259,13 @@ async def run_sync_task_in_thread(
     from prefect.task_engine import run_task_sync
 
     task_run_id, call_context = request.task_run_id, request.call_context
+    probe = None
+    if request.auto:
+        kind, probe = await _kinds.place(_task_key(task))
+        if kind == "ray":  # CPU-bound: a core of its own (kinds.py)
+            scope = await _scope_for(key, flow_context)  # the log goes to the flow run's
+            scope.run(_say_cpu_bound_once, task, task_run_id)
+            return await run_sync_task(key, flow_context, task, request, **parameters)
     scope = await _scope_for(key, flow_context)
     final, run_task, task_run = await _after_loss_in(scope, task, task_run_id, parameters)
     if final is not None:
@@ -265,6 +276,8 @@ async def run_sync_task_in_thread(
         with _in_threads_lock:
             _in_threads += 1
             beside = _in_threads
+        if probe is not None:
+            probe.started(getattr(getattr(run_task, "fn", None), "__code__", None))
         with ExitStack() as stack:
             _enter_call_context(stack, call_context)
             cpu, wall = time.thread_time(), time.monotonic()
@@ -281,9 +294,11 @@ async def run_sync_task_in_thread(
                 with _in_threads_lock:
                     beside = max(beside, _in_threads)
                     _in_threads -= 1
-                _warn_if_cpu_bound(
-                    task, task_run_id, time.thread_time() - cpu, time.monotonic() - wall, beside
-                )
+                cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+                if probe is not None:
+                    probe.finished(beside)
+                elif not request.auto:  # sync_tasks="threads": the user's choice, said once
+                    _warn_if_cpu_bound(task, task_run_id, cpu, wall, beside)
 
     context = scope.copy()
     _in_threads_now[task_run_id] = (key, context)  # for close_flow_run(crashed=...)
@@ -298,17 +313,44 @@ async def run_sync_task_in_thread(
         return await waiting  # a thread cannot be interrupted: its outcome stands
 
 
-def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, beside: int) -> None:
-    """Say once per task when a sync task run in a thread was CPU-bound."""
-    if cpu < CPU_BOUND_SECONDS or cpu < CPU_BOUND_SHARE * wall / max(1, beside):
-        return
-    task_key = str(getattr(task, "task_key", None) or getattr(task, "name", "?"))
+def _threads_busy() -> int:
+    with _in_threads_lock:
+        return _in_threads
+
+
+# What this supervisor learned of each sync task under sync_tasks="auto".
+_kinds = TaskKinds(_threads_busy)
+
+
+def _task_key(task: Any) -> str:
+    return str(getattr(task, "task_key", None) or getattr(task, "name", "?"))
+
+
+def _say_cpu_bound_once(task: Any, task_run_id: UUID) -> None:
+    """Say, in the first such run's log, that a task's runs now run as Ray tasks."""
+    task_key = _task_key(task)
     if task_key in _cpu_bound_warned:
         return
     _cpu_bound_warned.add(task_key)
     name = getattr(task, "name", "?")
-    import logging
+    logging.getLogger("prefect.task_runs").info(
+        "Runs of %r keep a core busy (its first run here was CPU-bound): its runs"
+        " from now on run as Ray tasks, a core each, as under RayTaskRunner."
+        " AioRayTaskRunner(sync_tasks='threads') keeps them in threads.",
+        name,
+        extra={"task_run_id": task_run_id, "task_run_name": name, "task_name": name},
+    )
 
+
+def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, beside: int) -> None:
+    """Say once per task when a sync task run in a thread was CPU-bound."""
+    if cpu < CPU_BOUND_SECONDS or cpu < CPU_BOUND_SHARE * wall / max(1, beside):
+        return
+    task_key = _task_key(task)
+    if task_key in _cpu_bound_warned:
+        return
+    _cpu_bound_warned.add(task_key)
+    name = getattr(task, "name", "?")
     logging.getLogger("prefect.task_runs").warning(
         "Kept the CPU busy for %.2f s of its %.2f s in a thread on a supervisor, where"
         " sync task runs share one core (Python's GIL). For CPU-bound work, submit %r"

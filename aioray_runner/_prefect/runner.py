@@ -23,9 +23,10 @@ mypy and pyright accept.)
   event loop, many at once, with the flow run's context and API client set up
   once per supervisor (see ``remote.py``);
 * **sync tasks** run in threads of a supervisor, many at once, as in Prefect's
-  ``ThreadPoolTaskRunner``; inside :func:`aioray_runner.remote_options` (say
-  ``num_cpus=1``, for CPU-bound work), or everywhere with ``sync_tasks="ray"``,
-  each runs as a Ray task of its own, as under ``RayTaskRunner``;
+  ``ThreadPoolTaskRunner``, until a task shows it is CPU-bound: its runs then
+  run as Ray tasks, a core each (``kinds.py``); inside
+  :func:`aioray_runner.remote_options` (say ``num_cpus=1``), or everywhere with
+  ``sync_tasks="ray"``, each runs as a Ray task of its own, as under ``RayTaskRunner``;
 * upstream futures in parameters (nested anywhere) and ``wait_for`` are
   awaited inside the supervisor and arrive as finished Prefect futures:
   Prefect's engine then does what it always does (results, ``allow_failure``,
@@ -106,13 +107,12 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
             ``None`` (the default) follows Prefect's ``ThreadPoolTaskRunner``:
             ``PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS`` if set, else no
             limit below ``max_concurrency``.
-        sync_tasks: Where sync (``def``) tasks run. ``"threads"`` (the default):
-            in threads of a supervisor, as in Prefect's thread pool, with the
-            flow run's context and API client set up once; right for I/O-bound
-            tasks. A task submitted inside ``remote_options(...)`` (say
-            ``num_cpus=1``) runs as a Ray task of its own instead, on a core of
-            its own. ``"ray"``: every sync task runs as a Ray task, as under
-            ``RayTaskRunner``. See docs/migrating-from-ray-task-runner.md.
+        sync_tasks: Where sync (``def``) tasks run. ``"auto"`` (the default): in
+            threads of a supervisor, as in Prefect's thread pool, until a task's
+            first run there shows it is CPU-bound; its runs then run as Ray
+            tasks, a core each. ``"threads"``: always in threads. ``"ray"``:
+            always as Ray tasks, as under ``RayTaskRunner``. Inside
+            ``remote_options(...)``, always a Ray task with those options.
         console: What task runs print in the flow's console. ``"runs"`` (the
             default): their log lines, as under Prefect's own runners.
             ``"summary"``: only their warnings and errors, and one line with
@@ -155,7 +155,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         start_timeout: float = DEFAULT_START_TIMEOUT,
         preload: Iterable[str] = (),
         settings: Settings | None = None,
-        sync_tasks: Literal["threads", "ray"] = "threads",
+        sync_tasks: Literal["auto", "threads", "ray"] = "auto",
         forward_logs: Iterable[str] = (),
         console: Literal["runs", "summary"] = "runs",
         name: str | None = None,
@@ -399,6 +399,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
 _FAILS_THE_RUN = (transactions.TransactionNotPortable, SerializationError, SupervisorDiedError)
 
 _SYNC_TASKS = {
+    "auto": "in threads of a supervisor, as Ray tasks once found CPU-bound",
     "threads": "sync tasks run in threads of a supervisor",
     "ray": "each runs as a Ray task, as under RayTaskRunner",
 }
