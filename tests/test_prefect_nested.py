@@ -17,11 +17,18 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from aioray_runner import AioRayTaskRunner, aresult, remote_options
-from tests._prefect_support import poll, supervisor_pids
+from tests._prefect_support import current_runner, poll, supervisor_pids
 
 pytestmark = pytest.mark.usefixtures("ray_session", "prefect_api")
 
 DEPTH = 33  # Prefect's own regression test (tests/test_task_runners.py, issue 14194)
+
+
+class Holder:
+    """Prefect leaves instances of plain classes alone: the future inside stays one."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
 
 
 @task
@@ -47,17 +54,9 @@ async def arecursive_task(n: int) -> list[int]:
 def recursive_flow(depth: int) -> dict[str, Any]:
     pids = recursive_task.submit(depth).result()
     apids = arecursive_task.submit(depth).result()
-    runner = _current_runner()
+    runner = current_runner()
     flow_pids = supervisor_pids() if isinstance(runner, AioRayTaskRunner) else {os.getpid()}
     return {"pids": pids, "apids": apids, "flow_pids": flow_pids}
-
-
-def _current_runner() -> Any:
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    assert context is not None
-    return context.task_runner
 
 
 def test_recursive_submission_runs_on_the_flows_supervisors() -> None:
@@ -101,18 +100,31 @@ async def fans_out_cpu(n: int) -> dict[str, Any]:
 
 
 @task
-def plus_one(x: int) -> int:
-    return x + 1
+def plus_one(x: int) -> tuple[int, int]:
+    return x + 1, os.getpid()
 
 
 @flow
-def child_flow(x: int) -> int:
-    return plus_one.submit(x).result() + plus_one(x)
+def child_flow(x: int) -> tuple[int, set[int]]:
+    first, second = plus_one.submit(x).result(), plus_one(x)
+    return first[0] + second[0], {first[1], second[1]}
 
 
 @task
-def calls_a_subflow(x: int) -> tuple[int, int]:
-    return child_flow(x), os.getpid()
+def calls_a_subflow(x: int) -> tuple[int, set[int]]:
+    return child_flow(x)
+
+
+@flow
+def leaves_a_run(delay: float) -> Holder:
+    return Holder(pid_after.submit(delay))
+
+
+@task
+async def acalls_a_subflow() -> bool:
+    """A subflow that ends on a running loop (this task's) still waits for its runs."""
+    holder = leaves_a_run(0.5)
+    return bool(holder.future.state.is_completed())
 
 
 @flow(task_runner=AioRayTaskRunner())
@@ -120,6 +132,7 @@ def nested_kinds_flow() -> dict[str, Any]:
     return {
         "cpu": fans_out_cpu.submit(4).result(),
         "subflow": calls_a_subflow.submit(10).result(),
+        "asubflow_waited": acalls_a_subflow.submit().result(),
         "flow_pids": supervisor_pids(),
     }
 
@@ -129,13 +142,14 @@ def test_nested_ray_tasks_and_subflows_start_no_supervisor() -> None:
 
     state = nested_kinds_flow(return_state=True)
     seen = state.result()
-    cpu, (subflow_value, subflow_pid) = seen["cpu"], seen["subflow"]
+    cpu, (subflow_value, subflow_pids) = seen["cpu"], seen["subflow"]
     assert cpu["sum"] == 0 + 1 + 4 + 9
     assert cpu["here"] in seen["flow_pids"]
     # num_cpus was honoured: the squares ran as Ray tasks, not on a supervisor.
     assert not cpu["pids"] & seen["flow_pids"], (cpu["pids"], seen["flow_pids"])
     assert subflow_value == 11 + 11
-    assert subflow_pid in seen["flow_pids"]
+    assert subflow_pids <= seen["flow_pids"]  # the subflow's own task ran there too
+    assert seen["asubflow_waited"]
 
     flow_run_id = state.state_details.flow_run_id
 
@@ -160,6 +174,8 @@ def test_nested_ray_tasks_and_subflows_start_no_supervisor() -> None:
         "total": ["COMPLETED"],
         "calls_a_subflow": ["COMPLETED"],
         "child_flow": ["COMPLETED"],  # the subflow's own task run, as Prefect makes it
+        "acalls_a_subflow": ["COMPLETED"],
+        "leaves_a_run": ["COMPLETED"],
     }
     poll(task_runs, lambda runs: runs == expected)
 
@@ -181,13 +197,6 @@ def same_settings_subflow() -> dict[str, Any]:
     # Prefect's thread pool does.
     left = Holder(pid_after.submit(1.0))
     return {"pid": pid_after.submit(0).result(), "supervisors": supervisor_pids(), "left": left}
-
-
-class Holder:
-    """Prefect leaves instances of plain classes alone: the future inside stays one."""
-
-    def __init__(self, future: Any) -> None:
-        self.future = future
 
 
 @flow(task_runner=AioRayTaskRunner(max_concurrency=7))

@@ -31,8 +31,8 @@ import contextvars
 import threading
 import uuid
 import weakref
-from collections.abc import Generator, Iterable
-from contextlib import ExitStack
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect.futures import PrefectConcurrentFuture, PrefectFuture
@@ -40,17 +40,57 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from . import transactions
 from .options import current_remote_options
+from .recovery import crashed_state
 from .settled import SettledPrefectFuture, transporting
 
 if TYPE_CHECKING:
     from prefect.tasks import Task
 
-__all__ = ["NestedPrefectFuture", "NestedRuns", "run_sync_task_in_worker", "wait_for_nested_runs"]
+__all__ = [
+    "NestedPrefectFuture",
+    "NestedRuns",
+    "closing_scope_here",
+    "inside_task_runs",
+    "run_sync_task_in_worker",
+    "task_runs_here",
+    "wait_for_nested_runs",
+]
 
 R = TypeVar("R")
 
 # Every NestedRuns of this process with runs in flight (see wait_for_nested_runs).
 _live: weakref.WeakSet[NestedRuns] = weakref.WeakSet()
+# Set where task runs run: a supervisor's flow run scope, a Ray task's run. A
+# runner entered there is Prefect's copy inside a task run (or a subflow's).
+_in_task_runs: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aioray_in_task_runs", default=False
+)
+# Set in a supervisor's flow run scope as it closes (see NestedRuns.__exit__).
+_closing_scope: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aioray_closing_scope", default=False
+)
+
+
+def inside_task_runs() -> bool:
+    """Whether this code runs where the runner runs task runs (not in the flow's process,
+    nor in a flow run started inside some other Ray actor or task)."""
+    return _in_task_runs.get()
+
+
+@contextmanager
+def task_runs_here() -> Iterator[None]:
+    """Mark the code inside as running task runs (see :func:`inside_task_runs`)."""
+    token = _in_task_runs.set(True)
+    try:
+        yield
+    finally:
+        _in_task_runs.reset(token)
+
+
+def closing_scope_here() -> None:
+    """Mark the current context as a flow run scope closing on its supervisor (its
+    holder's own context, after every task run's context was copied from it)."""
+    _closing_scope.set(True)
 
 
 class NestedPrefectFuture(PrefectConcurrentFuture[R]):
@@ -111,12 +151,13 @@ class NestedRuns:
             self._ray_waiters.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             running = list(self._in_flight)
-        if running and _on_event_loop():
-            # Prefect's thread pool waits for its runs as it exits, which here
-            # would hold a supervisor's loop. On a flow run's close they had
+        if running and _closing_scope.get():
+            # Prefect's thread pool waits for its runs as it exits, which would
+            # hold the supervisor's loop as its flow run's scope closes. They had
             # their grace already (remote.py): the flow run was interrupted, or
             # they outlived it, and the supervisor is about to stop. Runs not
-            # started yet never will; running ones end on their own.
+            # started yet never will; running ones end on their own. (A subflow's
+            # runner waits for its runs, as the thread pool does, wherever it ends.)
             for future in running:
                 future.cancel()
             return
@@ -188,16 +229,6 @@ class NestedRuns:
         return task_run_id, running
 
 
-def _on_event_loop() -> bool:
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 def wait_for_nested_runs(timeout: float) -> bool:
     """Wait until this process's nested task runs have finished, at most ``timeout`` s.
 
@@ -244,12 +275,20 @@ def _run_as_ray_task(
         "dependencies": dependencies,
         "return_type": "state",
     }
-    remote = ray.remote(run_sync_task_in_worker).options(
-        name=getattr(task, "name", "task"), **ray_options
-    )
+    global _in_worker
+    if _in_worker is None:
+        _in_worker = ray.remote(run_sync_task_in_worker)
+    remote = _in_worker.options(name=getattr(task, "name", "task"), **ray_options)
     with transporting():
         ref = remote.remote(engine_arguments, serialize_context(), None)
-    return transactions.unwrap(ray.get(ref))
+    try:
+        return transactions.unwrap(ray.get(ref))
+    except Exception as exc:  # its worker died, Ray went away: Crashed, as at the top level
+        cause = getattr(exc, "cause", None)
+        return crashed_state(cause if isinstance(cause, BaseException) else exc)
+
+
+_in_worker: Any = None  # run_sync_task_in_worker as a Ray remote function, made once
 
 
 def run_sync_task_in_worker(
@@ -262,6 +301,7 @@ def run_sync_task_in_worker(
     from prefect.task_engine import run_task_sync
 
     with ExitStack() as stack:
+        stack.enter_context(task_runs_here())
         entered = transactions.enter_snapshot(stack, transaction)
         state = run_task_sync(**engine_arguments, context=context)
         return transactions.outcome(state, entered)

@@ -35,8 +35,13 @@ from uuid import UUID
 
 from .._supervisor.attempt import current_attempt
 from . import compat, transactions
-from .kinds import TaskKinds
-from .nested import run_sync_task_in_worker, wait_for_nested_runs
+from .kinds import Probe, TaskKinds
+from .nested import (
+    closing_scope_here,
+    run_sync_task_in_worker,
+    task_runs_here,
+    wait_for_nested_runs,
+)
 from .recovery import after_loss, crashed_state
 from .settled import transporting
 
@@ -53,7 +58,7 @@ def _set_up_prefect_logging() -> None:
 _set_up_prefect_logging()
 _scopes: dict[str, _FlowRunScope] = {}
 # Seconds a closing flow run scope waits for the task runs its task runs submitted.
-_NESTED_RUNS_GRACE = 20.0
+_NESTED_RUNS_GRACE = 15.0  # within the flow side's 30 s for the whole close
 
 
 class _FlowRunScope:
@@ -81,10 +86,15 @@ class _FlowRunScope:
             # One sync API client too, shared by the sync task runs in threads
             # (httpx's client is thread-safe): a client per run costs a new
             # connection pool and TLS context each time.
-            with hydrated_context(self.flow_context), SyncClientContext.get_or_create():
+            with (
+                task_runs_here(),
+                hydrated_context(self.flow_context),
+                SyncClientContext.get_or_create(),
+            ):
                 async with AsyncClientContext.get_or_create():
                     self.ready.set_result(contextvars.copy_context())
                     await self.closing.wait()
+                    closing_scope_here()  # after every run's context was copied
         except BaseException as exc:
             if not self.ready.done():
                 self.ready.set_exception(exc)
@@ -95,8 +105,12 @@ class _FlowRunScope:
         # Prefect's thread pool of the runs that task runs submitted here
         # (nested.py) waits for them as it exits: give them ``nested_grace``
         # seconds to finish first, in a thread, so that exit does not hold this loop.
-        if nested_grace > 0:
-            await asyncio.to_thread(wait_for_nested_runs, nested_grace)
+        if nested_grace > 0 and not await asyncio.to_thread(wait_for_nested_runs, nested_grace):
+            logging.getLogger(__name__).warning(
+                "Task runs submitted inside task runs were still running %.0f s after"
+                " their flow run's own ended; they stop with this supervisor",
+                nested_grace,
+            )
         self.closing.set()
         # Closing the API client sometimes waits on its connection pool for a
         # long time; the supervisor is about to stop, so do not wait for it.
@@ -254,18 +268,38 @@ async def run_sync_task_in_thread(
     a copy of the flow run's context, which this supervisor entered once (see
     the module docstring), so a run costs what it costs in the thread pool and
     I/O-bound runs wait side by side. Once running it cannot be interrupted:
-    cancelling it lets it finish, as the thread pool does.
+    cancelling it lets it finish, as the thread pool does. Under
+    ``sync_tasks="auto"`` a task found CPU-bound here runs as a Ray task instead
+    (``kinds.py``).
     """
+    task_run_id = request.task_run_id
+    if not request.auto:
+        return await _run_in_thread(key, flow_context, task, request, None, parameters)
+    kind, probe = await _kinds.place(_task_key(task))
+    if kind == "ray":  # CPU-bound: a core of its own (kinds.py)
+        scope = await _scope_for(key, flow_context)  # the log goes to the flow run's
+        scope.copy().run(_say_cpu_bound_once, task, task_run_id)
+        return await run_sync_task(key, flow_context, task, request, **parameters)
+    try:
+        return await _run_in_thread(key, flow_context, task, request, probe, parameters)
+    finally:
+        if probe is not None:
+            _kinds.drop(probe)  # if its run never reached its thread: the next run probes
+
+
+async def _run_in_thread(
+    key: str,
+    flow_context: dict[str, Any],
+    task: Any,
+    request: TaskRunRequest,
+    probe: Probe | None,
+    parameters: dict[str, Any],
+) -> Any:
+    """:func:`run_sync_task_in_thread`, placed: ``probe`` watches it if it is its task's
+    first run here under ``sync_tasks="auto"`` (kinds.py)."""
     from prefect.task_engine import run_task_sync
 
     task_run_id, call_context = request.task_run_id, request.call_context
-    probe = None
-    if request.auto:
-        kind, probe = await _kinds.place(_task_key(task))
-        if kind == "ray":  # CPU-bound: a core of its own (kinds.py)
-            scope = await _scope_for(key, flow_context)  # the log goes to the flow run's
-            scope.run(_say_cpu_bound_once, task, task_run_id)
-            return await run_sync_task(key, flow_context, task, request, **parameters)
     scope = await _scope_for(key, flow_context)
     final, run_task, task_run = await _after_loss_in(scope, task, task_run_id, parameters)
     if final is not None:
@@ -276,12 +310,12 @@ async def run_sync_task_in_thread(
         with _in_threads_lock:
             _in_threads += 1
             beside = _in_threads
-        if probe is not None:
-            probe.started(getattr(getattr(run_task, "fn", None), "__code__", None))
+        cpu, wall = time.thread_time(), time.monotonic()
         with ExitStack() as stack:
-            _enter_call_context(stack, call_context)
-            cpu, wall = time.thread_time(), time.monotonic()
             try:
+                if probe is not None:
+                    probe.started(getattr(getattr(run_task, "fn", None), "__code__", None))
+                _enter_call_context(stack, call_context)
                 entered = transactions.enter_snapshot(stack, call_context.get("transaction"))
                 state = run_task_sync(
                     **_engine_arguments(run_task, request, task_run, parameters),
@@ -294,11 +328,7 @@ async def run_sync_task_in_thread(
                 with _in_threads_lock:
                     beside = max(beside, _in_threads)
                     _in_threads -= 1
-                cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
-                if probe is not None:
-                    probe.finished(beside)
-                elif not request.auto:  # sync_tasks="threads": the user's choice, said once
-                    _warn_if_cpu_bound(task, task_run_id, cpu, wall, beside)
+                _judged(task, task_run_id, request, probe, beside, cpu, wall)
 
     context = scope.copy()
     _in_threads_now[task_run_id] = (key, context)  # for close_flow_run(crashed=...)
@@ -311,6 +341,27 @@ async def run_sync_task_in_thread(
         if running.cancel():  # had not started: it never will
             raise
         return await waiting  # a thread cannot be interrupted: its outcome stands
+
+
+def _judged(
+    task: Any,
+    task_run_id: UUID,
+    request: TaskRunRequest,
+    probe: Probe | None,
+    beside: int,
+    cpu0: float,
+    wall0: float,
+) -> None:
+    """What a sync run in a thread, ending now (in its thread), taught: its probe's
+    verdict, a CPU-bound run of a task thought I/O-bound, or (``sync_tasks="threads"``)
+    a warning that it was CPU-bound."""
+    cpu, wall = time.thread_time() - cpu0, time.monotonic() - wall0
+    if probe is not None:
+        probe.finished(beside)
+    elif not request.auto:  # the user's choice of threads: said once
+        _warn_if_cpu_bound(task, task_run_id, cpu, wall, beside)
+    elif _kinds.judge_run(_task_key(task), cpu, wall, beside):
+        _say_cpu_bound_once(task, task_run_id)
 
 
 def _threads_busy() -> int:

@@ -48,7 +48,6 @@ import uuid
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
-import ray
 from prefect.client.schemas.objects import RunInput
 from prefect.futures import (
     PrefectFuture,
@@ -76,7 +75,7 @@ from .book import TaskRunBook
 from .calls import TaskRunCalls
 from .console import RUN_LOGGERS, RunsOnConsole
 from .future import PrefectAioRayFuture, aresult, aresults
-from .nested import NestedRuns
+from .nested import NestedRuns, inside_task_runs
 from .records import Unrecorded, wait_until_recorded
 
 if TYPE_CHECKING:
@@ -251,11 +250,11 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
 
     def __enter__(self) -> Self:
         super().__enter__()
-        if _inside_ray_worker():
+        if inside_task_runs():
             # Prefect's copy of the flow's runner, inside a task run: its runs
             # run beside their parent, with no runtime of its own (nested.py).
             self._nested = NestedRuns(self.sync_tasks).__enter__()
-        elif (shared := _enclosing_runtime(self.settings)) is not None:
+        elif (shared := _enclosing_runtime(self)) is not None:
             # A subflow whose runner is like its parent flow's: its runs go to
             # the parent's supervisors (see _close_shared).
             self._runtime, self._shares = shared, True
@@ -282,7 +281,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
                 nested.__exit__(exc_type, exc_value, traceback)
                 return
             if runtime is not None and self._shares:
-                _close_shared(runtime, self._key, book, cancel=exc_type is not None)
+                self._shares = False
+                _close_shared(runtime, self._key, book, exc_type)
             elif runtime is not None and interrupted:
                 self._shown.interrupted = True
                 self.logger.warning(
@@ -303,8 +303,8 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
         if self._nested is not None:
             self._nested.cancel_all()
         runtime = self._runtime
-        if runtime is not None and runtime.running:
-            for future in runtime.outstanding():
+        if runtime is not None and runtime.running:  # a subflow's: its own runs only
+            for future in self._book.in_flight() if self._shares else runtime.outstanding():
                 future.cancel()
 
     # -- submitting ---------------------------------------------------------------------
@@ -442,31 +442,36 @@ def _runtime_for(
     ).start()
 
 
-def _enclosing_runtime(settings: Settings) -> Runtime | None:
-    """The runtime of the flow run this runner is entered in, if that flow's runner
-    has the same settings: a subflow's runs then go to the supervisors already running."""
+def _enclosing_runtime(runner: AioRayTaskRunner) -> Runtime | None:
+    """The runtime of the flow run this runner is entered in, if that flow's runner is
+    like this one: a subflow's runs then go to the supervisors already running (whose
+    runtime prints their logs as that runner's console does)."""
     from prefect.context import FlowRunContext
 
     parent = getattr(FlowRunContext.get(), "task_runner", None)
-    if not isinstance(parent, AioRayTaskRunner) or parent.settings != settings:
+    if not isinstance(parent, AioRayTaskRunner) or parent != runner:
         return None
     runtime = parent._runtime
     return runtime if runtime is not None and runtime.running else None
 
 
-def _close_shared(runtime: Runtime, key: str, book: TaskRunBook, *, cancel: bool) -> None:
+def _close_shared(runtime: Runtime, key: str, book: TaskRunBook, exc_type: Any) -> None:
     """A subflow's end on its parent's runtime: its own runs waited for (cancelled
-    after an error, as ``_close_runtime`` does), its flow run's scope closed on the
-    supervisors; the runtime stays, for the parent."""
+    after an error, as ``_close_runtime`` does; within seconds after Ctrl-C, their
+    runs in threads marked Crashed), its flow run's scope closed on the
+    supervisors. The runtime stays, for the parent (which, interrupted too, ends
+    the rest)."""
+    interrupted = exc_type is not None and not issubclass(exc_type, Exception)
     calls = book.in_flight()
-    for call in calls if cancel else ():
+    for call in calls if exc_type is not None else ():
         call.cancel()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + (interrupt.CANCEL_GRACE_S if interrupted else 10)
     for call in calls:
-        call.wait_sync(max(0.0, deadline - time.monotonic()) if cancel else None)
-    for closer in runtime.broadcast(remote.close_flow_run, key, every_group=True):
-        if not closer.wait_sync(30):
-            logger.warning("A supervisor did not flush its Prefect logs within 30 s")
+        call.wait_sync(max(0.0, deadline - time.monotonic()) if exc_type else None)
+    crashed = f"The flow run was interrupted ({exc_type.__name__})" if interrupted else None
+    for closer in runtime.broadcast(remote.close_flow_run, key, crashed, every_group=True):
+        if not closer.wait_sync(5 if interrupted else 30):
+            logger.warning("A supervisor did not flush its Prefect logs in time")
 
 
 def _close_interrupted(runtime: Runtime, key: str, book: TaskRunBook, reason: str) -> str:
@@ -511,12 +516,3 @@ def _thread_pool_size(max_concurrency: object) -> int:
         return int(configured)
     # No limit of its own: max_concurrency already caps runs per supervisor.
     return max_concurrency if isinstance(max_concurrency, int) and max_concurrency > 0 else 1
-
-
-def _inside_ray_worker() -> bool:
-    if not ray.is_initialized():
-        return False
-    try:
-        return bool(ray.get_runtime_context().worker.mode != ray.SCRIPT_MODE)
-    except Exception:
-        return False

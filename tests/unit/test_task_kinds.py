@@ -7,12 +7,13 @@ or sleeps, watched through its CPU clock.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
 import pytest
 
-from aioray_runner._prefect.kinds import CPU_S, DECIDE_WITHIN_S, Probe, TaskKinds
+from aioray_runner._prefect.kinds import CPU_S, RUN_CPU_S, WAIT_S, Probe, TaskKinds
 
 pytestmark = pytest.mark.anyio
 
@@ -124,4 +125,46 @@ async def test_a_probe_that_never_reports_keeps_nobody_waiting_for_long() -> Non
     assert probe is not None  # never started: say, still waiting for a thread
     started = time.monotonic()
     assert await kinds.place("stuck") == ("thread", None)
-    assert time.monotonic() - started < DECIDE_WITHIN_S + 1.0
+    assert time.monotonic() - started < WAIT_S + 1.0
+    assert kinds.kind_of("stuck") is None  # the verdict is still the probe's to give
+
+
+async def test_a_probe_whose_function_never_ran_teaches_nothing() -> None:
+    """A cached result, or a run cancelled before its thread: the next run probes."""
+    kinds = TaskKinds(lambda: 1)
+    _, cached = await kinds.place("cached")
+    assert cached is not None
+    profile: list[object] = []
+
+    def engine_only() -> None:  # the engine returns a cached result: no call of the task
+        cached.started(_task_fn.__code__)
+        _engine("io", 0.01)
+        cached.finished(1)
+        profile.append(sys.getprofile())
+
+    await asyncio.to_thread(engine_only)
+    await asyncio.wait_for(cached.over.wait(), 5)
+    assert profile == [None]  # the probe's profile hook is gone with it
+    assert kinds.kind_of("cached") is None
+    kind, next_probe = await kinds.place("cached")
+    assert kind == "thread" and next_probe is not None and next_probe is not cached
+
+    _, cancelled = await kinds.place("cancelled")
+    assert cancelled is not None
+    kinds.drop(cancelled)  # its run never reached a thread
+    assert cancelled.over.is_set() and kinds.kind_of("cancelled") is None
+    assert (await kinds.place("cancelled"))[1] is not None
+
+
+async def test_a_later_run_that_computes_changes_the_verdict() -> None:
+    """A task that downloads first and parses after passes its probe as I/O-bound;
+    a run that then keeps the CPU sends the later ones to Ray tasks."""
+    kinds = TaskKinds(lambda: 1)
+    _, probe = await kinds.place("parse")
+    assert probe is not None
+    await asyncio.to_thread(_probe_in_thread(probe, "io", 0.2).join)
+    assert kinds.kind_of("parse") == "thread"
+    assert not kinds.judge_run("parse", RUN_CPU_S / 2, RUN_CPU_S, 1)  # too little CPU
+    assert not kinds.judge_run("parse", RUN_CPU_S, 4 * RUN_CPU_S, 1)  # too small a share
+    assert kinds.judge_run("parse", RUN_CPU_S, 1.5 * RUN_CPU_S, 1)
+    assert await kinds.place("parse") == ("ray", None)
