@@ -160,13 +160,29 @@ def measure(url: str, kind: str, n: int) -> dict[str, Any]:
     return {**seen, "cpu_s": cpu.seconds()}
 
 
-def per_task(small: dict[str, Any], large: dict[str, Any], runs: int) -> dict[str, Any]:
-    def diff(part: str) -> dict[str, float]:
+def per_task(
+    small: dict[str, Any], large: dict[str, Any], small_n: int, large_n: int
+) -> dict[str, Any]:
+    """What one more task run cost, and what the small flow cost beyond its task runs."""
+    runs = large_n - small_n
+
+    def diff(part: str, at_least: float) -> dict[str, float]:
         keys = set(small[part]) | set(large[part])
         out = {k: (large[part].get(k, 0) - small[part].get(k, 0)) / runs for k in keys}
-        return {k: v for k, v in out.items() if abs(v) >= 0.005}
+        return {k: v for k, v in out.items() if abs(v) >= at_least}
 
-    return {"requests": diff("requests"), "bytes_in": diff("bytes_in"), "cpu_s": diff("cpu_s")}
+    requests = diff("requests", 0.005)
+    per_flow = {
+        k: v - small_n * requests.get(k, 0.0)
+        for k, v in small["requests"].items()
+        if abs(v - small_n * requests.get(k, 0.0)) >= 0.5
+    }
+    return {
+        "requests": requests,
+        "bytes_in": diff("bytes_in", 0.5),
+        "cpu_s": diff("cpu_s", 0.0),
+        "per_flow_requests": per_flow,
+    }
 
 
 def report(figures: dict[str, Any]) -> str:
@@ -187,7 +203,14 @@ def report(figures: dict[str, Any]) -> str:
         rows.append(
             [f"CPU ms: {role}", *(f"{1000 * figures[k]['cpu_s'].get(role, 0):.2f}" for k in kinds)]
         )
-    return table(["per task run", *kinds], rows)
+    per_task_table = table(["per task run", *kinds], rows)
+    flow_endpoints = sorted({e for k in kinds for e in figures[k]["per_flow_requests"]})
+    flow_rows = [
+        [e, *(f"{figures[k]['per_flow_requests'].get(e, 0):.0f}" for k in kinds)]
+        for e in flow_endpoints
+    ]
+    per_flow_table = table(["per flow run, beyond its task runs", *kinds], flow_rows)
+    return per_task_table + "\n\n" + per_flow_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"== {kind}: {args.small} then {args.large} task runs")
                 small = measure(url, kind, args.small)
                 large = measure(url, kind, args.large)
-                figures[kind] = per_task(small, large, args.large - args.small)
+                figures[kind] = per_task(small, large, args.small, args.large)
     print(report(figures))
     if args.json:
         import prefect

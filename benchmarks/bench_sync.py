@@ -52,7 +52,7 @@ RUNNER_NAMES = {
     "threadpool": "ThreadPoolTaskRunner",
 }
 SCENARIO_RUNNERS = {
-    "io": ("aioray", "ray", "threadpool"),
+    "io": ("aioray", "aioray-threads", "ray", "threadpool"),
     "cpu": ("aioray", "aioray-remote", "aioray-threads", "ray", "threadpool"),
 }
 

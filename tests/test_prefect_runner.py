@@ -1,8 +1,9 @@
 """AioRayTaskRunner with the session's Ray and a real Prefect API: futures and placement.
 
 Every flow run starts supervisors of its own (a new Ray actor that imports
-Prefect and enters the flow run's context: seconds of set-up), so each test
-runs one flow that checks several things.
+Prefect and enters the flow run's context: seconds of set-up; a subflow with the
+same runner settings uses its parent's), so each test runs one flow that checks
+several things.
 """
 
 from __future__ import annotations

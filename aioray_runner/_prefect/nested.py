@@ -12,9 +12,11 @@ submitted them, on the cluster that process is already on, as Prefect's
 ``ThreadPoolTaskRunner`` of the same release runs them (this module uses that
 very runner): a sync task in a thread, an async task in a thread with a loop of
 its own. **No cap applies to them**, as none does in Prefect's thread pool by
-default: a parent waits for its children holding its own place (a thread, the
-supervisor's ``max_concurrency`` permit), and a child never waits for a place
-that its parent holds. So nested submission cannot deadlock, at any depth.
+default (``PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS`` caps both, and Prefect
+then warns of nested submissions that could deadlock): a parent waits for its
+children holding its own place (a thread, the supervisor's ``max_concurrency``
+permit), and a child never waits for a place that its parent holds. So nested
+submission cannot deadlock, at any depth.
 
 An async parent may block its loop on a child (``child.submit().result()``);
 the child has its own loop in a thread, so it still runs. A sync child
@@ -60,6 +62,7 @@ R = TypeVar("R")
 
 # Every NestedRuns of this process with runs in flight (see wait_for_nested_runs).
 _live: weakref.WeakSet[NestedRuns] = weakref.WeakSet()
+_live_lock = threading.Lock()
 # Set where task runs run: a supervisor's flow run scope, a Ray task's run. A
 # runner entered there is Prefect's copy inside a task run (or a subflow's).
 _in_task_runs: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -104,9 +107,10 @@ class NestedPrefectFuture(PrefectConcurrentFuture[R]):
             await asyncio.wait_for(waiting, timeout)
         except TimeoutError:
             return
+        except asyncio.CancelledError:
+            raise  # the waiter was cancelled; the run goes on
         except BaseException:
-            if not self.wrapped_future.done():
-                raise  # the waiter was cancelled; the run goes on
+            pass  # the run's own error: its state says it
 
     async def result_async(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The run's result, awaited; raises its exception if it failed."""
@@ -142,11 +146,13 @@ class NestedRuns:
 
     def __enter__(self) -> NestedRuns:
         self._threads.__enter__()
-        _live.add(self)
+        with _live_lock:
+            _live.add(self)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        _live.discard(self)
+        with _live_lock:
+            _live.discard(self)
         if self._ray_waiters is not None:
             self._ray_waiters.shutdown(wait=False, cancel_futures=True)
         with self._lock:
@@ -238,7 +244,9 @@ def wait_for_nested_runs(timeout: float) -> bool:
     import time
 
     deadline = time.monotonic() + timeout
-    return all(runs.wait_idle(max(0.0, deadline - time.monotonic())) for runs in list(_live))
+    with _live_lock:
+        live = list(_live)
+    return all(runs.wait_idle(max(0.0, deadline - time.monotonic())) for runs in live)
 
 
 def _settled(value: Any) -> Any:

@@ -4,8 +4,8 @@ Same meaning as ``prefect_ray.context.remote_options``, so flows written for
 ``RayTaskRunner`` keep working. What applies differs by kind of task:
 
 * **sync tasks** submitted inside it run as Ray tasks, exactly as under
-  ``RayTaskRunner`` (outside it they run in threads of a supervisor, unless the
-  runner has ``sync_tasks="ray"``): every option is passed to
+  ``RayTaskRunner`` (outside it they run in threads of a supervisor until found
+  CPU-bound, as the runner's ``sync_tasks`` says): every option is passed to
   ``ray.remote(...)`` (``num_cpus``, ``num_gpus``, ``memory``, ``resources``,
   ``runtime_env``, ``max_retries``, ...);
 * **async tasks** run on a supervisor actor. The options that place an actor

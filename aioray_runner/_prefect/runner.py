@@ -162,7 +162,7 @@ class AioRayTaskRunner(TaskRunner[PrefectFuture[Any]]):
     ) -> None:
         # Bad settings fail here, where they are written, not when a flow starts.
         check_choice("sync_tasks", sync_tasks, _SYNC_TASKS)
-        #: Where sync tasks run: "threads" or "ray" (see the class docstring).
+        #: Where sync tasks run: "auto", "threads" or "ray" (see the class docstring).
         self.sync_tasks = sync_tasks
         check_choice("console", console, _CONSOLES)
         #: What task runs print in the flow's console: "runs" or "summary".

@@ -43,7 +43,7 @@ class SettledPrefectFuture(PrefectTaskRunFuture[R]):
     Like the thread pool's futures it cannot be pickled by user code (so a
     task's cache key is not computed from it, as under the thread pool); the
     runner pickles it only to hand it to a sync task run as a Ray task
-    (``remote_options``, ``sync_tasks="ray"``).
+    (``remote_options``, ``sync_tasks="ray"``, a task found CPU-bound, a nested run).
     """
 
     def __init__(self, task_run_id: uuid.UUID, state: State[R]) -> None:
