@@ -11,12 +11,13 @@ it, per task:
   module reads that thread's CPU clock every :data:`SAMPLE_S` from the moment
   the task's own function starts (Prefect's engine before it mostly waits for
   the API, and warms up on a first run: either would make any task look like
-  one kind). It is CPU-bound once it has kept the CPU for :data:`CPU_S`, for at
-  least :data:`CPU_SHARE` of the time it could have had (its wall time divided
-  by the sync runs in threads beside it, which share the GIL with it); I/O-bound
-  once :data:`IO_AFTER_S` have passed below that share (of the whole time, if
-  this process left the GIL room meanwhile), or :data:`DECIDE_WITHIN_S`
-  undecided, or when it ends having used less. Runs of the task that arrive
+  one kind). Its CPU is compared with what the whole process got meanwhile (not
+  with the clock: on a busy machine the process itself gets less than a core; but
+  at least half the clock's time), shared by the sync runs in threads beside it.
+  It is CPU-bound once it has kept the CPU for :data:`CPU_S`, for at least
+  :data:`CPU_SHARE` of its share; I/O-bound once :data:`IO_AFTER_S` have passed
+  below that share without it ever having been seen computing at it, or
+  :data:`DECIDE_WITHIN_S` undecided, or when it ends having used less. Runs of the task that arrive
   meanwhile wait for the verdict (at most :data:`WAIT_S`; past that a run goes to
   a thread, and the verdict is still the probe's), then go where it says; later
   runs go there at once. A probe whose function never ran (a cached result, a
@@ -41,6 +42,7 @@ from types import CodeType, FrameType
 from typing import Any, Literal
 
 __all__ = [
+    "COMPUTING_S",
     "CPU_S",
     "CPU_SHARE",
     "DECIDE_WITHIN_S",
@@ -59,8 +61,10 @@ Kind = Literal["thread", "ray"]
 CPU_S = 0.1
 #: The share of its available time a CPU-bound run keeps the CPU.
 CPU_SHARE = 0.5
-#: Wall seconds (of its function) after which a probe below that share is I/O-bound.
+#: Wall seconds (of its function) after which a probe below that share is I/O-bound,
+#: unless it was seen computing at that share for COMPUTING_S of CPU before.
 IO_AFTER_S = 0.03
+COMPUTING_S = 0.005
 #: Wall seconds (of its function) after which an undecided probe counts as I/O-bound.
 DECIDE_WITHIN_S = 1.0
 #: The longest a run waits for its task's probe to decide.
@@ -71,8 +75,17 @@ RUN_CPU_S = 0.5
 SAMPLE_S = 0.01
 
 
-def _cpu_bound(cpu: float, wall: float, beside: int, at_least: float = CPU_S) -> bool:
-    return cpu >= at_least and cpu >= CPU_SHARE * wall / max(1, beside)
+def _could_have_had(process_cpu: float, wall: float) -> float:
+    """The CPU a run could have had: what its process got meanwhile, but at least half
+    the time (a quiet process's few ms would make a little CPU look like a lot) and at
+    most all of it (Python threads share one GIL; the rest is Ray's own threads)."""
+    return min(max(process_cpu, wall / 2), wall)
+
+
+def _cpu_bound(cpu: float, had: float, beside: int, at_least: float = CPU_S) -> bool:
+    """``cpu`` seconds of a run's own, of ``had`` that it could have had (the process's
+    CPU, or wall time), shared with ``beside`` runs: CPU-bound?"""
+    return cpu >= at_least and cpu >= CPU_SHARE * had / max(1, beside)
 
 
 class Probe:
@@ -87,7 +100,8 @@ class Probe:
         #: Its run reached its thread (``started`` was called).
         self.ran = False
         self._hook: Callable[[FrameType, str, Any], None] | None = None
-        self._started_at: tuple[float, float] | None = None  # the thread's, at its code's start
+        # At its code's start: the thread's CPU, the clock, the process's CPU.
+        self._started_at: tuple[float, float, float] | None = None
 
     def started(self, code: CodeType | None) -> None:
         """The probe's thread starts the run (called in that thread): watch it from
@@ -107,11 +121,11 @@ class Probe:
         sys.setprofile(on_call)  # this thread's only, until the task's code starts
 
     def _user_code_started(self) -> None:
-        self._started_at = (time.thread_time(), time.monotonic())
+        self._started_at = started = (time.thread_time(), time.monotonic(), time.process_time())
         try:
             clock = time.pthread_getcpuclockid(threading.get_ident())
             cpu0 = time.clock_gettime(clock)
-            self._loop.call_soon_threadsafe(self._watch, clock, cpu0, time.monotonic())
+            self._loop.call_soon_threadsafe(self._watch, clock, cpu0, *started[1:])
         except (AttributeError, OSError, RuntimeError):
             pass  # no per-thread CPU clock here, or the loop is gone: its end decides
 
@@ -123,18 +137,20 @@ class Probe:
         if self._started_at is None:
             verdict: Kind | None = None  # nothing learned: the next run probes
         else:
-            cpu0, wall0 = self._started_at
-            cpu, wall = time.thread_time() - cpu0, time.monotonic() - wall0
-            verdict = "ray" if _cpu_bound(cpu, wall, beside) else "thread"
+            cpu0, wall0, process0 = self._started_at
+            cpu = time.thread_time() - cpu0
+            had = _could_have_had(time.process_time() - process0, time.monotonic() - wall0)
+            verdict = "ray" if _cpu_bound(cpu, had, beside) else "thread"
         try:
             self._loop.call_soon_threadsafe(self._end, verdict)
         except RuntimeError:  # the loop is gone with its supervisor
             pass
 
-    def _watch(self, clock: int, cpu0: float, wall0: float) -> None:
-        self._loop.create_task(self._sample(clock, cpu0, wall0, time.process_time()))
+    def _watch(self, clock: int, cpu0: float, wall0: float, process0: float) -> None:
+        self._loop.create_task(self._sample(clock, cpu0, wall0, process0))
 
     async def _sample(self, clock: int, cpu0: float, wall0: float, process0: float) -> None:
+        computing = False
         while not self.over.is_set():
             await asyncio.sleep(SAMPLE_S)
             if self.over.is_set():
@@ -144,15 +160,17 @@ class Probe:
             except OSError:  # the thread is gone: its end decides
                 return
             wall = time.monotonic() - wall0
+            had = _could_have_had(time.process_time() - process0, wall)
             beside = self._kinds.threads_busy()
-            if _cpu_bound(cpu, wall, beside):
+            if _cpu_bound(cpu, had, beside):
                 self._end("ray")
                 return
-            # Below the share: I/O-bound, if the GIL left it room (this process
-            # used less than a core meanwhile), or below its share of a busy GIL.
-            gil_free = time.process_time() - process0 < 0.8 * wall
-            low = cpu < CPU_SHARE * wall / (1 if gil_free else max(1, beside))
-            if (wall >= IO_AFTER_S and low) or wall >= DECIDE_WITHIN_S:
+            # Computing at its share so far (if not for CPU_S yet): a thread kept
+            # from the GIL for a while (dozens of runs starting beside it) looks
+            # like one that waits, so once seen computing it is given until
+            # DECIDE_WITHIN_S to reach CPU_S.
+            computing = computing or _cpu_bound(cpu, had, beside, COMPUTING_S)
+            if (wall >= IO_AFTER_S and not computing) or wall >= DECIDE_WITHIN_S:
                 self._end("thread")
 
     def _end(self, verdict: Kind | None) -> None:

@@ -232,7 +232,7 @@ async def run_async_task(
 
 _sync_runner: Any = None
 _sync_threads: concurrent.futures.ThreadPoolExecutor | None = None
-# Task keys already warned about as CPU-bound in a thread (once per process).
+# Task keys whose CPU-bound runs were already spoken of (once per task and process).
 _cpu_bound_warned: set[str] = set()
 # Sync task runs in threads of this process right now.
 _in_threads = 0
@@ -378,18 +378,15 @@ def _task_key(task: Any) -> str:
 
 
 def _say_cpu_bound_once(task: Any, task_run_id: UUID) -> None:
-    """Say, in the first such run's log, that a task's runs now run as Ray tasks."""
-    task_key = _task_key(task)
-    if task_key in _cpu_bound_warned:
-        return
-    _cpu_bound_warned.add(task_key)
-    name = getattr(task, "name", "?")
-    logging.getLogger("prefect.task_runs").info(
-        "Runs of %r keep a core busy (its first run here was CPU-bound): its runs"
-        " from now on run as Ray tasks, a core each, as under RayTaskRunner."
+    """Say, in that run's log, that a task's runs now run as Ray tasks (once per task)."""
+    _say_once_per_task(
+        task,
+        task_run_id,
+        logging.INFO,
+        "Runs of %r keep a core busy (a run here was CPU-bound): its runs from now on"
+        " run as Ray tasks, a core each, as under RayTaskRunner."
         " AioRayTaskRunner(sync_tasks='threads') keeps them in threads.",
-        name,
-        extra={"task_run_id": task_run_id, "task_run_name": name, "task_name": name},
+        getattr(task, "name", "?"),
     )
 
 
@@ -397,12 +394,10 @@ def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, be
     """Say once per task when a sync task run in a thread was CPU-bound."""
     if cpu < CPU_BOUND_SECONDS or cpu < CPU_BOUND_SHARE * wall / max(1, beside):
         return
-    task_key = _task_key(task)
-    if task_key in _cpu_bound_warned:
-        return
-    _cpu_bound_warned.add(task_key)
-    name = getattr(task, "name", "?")
-    logging.getLogger("prefect.task_runs").warning(
+    _say_once_per_task(
+        task,
+        task_run_id,
+        logging.WARNING,
         "Kept the CPU busy for %.2f s of its %.2f s in a thread on a supervisor, where"
         " sync task runs share one core (Python's GIL). For CPU-bound work, submit %r"
         " inside `remote_options(num_cpus=1)`: each run then gets a core of its own as a"
@@ -410,7 +405,23 @@ def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, be
         " for every sync task).",
         cpu,
         wall,
-        name,
+        getattr(task, "name", "?"),
+    )
+
+
+def _say_once_per_task(
+    task: Any, task_run_id: UUID, level: int, message: str, *args: object
+) -> None:
+    """Log ``message`` in a task run's log (console and API), once per task and process."""
+    task_key = _task_key(task)
+    if task_key in _cpu_bound_warned:
+        return
+    _cpu_bound_warned.add(task_key)
+    name = getattr(task, "name", "?")
+    logging.getLogger("prefect.task_runs").log(
+        level,
+        message,
+        *args,
         extra={"task_run_id": task_run_id, "task_run_name": name, "task_name": name},
     )
 
