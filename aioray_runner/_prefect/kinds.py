@@ -17,10 +17,11 @@ it, per task:
   It is CPU-bound once it has kept the CPU for :data:`CPU_S`, for at least
   :data:`CPU_SHARE` of its share; I/O-bound once :data:`IO_AFTER_S` have passed
   below that share without it ever having been seen computing at it, or
-  :data:`DECIDE_WITHIN_S` undecided, or when it ends having used less. Runs of the task that arrive
-  meanwhile wait for the verdict (at most :data:`WAIT_S`; past that a run goes to
-  a thread, and the verdict is still the probe's), then go where it says; later
-  runs go there at once. A probe whose function never ran (a cached result, a
+  :data:`DECIDE_WITHIN_S` undecided, or when it ends having used less. Runs of
+  the task that arrive meanwhile wait for the verdict (at most :data:`PRELUDE_S`
+  for the probe to reach its code, then :data:`WAIT_S`; past either a run goes
+  to a thread, and the verdict is still the probe's), then go where it says;
+  later runs go there at once. A probe whose function never ran (a cached result, a
   run cancelled first) decides nothing: the next run is the probe.
 * **From every later run in a thread**, judged at its end: a task that waits
   first and computes after (a download, then parsing) passes its probe as
@@ -47,6 +48,7 @@ __all__ = [
     "CPU_SHARE",
     "DECIDE_WITHIN_S",
     "IO_AFTER_S",
+    "PRELUDE_S",
     "RUN_CPU_S",
     "WAIT_S",
     "Probe",
@@ -67,12 +69,23 @@ IO_AFTER_S = 0.03
 COMPUTING_S = 0.005
 #: Wall seconds (of its function) after which an undecided probe counts as I/O-bound.
 DECIDE_WITHIN_S = 1.0
-#: The longest a run waits for its task's probe to decide.
+#: The longest a run waits for its task's probe to reach the task's own code: its
+#: engine's prelude is the run's own too, and on a slow API it takes seconds.
+PRELUDE_S = 0.5
+#: The longest a run waits for its task's probe to decide, once that code runs.
 WAIT_S = 3.0
 #: CPU seconds a later run in a thread must keep (at that share) to change the verdict.
 RUN_CPU_S = 0.5
 #: How often the probe's CPU clock is read.
 SAMPLE_S = 0.01
+
+
+async def _within(event: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _could_have_had(process_cpu: float, wall: float) -> float:
@@ -97,6 +110,8 @@ class Probe:
         self._loop = asyncio.get_running_loop()
         #: Set once this probe is over: decided (``TaskKinds.kind_of`` says what), or dropped.
         self.over = asyncio.Event()
+        #: Set once its task's own code runs, or it is over.
+        self.in_code = asyncio.Event()
         #: Its run reached its thread (``started`` was called).
         self.ran = False
         self._hook: Callable[[FrameType, str, Any], None] | None = None
@@ -147,6 +162,7 @@ class Probe:
             pass
 
     def _watch(self, clock: int, cpu0: float, wall0: float, process0: float) -> None:
+        self.in_code.set()
         self._loop.create_task(self._sample(clock, cpu0, wall0, process0))
 
     async def _sample(self, clock: int, cpu0: float, wall0: float, process0: float) -> None:
@@ -199,10 +215,9 @@ class TaskKinds:
         if probe is None:
             probe = self._probes[task_key] = Probe(self, task_key)
             return "thread", probe
-        try:
-            await asyncio.wait_for(probe.over.wait(), WAIT_S)
-        except TimeoutError:
-            pass  # this run goes to a thread; the verdict stays the probe's to give
+        # Past either wait this run goes to a thread; the verdict stays the probe's.
+        if await _within(probe.in_code, PRELUDE_S):
+            await _within(probe.over, WAIT_S)
         return self._kinds.get(task_key, "thread"), None
 
     def kind_of(self, task_key: str) -> Kind | None:
@@ -216,6 +231,7 @@ class TaskKinds:
         if verdict is not None:
             self._kinds.setdefault(probe.task_key, verdict)
         probe.over.set()
+        probe.in_code.set()
 
     def drop(self, probe: Probe) -> None:
         """A probe whose run never reached its thread (cancelled, or already final)."""
