@@ -44,6 +44,15 @@ logger = logging.getLogger("aioray_runner")
 RECENT_S = 60.0
 
 
+class _InFlight(NamedTuple):
+    """A task run sent and not finished yet."""
+
+    task_run_id: uuid.UUID
+    flow_run_id: uuid.UUID | None
+    task_name: str
+    call: AioRayFuture[Any]
+
+
 class _Final(NamedTuple):
     at: float  # time.monotonic() when the flow learned it
     task_run_id: uuid.UUID
@@ -69,9 +78,8 @@ class TaskRunBook:
         #: The flow's context at the first task run sent: crash states are
         #: recorded in it (its flow run, its API client settings).
         self.context: contextvars.Context | None = None
-        # Call id -> (task run id, flow run id, task name) of the runs in flight.
-        self._runs_by_call: dict[int, tuple[uuid.UUID, uuid.UUID | None, str]] = {}
-        self._calls_in_flight: dict[int, AioRayFuture[Any]] = {}
+        # Call id -> the run in flight.
+        self._runs_by_call: dict[int, _InFlight] = {}
         # Final states the flow learned in the last RECENT_S on each supervisor:
         # if that one dies, the API may never hear them (see close). Older ones
         # were sent long before any death.
@@ -88,13 +96,12 @@ class TaskRunBook:
         self.submitted += 1
         if self.flow_run_id is None:
             self.flow_run_id = flow_run_id
-        self._runs_by_call[call.call_id] = (task_run_id, flow_run_id, task.name)
-        self._calls_in_flight[call.call_id] = call
+        self._runs_by_call[call.call_id] = _InFlight(task_run_id, flow_run_id, task.name, call)
         call.add_done_callback(functools.partial(self._on_done, task, task_run_id))
 
     def in_flight(self) -> list[AioRayFuture[Any]]:
         """The calls of the task runs sent and not finished yet."""
-        return list(self._calls_in_flight.values())
+        return [run.call for run in list(self._runs_by_call.values())]
 
     def failed_at_submit(
         self, task: Task[Any, Any], task_run_id: uuid.UUID, exc: Exception
@@ -128,7 +135,7 @@ class TaskRunBook:
         if not runs:
             self.logger.warning("%s", blocked)
             return
-        task_run_id, flow_run_id, task_name = runs[0]
+        task_run_id, flow_run_id, task_name, _ = runs[0]
         # Prefect sends only its run loggers' records to the API.
         logging.getLogger("prefect.task_runs").warning(
             "%s",
@@ -198,7 +205,6 @@ class TaskRunBook:
     ) -> None:
         """A run finished (I/O thread): forget it; if it was lost, say so in the API."""
         self._runs_by_call.pop(call.call_id, None)
-        self._calls_in_flight.pop(call.call_id, None)
         error = call.exception(0)
         state: State[Any] | None = None
         if error is None or self.console.summary:  # a lost run's state is made below

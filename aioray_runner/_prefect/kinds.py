@@ -53,6 +53,7 @@ __all__ = [
     "WAIT_S",
     "Probe",
     "TaskKinds",
+    "run_was_cpu_bound",
 ]
 
 Kind = Literal["thread", "ray"]
@@ -78,6 +79,13 @@ WAIT_S = 3.0
 RUN_CPU_S = 0.5
 #: How often the probe's CPU clock is read.
 SAMPLE_S = 0.01
+
+
+def run_was_cpu_bound(cpu: float, wall: float, beside: int) -> bool:
+    """A whole sync run in a thread, which used ``cpu`` of its ``wall`` seconds beside
+    ``beside`` runs in threads (sharing one GIL, k CPU-bound runs get about 1/k of
+    it each; an I/O-bound run almost none): was it CPU-bound (:data:`RUN_CPU_S`)?"""
+    return _cpu_bound(cpu, wall, beside, RUN_CPU_S)
 
 
 async def _within(event: asyncio.Event, seconds: float) -> bool:
@@ -241,7 +249,7 @@ class TaskKinds:
     def judge_run(self, task_key: str, cpu: float, wall: float, beside: int) -> bool:
         """A later run of the task in a thread ended: True if it shows the task is
         CPU-bound after all (its later runs then go to Ray tasks)."""
-        if self._kinds.get(task_key) == "thread" and _cpu_bound(cpu, wall, beside, RUN_CPU_S):
+        if self._kinds.get(task_key) == "thread" and run_was_cpu_bound(cpu, wall, beside):
             self._kinds[task_key] = "ray"
             return True
         return False

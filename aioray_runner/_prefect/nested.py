@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Generator, Iterable, Iterator
@@ -53,7 +54,9 @@ __all__ = [
     "NestedRuns",
     "closing_scope_here",
     "inside_task_runs",
+    "ray_error_cause",
     "run_sync_task_in_worker",
+    "sync_task_as_ray_task",
     "task_runs_here",
     "wait_for_nested_runs",
 ]
@@ -241,8 +244,6 @@ def wait_for_nested_runs(timeout: float) -> bool:
     Called (in a thread) before a flow run's scope closes on a supervisor, so
     that Prefect's thread pool, which waits for its runs as it exits, finds none.
     """
-    import time
-
     deadline = time.monotonic() + timeout
     with _live_lock:
         live = list(_live)
@@ -283,20 +284,34 @@ def _run_as_ray_task(
         "dependencies": dependencies,
         "return_type": "state",
     }
-    global _in_worker
-    if _in_worker is None:
-        _in_worker = ray.remote(run_sync_task_in_worker)
-    remote = _in_worker.options(name=getattr(task, "name", "task"), **ray_options)
     with transporting():
-        ref = remote.remote(engine_arguments, serialize_context(), None)
+        ref = sync_task_as_ray_task(task, ray_options).remote(
+            engine_arguments, serialize_context(), None
+        )
     try:
         return transactions.unwrap(ray.get(ref))
     except Exception as exc:  # its worker died, Ray went away: Crashed, as at the top level
-        cause = getattr(exc, "cause", None)
-        return crashed_state(cause if isinstance(cause, BaseException) else exc)
+        return crashed_state(ray_error_cause(exc))
 
 
 _in_worker: Any = None  # run_sync_task_in_worker as a Ray remote function, made once
+
+
+def sync_task_as_ray_task(task: Any, ray_options: dict[str, Any]) -> Any:
+    """:func:`run_sync_task_in_worker` as a Ray remote function named after ``task``,
+    with ``ray_options`` (its ``.remote(engine_arguments, context, transaction)``)."""
+    import ray
+
+    global _in_worker
+    if _in_worker is None:
+        _in_worker = ray.remote(run_sync_task_in_worker)
+    return _in_worker.options(name=getattr(task, "name", "task"), **ray_options)
+
+
+def ray_error_cause(exc: BaseException) -> BaseException:
+    """The task's own exception inside a Ray error (``RayTaskError.cause``), else ``exc``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
 
 
 def run_sync_task_in_worker(

@@ -35,10 +35,11 @@ from uuid import UUID
 
 from .._supervisor.attempt import current_attempt
 from . import compat, transactions
-from .kinds import Probe, TaskKinds
+from .kinds import Probe, TaskKinds, run_was_cpu_bound
 from .nested import (
     closing_scope_here,
-    run_sync_task_in_worker,
+    ray_error_cause,
+    sync_task_as_ray_task,
     task_runs_here,
     wait_for_nested_runs,
 )
@@ -230,19 +231,12 @@ async def run_async_task(
     return await asyncio.get_running_loop().create_task(run(), context=context.copy())
 
 
-_sync_runner: Any = None
 _sync_threads: concurrent.futures.ThreadPoolExecutor | None = None
 # Task keys whose CPU-bound runs were already spoken of (once per task and process).
 _cpu_bound_warned: set[str] = set()
 # Sync task runs in threads of this process right now.
 _in_threads = 0
 _in_threads_lock = threading.Lock()
-# A sync task run in a thread counts as CPU-bound when it kept the CPU this
-# long, for at least this share of the time it could have had: its wall time
-# divided by the runs in threads beside it (they share one GIL, so k CPU-bound
-# runs each get about 1/k of it, and an I/O-bound run gets almost none).
-CPU_BOUND_SECONDS = 0.5
-CPU_BOUND_SHARE = 0.5
 
 
 def _thread_pool(size: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -392,7 +386,7 @@ def _say_cpu_bound_once(task: Any, task_run_id: UUID) -> None:
 
 def _warn_if_cpu_bound(task: Any, task_run_id: UUID, cpu: float, wall: float, beside: int) -> None:
     """Say once per task when a sync task run in a thread was CPU-bound."""
-    if cpu < CPU_BOUND_SECONDS or cpu < CPU_BOUND_SHARE * wall / max(1, beside):
+    if not run_was_cpu_bound(cpu, wall, beside):
         return
     _say_once_per_task(
         task,
@@ -448,10 +442,7 @@ async def run_sync_task(
         if final is not None:
             return transactions.outcome(final, None)
 
-    global _sync_runner
-    if _sync_runner is None:
-        _sync_runner = ray.remote(run_sync_task_in_worker)
-    remote = _sync_runner.options(name=getattr(task, "name", "task"), **(request.ray_options or {}))
+    remote = sync_task_as_ray_task(task, request.ray_options or {})
     context = {**flow_context, **request.call_context}
     transaction = context.pop("transaction", None)
     with transporting():  # upstream futures Prefect leaves alone
@@ -464,12 +455,7 @@ async def run_sync_task(
         ray.cancel(ref)
         raise
     except Exception as exc:
-        return transactions.outcome(crashed_state(_unwrap_ray_error(exc)), None)
-
-
-def _unwrap_ray_error(exc: BaseException) -> BaseException:
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
+        return transactions.outcome(crashed_state(ray_error_cause(exc)), None)
 
 
 async def close_flow_run(key: str, crashed: str | None = None) -> int:

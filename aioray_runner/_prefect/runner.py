@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
@@ -60,7 +59,7 @@ from typing_extensions import ParamSpec
 # The core's public names only (each from the module that defines it, so that
 # this adapter and the package's __init__ do not import each other; the few
 # others are listed in tests/unit/test_house.py, PREFECT_MAY_IMPORT).
-from .._caller.futures import AioRayFuture
+from .._caller.futures import AioRayFuture, wait_all
 from .._caller.runtime import Runtime
 from .._common.settings import (
     DEFAULT_BLOCKED_LOOP_THRESHOLD,
@@ -412,13 +411,17 @@ _CONSOLES = {
 def _close_runtime(runtime: Runtime, key: str, *, cancel: bool) -> None:
     """Close a runner's runtime after its flow: its flow run scopes first (see remote.py)."""
     runtime.drain(cancel=cancel, grace=10)
-    # Close each supervisor's flow run scope and flush Prefect's log and
-    # event queues there, before the supervisors are stopped.
-    closers = runtime.broadcast(remote.close_flow_run, key, every_group=True)
-    for closer in closers:
-        if not closer.wait_sync(30):
-            logger.warning("A supervisor did not flush its Prefect logs within 30 s")
+    # Before the supervisors are stopped.
+    _close_scopes(runtime, key, None, within=30)
     runtime.close(wait=False)
+
+
+def _close_scopes(runtime: Runtime, key: str, crashed: str | None, *, within: float) -> None:
+    """Close a runner's flow run scope on every supervisor and flush Prefect's log and
+    event queues there (``remote.close_flow_run``; ``crashed``: after an interrupt)."""
+    for closer in runtime.broadcast(remote.close_flow_run, key, crashed, every_group=True):
+        if not closer.wait_sync(within):
+            logger.warning("A supervisor did not flush its Prefect logs within %.0f s", within)
 
 
 def _runtime_for(
@@ -462,16 +465,10 @@ def _close_shared(runtime: Runtime, key: str, book: TaskRunBook, exc_type: Any) 
     supervisors. The runtime stays, for the parent (which, interrupted too, ends
     the rest)."""
     interrupted = exc_type is not None and not issubclass(exc_type, Exception)
-    calls = book.in_flight()
-    for call in calls if exc_type is not None else ():
-        call.cancel()
-    deadline = time.monotonic() + (interrupt.CANCEL_GRACE_S if interrupted else 10)
-    for call in calls:
-        call.wait_sync(max(0.0, deadline - time.monotonic()) if exc_type else None)
+    grace = interrupt.CANCEL_GRACE_S if interrupted else 10
+    wait_all(book.in_flight(), cancel=exc_type is not None, grace=grace)
     crashed = f"The flow run was interrupted ({exc_type.__name__})" if interrupted else None
-    for closer in runtime.broadcast(remote.close_flow_run, key, crashed, every_group=True):
-        if not closer.wait_sync(5 if interrupted else 30):
-            logger.warning("A supervisor did not flush its Prefect logs in time")
+    _close_scopes(runtime, key, crashed, within=5 if interrupted else 30)
 
 
 def _close_interrupted(runtime: Runtime, key: str, book: TaskRunBook, reason: str) -> str:

@@ -51,6 +51,7 @@ PREFECT_MAY_IMPORT = {
     ("_caller.placement", "ACTOR_PLACEMENT_OPTIONS"): "remote_options sorts Ray's options by kind",
     ("_caller.supervisors", "supervisor_of"): "a final state is resent if its supervisor died",
     ("_caller.supervisors", "RemoteSupervisor"): "the type supervisor_of returns",
+    ("_caller.futures", "wait_all"): "a subflow waits for its own calls as drain waits for all",
 }
 
 # Modules that may import the tools: the command line, and the public path of
